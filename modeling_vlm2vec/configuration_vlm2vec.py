@@ -1,0 +1,108 @@
+"""Configuration of a VLM2Vec embedding model (Hub file: imports only transformers and stdlib)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The string each backbone's processor expands into image features, substituted for MMEB's canonical `<|image_1|>`.
+# Qwen uses the bare pad token (the official VLM2Vec raw format, no vision_start/end wrapping); Phi-3-V keeps the
+# canonical placeholder, which its own processor understands.
+DEFAULT_IMAGE_TOKENS = {
+    "llava_next": "<image>",
+    "llava": "<image>",
+    "qwen2_vl": "<|image_pad|>",
+    "qwen2_5_vl": "<|image_pad|>",
+    "idefics3": "<image>",
+    "smolvlm": "<image>",
+    "phi3_v": "<|image_1|>",
+}
+
+POOLING_MODES = ("last", "mean")
+PADDING_SIDES = ("left", "right")
+
+
+class Vlm2VecConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`Vlm2VecModel`]: a vision-language backbone read as an embedding model.
+
+    A checkpoint is self-describing: besides the backbone, this config records how inputs are turned into prompts
+    (`image_token`, `padding_side`, `max_length`) and how images are resized (the resolution policy), so training,
+    evaluation and `Vlm2VecModel.encode` process inputs identically.
+
+    Args:
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the wrapped VLM (any `model_type` known to `AutoConfig`; default `qwen2_vl`). Declared as a
+            sub-config, so `attn_implementation` and `dtype` given to `from_pretrained` reach the backbone.
+        pooling (`str`, defaults to `"last"`):
+            `"last"`: hidden state of the last non-padding token (correct for left and right padding);
+            `"mean"`: mean over non-padding tokens.
+        normalize (`bool`, defaults to `True`):
+            L2-normalise embeddings (similarity is then cosine).
+        contrastive_temperature (`float`, defaults to 0.02):
+            InfoNCE temperature used in training (named so because `temperature` is a reserved generation field).
+        image_token (`str`, *optional*):
+            Replaces the MMEB placeholder `<|image_1|>` in prompts; defaults per backbone type.
+        padding_side (`str`, defaults to `"right"`):
+            Side on which batches are padded by the processor.
+        max_length (`int`, *optional*):
+            Token budget per input; only text is truncated, never image tokens. `None` disables truncation.
+        image_max_pixels (`int`, *optional*):
+            Images with more pixels are downscaled (aspect ratio kept) to at most this many pixels.
+        image_min_pixels (`int`, *optional*):
+            Images with fewer pixels are upscaled (aspect ratio kept) to at least this many pixels.
+        image_fixed_size (`list[int]`, *optional*):
+            `[width, height]`: every image is resized to exactly this size (the official "high"/"low" resolution modes);
+            takes precedence over the pixel bounds.
+    """
+
+    model_type = "vlm2vec"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_vl")}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    pooling: str = "last"
+    normalize: bool = True
+    contrastive_temperature: float = 0.02
+    image_token: str | None = None
+    padding_side: str = "right"
+    max_length: int | None = None
+    image_max_pixels: int | None = None
+    image_min_pixels: int | None = None
+    image_fixed_size: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}")
+        if self.image_fixed_size is not None and len(self.image_fixed_size) != 2:
+            raise ValueError(f"image_fixed_size must be [width, height], got {self.image_fixed_size!r}")
+        if self.image_token is None:
+            backbone_type = self.backbone_config.model_type
+            if backbone_type not in DEFAULT_IMAGE_TOKENS:
+                raise ValueError(
+                    f"no default image token for backbone type {backbone_type!r}; pass image_token= explicitly "
+                    f"(the string its processor expands into image features)"
+                )
+            self.image_token = DEFAULT_IMAGE_TOKENS[backbone_type]
+
+    @property
+    def backbone_type(self) -> str:
+        """`model_type` of the wrapped VLM, e.g. `"qwen2_vl"`."""
+        return self.backbone_config.model_type
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding dimension: the hidden size of the backbone's language model."""
+        return self.backbone_config.get_text_config().hidden_size
+
+    def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
+        return self.backbone_config.get_text_config(*args, **kwargs)
+
+
+Vlm2VecConfig.register_for_auto_class("AutoConfig")
+
+__all__ = ["Vlm2VecConfig", "DEFAULT_IMAGE_TOKENS"]

@@ -1,0 +1,226 @@
+"""VLM2Vec embedding model (Hub file: imports only stdlib, torch, transformers, PIL and its sibling Hub files)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import ModelOutput
+from transformers.utils.logging import tqdm
+
+from .configuration_vlm2vec import Vlm2VecConfig
+from .processing_vlm2vec import load_processor, process_batch
+
+
+def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last") -> torch.Tensor:
+    """Pool token states into one vector per row.
+
+    Args:
+        hidden_states: (batch, seq, hidden).
+        attention_mask: (batch, seq), 1 for real tokens. Padding may be on either side, rows of any length >= 1.
+        mode: ``"last"`` — the state of each row's last real token; ``"mean"`` — mean over real tokens.
+
+    Returns:
+        (batch, hidden).
+    """
+    mask = attention_mask.to(torch.bool)
+    if mode == "last":
+        seq_len = mask.shape[1]
+        # index of the last True in each row: works for left padding, right padding and length-1 rows
+        last = seq_len - 1 - mask.flip(-1).to(torch.int8).argmax(-1)  # (batch,)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+    if mode == "mean":
+        weights = mask.unsqueeze(-1).to(hidden_states.dtype)  # (batch, seq, 1)
+        return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+@dataclass
+class Vlm2VecOutput(ModelOutput):
+    r"""
+    embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        One float32 embedding per input, L2-normalised when `config.normalize`.
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Final-layer token states of the backbone's language model.
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+class Vlm2VecPreTrainedModel(PreTrainedModel):
+    config_class = Vlm2VecConfig
+    config: Vlm2VecConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+
+class Vlm2VecModel(Vlm2VecPreTrainedModel):
+    """A vision-language backbone read as an embedding model: last-token (or mean) pooling, then L2 normalisation.
+
+    The backbone is a stock transformers model built with `AutoModel.from_config(config.backbone_config)` — the base
+    model without LM head. Use :meth:`from_backbone` to wrap a pretrained VLM without re-initialising it.
+    """
+
+    def __init__(self, config: Vlm2VecConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else _backbone_from_config(config.backbone_config)
+        self._processor = None
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, backbone_name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
+                      dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
+                      **config_kwargs) -> "Vlm2VecModel":
+        """Wrap a pretrained VLM (Hub id or local folder) without touching its weights.
+
+        `config_kwargs` set `Vlm2VecConfig` fields (pooling, normalize, max_length, resolution policy...).
+        The wrapper remembers the backbone path, so `encode()` finds the processor saved there.
+        """
+        load_kwargs = {"trust_remote_code": trust_remote_code}
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        if attn_implementation is not None:
+            load_kwargs["attn_implementation"] = attn_implementation
+        try:
+            backbone = AutoModel.from_pretrained(backbone_name_or_path, **load_kwargs)
+        except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
+            backbone = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **load_kwargs)
+        attn = backbone.config._attn_implementation
+        config = Vlm2VecConfig(backbone_config=backbone.config, **config_kwargs)
+        # building the composite config resets the sub-config's attention choice; restore it everywhere
+        config._attn_implementation = attn
+        model = cls(config, backbone=backbone)
+        model.name_or_path = str(backbone_name_or_path)
+        model.config._name_or_path = str(backbone_name_or_path)
+        return model
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor,
+                pixel_values: torch.Tensor | None = None, num_images: torch.Tensor | None = None,
+                **backbone_inputs) -> Vlm2VecOutput:
+        """Embed a processed batch.
+
+        Args:
+            input_ids, attention_mask: (batch, seq) from `process_batch`; either padding side.
+            pixel_values: the processor's image tensor, or None for a text-only batch.
+            num_images: (batch,) images per row — batch-slicing metadata, not used here.
+            backbone_inputs: other processor outputs (`image_sizes`, `image_grid_thw`, ...), passed through.
+        """
+        del num_images
+        if pixel_values is not None:
+            backbone_inputs["pixel_values"] = pixel_values.to(self.backbone.dtype)
+        wants_hidden_states = self.backbone.get_output_embeddings() is not None  # a causal LM, not a base model
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                output_hidden_states=wants_hidden_states, return_dict=True, **backbone_inputs)
+        hidden = outputs.hidden_states[-1] if wants_hidden_states else outputs.last_hidden_state  # (batch, seq, hidden)
+        embeddings = pool(hidden, attention_mask, self.config.pooling).float()  # (batch, hidden)
+        if self.config.normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        return Vlm2VecOutput(embeddings=embeddings, last_hidden_state=hidden)
+
+    @property
+    def processor(self):
+        """The backbone processor saved beside these weights (loaded on first use)."""
+        if self._processor is None:
+            self._processor = load_processor(self.name_or_path)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value) -> None:
+        self._processor = value
+
+    @torch.inference_mode()
+    def encode(self, inputs: list, instruction: str | None = None, batch_size: int = 8,
+               show_progress_bar: bool | None = None, convert_to_numpy: bool = False, processor=None):
+        """Embed a list of items.
+
+        Args:
+            inputs: items, each a `str` (text), a `PIL.Image.Image`, or a dict `{"text": str, "image": PIL image or
+                path}` (either key may be missing or None). Texts may contain MMEB's `<|image_1|>` placeholder.
+            instruction: put before every item's text (e.g. "Represent the given image for classification.").
+            batch_size: items per forward; items are sorted by length so batches pad little.
+            show_progress_bar: defaults to showing one for more than one batch.
+            convert_to_numpy: return a numpy array instead of a tensor.
+            processor: defaults to the processor saved with the checkpoint.
+
+        Returns:
+            (len(inputs), hidden_size) float32 embeddings on CPU, in input order.
+        """
+        processor = processor if processor is not None else self.processor
+        items = [_as_item(x) for x in inputs]
+        order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if show_progress_bar is None:
+            show_progress_bar = len(batches) > 1
+        was_training = self.training
+        self.eval()
+        out = torch.empty(len(items), self.config.hidden_size, dtype=torch.float32)
+        for idx in tqdm(batches, desc="Encoding", disable=not show_progress_bar):
+            texts = [items[i][0] for i in idx]
+            images = [_open_image(items[i][1]) for i in idx]
+            batch = process_batch(processor, self.config, texts, images, instruction=instruction)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out[torch.tensor(idx)] = self(**batch).embeddings.float().cpu()
+        self.train(was_training)
+        return out.numpy() if convert_to_numpy else out
+
+    @staticmethod
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(n, d) x (m, d) -> (n, m) dot products (cosine similarities for normalised embeddings)."""
+        a = torch.as_tensor(a, dtype=torch.float32)
+        b = torch.as_tensor(b, dtype=torch.float32)
+        return a @ b.T
+
+
+def _backbone_from_config(backbone_config) -> PreTrainedModel:
+    try:
+        return AutoModel.from_config(backbone_config)
+    except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
+        return AutoModelForCausalLM.from_config(backbone_config, trust_remote_code=True)
+
+
+def _as_item(x) -> tuple[str | None, object]:
+    """Normalise one `encode` input to (text, image-or-path-or-None)."""
+    if isinstance(x, str):
+        return x, None
+    if isinstance(x, Image.Image):
+        return None, x
+    if isinstance(x, dict):
+        unknown = set(x) - {"text", "image"}
+        if unknown:
+            raise ValueError(f"encode() items take keys 'text' and 'image', got {sorted(unknown)}")
+        return x.get("text"), x.get("image")
+    raise TypeError(f"encode() items must be str, PIL.Image.Image or dict, got {type(x).__name__}")
+
+
+def _length_key(item: tuple[str | None, object]) -> tuple[int, int]:
+    # image rows together (their token counts dominate), then by text length
+    return (item[1] is not None, len(item[0] or ""))
+
+
+def _open_image(image) -> Image.Image | None:
+    if image is None or isinstance(image, Image.Image):
+        return image
+    with Image.open(image) as img:
+        return img.convert("RGB")
+
+
+Vlm2VecModel.register_for_auto_class("AutoModel")
+
+__all__ = ["Vlm2VecModel", "Vlm2VecPreTrainedModel", "Vlm2VecOutput", "pool"]

@@ -1,0 +1,76 @@
+"""Pooling against hand-built hidden states, the prompt builder, the resolution policy and config validation."""
+
+import pytest
+import torch
+from PIL import Image
+
+from modeling_vlm2vec import Vlm2VecConfig
+from modeling_vlm2vec.modeling_vlm2vec import pool
+from modeling_vlm2vec.processing_vlm2vec import apply_resolution_policy, build_prompt
+
+
+def _hidden(batch, seq, dim=3):
+    # token t of row b holds the vector (b, t, b * 100 + t): easy to read back
+    b = torch.arange(batch).view(batch, 1, 1).expand(batch, seq, 1).float()
+    t = torch.arange(seq).view(1, seq, 1).expand(batch, seq, 1).float()
+    return torch.cat([b, t, b * 100 + t], dim=-1)[..., :dim]
+
+
+def test_last_token_pooling_left_right_and_length_one():
+    hidden = _hidden(4, 5)
+    mask = torch.tensor([
+        [1, 1, 1, 0, 0],   # right padding: last real token at 2
+        [0, 0, 1, 1, 1],   # left padding: last real token at 4
+        [1, 0, 0, 0, 0],   # length-1 row, right padded
+        [0, 0, 0, 0, 1],   # length-1 row, left padded
+    ])
+    pooled = pool(hidden, mask, "last")
+    assert pooled[:, 1].tolist() == [2.0, 4.0, 0.0, 4.0]
+    assert pooled[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = _hidden(2, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
+    pooled = pool(hidden, mask, "mean")
+    assert pooled[0, 1].item() == pytest.approx((0 + 1) / 2)
+    assert pooled[1, 1].item() == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_prompt_builder_official_raw_format():
+    # MMEB text keeps its instruction; only the placeholder changes
+    assert build_prompt("<|image_1|> Represent the given image.", True, "<image>") == "<image> Represent the given image."
+    assert build_prompt("<|image_1|> Find a caption.", True, "<|image_pad|>") == "<|image_pad|> Find a caption."
+    # an image item without a placeholder gets it first; instruction and text joined by one space
+    assert build_prompt("a dog", True, "<image>", instruction="Represent this:") == "<image> Represent this: a dog"
+    assert build_prompt(None, True, "<image>") == "<image>"
+    assert build_prompt("a red circle", False, "<image>", instruction="Find an image:") == "Find an image: a red circle"
+    # a text-only item loses a stray placeholder (MMEB has text-only rows with image-style templates)
+    assert build_prompt("<|image_1|> Find a Wikipedia image: x", False, "<image>") == "Find a Wikipedia image: x"
+    with pytest.raises(ValueError, match="one image placeholder"):
+        build_prompt("<|image_1|> a <|image_1|>", True, "<image>")
+
+
+def test_resolution_policy():
+    cfg = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_max_pixels=100 * 100)
+    big = Image.new("RGB", (400, 200))
+    out = apply_resolution_policy(big, cfg)
+    assert out.size[0] * out.size[1] <= 100 * 100 and abs(out.size[0] / out.size[1] - 2) < 0.05
+    small = Image.new("L", (10, 10))
+    cfg_min = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_min_pixels=56 * 56)
+    up = apply_resolution_policy(small, cfg_min)
+    assert up.mode == "RGB" and up.size[0] * up.size[1] >= 56 * 56
+    cfg_fixed = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_fixed_size=[32, 16])
+    assert apply_resolution_policy(big, cfg_fixed).size == (32, 16)
+
+
+def test_config_defaults_and_validation():
+    cfg = Vlm2VecConfig(backbone_config={"model_type": "llava_next"})
+    assert (cfg.pooling, cfg.normalize, cfg.contrastive_temperature, cfg.image_token) == ("last", True, 0.02, "<image>")
+    assert Vlm2VecConfig().image_token == "<|image_pad|>"  # qwen2_vl by default
+    with pytest.raises(ValueError, match="pooling"):
+        Vlm2VecConfig(pooling="cls")
+    with pytest.raises(ValueError, match="padding_side"):
+        Vlm2VecConfig(padding_side="middle")
+    round_trip = Vlm2VecConfig.from_dict(cfg.to_dict())
+    assert round_trip.backbone_type == "llava_next" and round_trip.image_token == "<image>"

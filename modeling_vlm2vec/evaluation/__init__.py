@@ -1,0 +1,21 @@
+"""MMEB evaluation: the 36-dataset registry, loading and validation, encoding with resume, metrics, reports.
+
+Entry points: :func:`evaluate_mmeb` (programmatic, used after training) and ``evaluate_mmeb.py`` (command line).
+"""
+
+from pathlib import Path
+
+from .arguments import EvalArguments
+from .loading import EvalSet, load_eval_set
+from .metrics import metrics_from_ranks, positive_ranks, ranking_metrics
+from .model_loading import load_model_for_eval
+from .registry import META_TASKS, PAPER_AGGREGATES, REGISTRY, EvalDatasetInfo, resolve_subsets
+from .runner import evaluate_mmeb, load_eval_sets, run_evaluation, score_eval_set
+
+#: Local `evaluate` metric module: ``evaluate.load(MMEB_RANKING_METRIC_PATH)``.
+MMEB_RANKING_METRIC_PATH = str(Path(__file__).parent / "mmeb_ranking" / "mmeb_ranking.py")
+
+__all__ = ["EvalArguments", "EvalSet", "EvalDatasetInfo", "META_TASKS", "MMEB_RANKING_METRIC_PATH",
+           "PAPER_AGGREGATES", "REGISTRY", "evaluate_mmeb", "load_eval_set", "load_eval_sets",
+           "load_model_for_eval", "metrics_from_ranks", "positive_ranks", "ranking_metrics", "resolve_subsets",
+           "run_evaluation", "score_eval_set"]

@@ -1,0 +1,67 @@
+"""Load a model to evaluate exactly as users load it.
+
+- A Vlm2Vec checkpoint (config ``model_type == "vlm2vec"``, local folder or Hub id):
+  ``AutoModel.from_pretrained(path, trust_remote_code=True, dtype=...)`` -- the remote code saved with it.
+- A raw VLM (any other ``model_type``): wrapped with ``Vlm2VecModel.from_backbone`` (zero-shot baseline, or the
+  base of a LoRA adapter).
+- ``lora_adapter``: a PEFT adapter folder applied on top, then merged (``merge_and_unload``).
+
+The processor is the one saved beside the weights (the adapter folder's, if it holds one), loaded with
+``processing_vlm2vec.load_processor``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel
+
+from ..errors import DataError
+from ..processing_vlm2vec import load_processor
+
+_DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
+    """``"auto"`` (the checkpoint's dtype), a torch dtype, or one of float32/bfloat16/float16 (fp32/bf16/fp16)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or "auto"
+    if dtype not in _DTYPES:
+        raise DataError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model_for_eval(model_name_or_path: str | os.PathLike, *, lora_adapter: str | os.PathLike | None = None,
+                        dtype: str | torch.dtype | None = "auto",
+                        device: str | torch.device | None = None) -> tuple[torch.nn.Module, object]:
+    """Return ``(model, processor)`` ready for :func:`~modeling_vlm2vec.evaluation.evaluate_mmeb` (eval mode)."""
+    torch_dtype = parse_dtype(dtype)
+    path = str(model_name_or_path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    if config.model_type == "vlm2vec":
+        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
+    else:
+        from ..modeling_vlm2vec import Vlm2VecModel
+
+        model = Vlm2VecModel.from_backbone(path, dtype=torch_dtype)
+    processor_path = path
+    if lora_adapter is not None:
+        from peft import PeftModel
+
+        adapter = Path(lora_adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise DataError("not a PEFT adapter folder (no adapter_config.json)", file=str(adapter))
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        if any((adapter / name).is_file() for name in _PROCESSOR_FILES):
+            processor_path = str(adapter)
+    processor = load_processor(processor_path)
+    if hasattr(model, "processor"):
+        model.processor = processor
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, processor

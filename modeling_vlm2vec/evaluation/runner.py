@@ -1,0 +1,148 @@
+"""MMEB evaluation end to end: validate every dataset, encode unique items, rank, score, report, resume.
+
+Files written under ``output_dir`` (all atomically, by process 0 only):
+``<dataset>_score.json`` per dataset, ``summary.json``, ``results.md``, ``results.png`` and the embedding cache
+``cache/<model fingerprint>/<dataset>.safetensors``. A dataset whose score file carries the current fingerprint
+(model + dataset rows) is skipped, so a killed run resumes where it stopped. Nothing is written before every
+requested dataset has been loaded and validated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .distributed import all_true, barrier, rank_and_world
+from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, model_fingerprint, save_cached
+from .files import read_json, write_json_atomic
+from .loading import EvalSet, load_eval_set
+from .metrics import ranking_metrics
+from .registry import REGISTRY, resolve_subsets
+from .report import build_summary, write_report
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "TIGER-Lab/MMEB-eval"
+_SCORE_CHUNK_ROWS = 64  # rows scored at once: bounds the (rows, unique candidates) block in memory
+
+
+def score_eval_set(eval_set: EvalSet, queries: np.ndarray, candidates: np.ndarray) -> dict[str, float]:
+    """Rank each row's own candidate list by dot product (cosine for normalised embeddings) and average metrics.
+
+    ``queries`` (num_unique_queries, dim) and ``candidates`` (num_unique_candidates, dim) are indexed by
+    ``eval_set.query_index`` / ``candidate_index``. A candidate identical to the row's positive (same text and
+    image) is the same item, so it is dropped from that row rather than counted as a tie.
+    """
+    index = eval_set.candidate_index  # (rows, max_candidates), -1 = padding
+    valid = (index >= 0) & (index != index[:, :1])
+    valid[:, 0] = True
+    scores = np.empty(index.shape, dtype=np.float32)
+    for start in range(0, eval_set.num_rows, _SCORE_CHUNK_ROWS):
+        rows = slice(start, start + _SCORE_CHUNK_ROWS)
+        # Score each distinct candidate of the chunk once, then spread the scores back over the lists.
+        unique, inverse = np.unique(np.where(index[rows] >= 0, index[rows], 0), return_inverse=True)
+        block = queries[eval_set.query_index[rows]] @ candidates[unique].T  # (chunk_rows, num_unique_in_chunk)
+        scores[rows] = np.take_along_axis(block, inverse.reshape(index[rows].shape), axis=1)
+    return ranking_metrics(scores, valid)
+
+
+def _score_record(eval_set: EvalSet, metrics: dict[str, float], fingerprint: str, dim: int) -> dict:
+    info = REGISTRY[eval_set.name]
+    lengths = (eval_set.candidate_index >= 0).sum(axis=1)
+    return {"dataset": info.name, "meta_task": info.meta_task, "split": info.split, **metrics,
+            "num_queries": eval_set.num_rows, "num_unique_queries": len(eval_set.queries),
+            "num_unique_candidates": len(eval_set.candidates), "min_candidates_per_query": int(lengths.min()),
+            "max_candidates_per_query": int(lengths.max()), "embedding_dim": dim, "fingerprint": fingerprint}
+
+
+def _evaluate_one(model: torch.nn.Module, processor: object, eval_set: EvalSet, model_fp: str, output_dir: Path, *,
+                  batch_size: int, show_progress_bar: bool | None, overwrite: bool) -> dict:
+    rank, _ = rank_and_world()
+    fingerprint = dataset_fingerprint(model_fp, eval_set)
+    score_file = output_dir / f"{eval_set.name}_score.json"
+    previous = None if overwrite else read_json(score_file)
+    if all_true(isinstance(previous, dict) and previous.get("fingerprint") == fingerprint):
+        logger.info("%s: already scored with this model, skipping", eval_set.name)
+        return previous
+    cache_file = cache_path(output_dir, model_fp, eval_set.name)
+    cached = None if overwrite else load_cached(cache_file, fingerprint)
+    if all_true(cached is not None):
+        logger.info("%s: reusing cached embeddings", eval_set.name)
+        queries, candidates = cached
+    else:
+        logger.info("%s: encoding %d queries and %d candidates", eval_set.name, len(eval_set.queries),
+                    len(eval_set.candidates))
+        queries, candidates = encode_eval_set(model, processor, eval_set, batch_size=batch_size,
+                                              show_progress_bar=show_progress_bar)
+        if rank == 0:
+            save_cached(cache_file, fingerprint, queries, candidates)
+    try:
+        metrics = score_eval_set(eval_set, queries, candidates)
+    except ValueError as exc:
+        raise ValueError(f"dataset {eval_set.name!r}: {exc}") from exc
+    record = _score_record(eval_set, metrics, fingerprint, int(queries.shape[1]))
+    if rank == 0:
+        write_json_atomic(score_file, record)
+    return record
+
+
+def load_eval_sets(dataset_name: str, subsets: Iterable[str], image_dir: str | os.PathLike | None) -> list[EvalSet]:
+    """Resolve ``subsets`` (names and/or suites) and load + validate every dataset; raises ``DataError``."""
+    return [load_eval_set(dataset_name, name, None if image_dir is None else str(image_dir))
+            for name in resolve_subsets(subsets)]
+
+
+def run_evaluation(model: torch.nn.Module, processor: object, eval_sets: list[EvalSet], *,
+                   output_dir: str | os.PathLike, batch_size: int = 16, show_progress_bar: bool | None = None,
+                   overwrite: bool = False, model_name: str | None = None, dataset_name: str = DEFAULT_DATASET,
+                   verbose: bool = True) -> dict:
+    """Score already validated datasets (see :func:`evaluate_mmeb` for the arguments) and write the report."""
+    output_dir = Path(output_dir)
+    if processor is None and hasattr(model, "processor"):
+        processor = model.processor
+    model_fp = model_fingerprint(model, processor)
+    records = [_evaluate_one(model, processor, eval_set, model_fp, output_dir, batch_size=batch_size,
+                             show_progress_bar=show_progress_bar, overwrite=overwrite) for eval_set in eval_sets]
+    label = model_name or str(getattr(model, "name_or_path", "") or type(model).__name__)
+    summary = build_summary(records, model=label, model_fingerprint=model_fp, dataset_name=str(dataset_name))
+    if rank_and_world()[0] == 0:
+        markdown = write_report(output_dir, summary)
+        if verbose:
+            print(markdown)
+    barrier()
+    return summary
+
+
+def evaluate_mmeb(model: torch.nn.Module, processor: object = None, *, dataset_name: str = DEFAULT_DATASET,
+                  subsets: Iterable[str] = ("all",), image_dir: str | os.PathLike | None = None,
+                  output_dir: str | os.PathLike, batch_size: int = 16, show_progress_bar: bool | None = None,
+                  overwrite: bool = False, model_name: str | None = None, verbose: bool = True) -> dict:
+    """Evaluate ``model`` on MMEB datasets and write the score files, summary and report to ``output_dir``.
+
+    Args:
+        model: anything with ``encode(inputs, batch_size=, show_progress_bar=, processor=)`` returning
+            (len(inputs), dim) embeddings, e.g. a ``Vlm2VecModel``; its config and weights define the fingerprint.
+        processor: passed to ``encode``; None uses ``model.processor`` (the one saved beside the weights).
+        dataset_name: Hub dataset id (``TIGER-Lab/MMEB-eval``) or a local root holding ``<Dataset>/*.parquet``.
+        subsets: dataset names and/or suites ``all``, ``ind``, ``ood``, ``synthetic``.
+        image_dir: root of the images the rows' relative paths point into.
+        batch_size: items per forward pass, per process.
+        overwrite: ignore finished score files and cached embeddings.
+        model_name: label used in the report (default: the model's ``name_or_path``).
+        verbose: print the results table (process 0).
+
+    Returns:
+        The summary dict also written to ``summary.json`` (per dataset, per meta-task, IND, OOD, Overall).
+
+    Raises:
+        DataError: bad subset name, missing dataset/column/image, malformed rows -- before anything is written.
+    """
+    eval_sets = load_eval_sets(dataset_name, subsets, image_dir)
+    return run_evaluation(model, processor, eval_sets, output_dir=output_dir, batch_size=batch_size,
+                          show_progress_bar=show_progress_bar, overwrite=overwrite, model_name=model_name,
+                          dataset_name=dataset_name, verbose=verbose)

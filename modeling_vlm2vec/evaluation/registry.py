@@ -89,7 +89,7 @@ def resolve_subsets(names: Iterable[str]) -> list[str]:
             close = difflib.get_close_matches(tok, list(REGISTRY) + list(_SUITES), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise DataError(f"unknown subset name {tok!r}{hint}; known: suites {', '.join(_SUITES)} and the "
-                            f"dataset names listed in modeling_vlm2vec.evaluation.registry", dataset=tok)
+                            f"dataset names listed in modeling_vlm2vec.evaluation.registry")
     return [name for name in REGISTRY if name in wanted]
 
 

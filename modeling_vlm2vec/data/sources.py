@@ -118,7 +118,8 @@ def _read_table(spec: SourceSpec) -> tuple[pa.Table, str]:
     elif _HUB_ID.match(spec.path):
         return _read_hub(spec), spec.path
     else:
-        raise DataError(f"path {spec.path!r} not found", dataset=spec.name, file=spec.config_file)
+        raise DataError(f"path {spec.path!r} not found (neither a file/folder relative to the config's folder nor a "
+                        f"Hub dataset id)", dataset=spec.name, file=spec.config_file)
     try:
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive"), str(path)
     except (pa.ArrowException, OSError) as exc:
@@ -252,8 +253,8 @@ def load_source(spec: SourceSpec, *, seed: int = 0) -> SourceRows:
         images += [("neg_image_path", p) for p in example["neg_images"]]
         for column, image in images:
             if image is not None and not os.path.isfile(image):
-                raise DataError(f"image file not found ({column} of the row, under image_dir "
-                                f"{str(spec.image_dir)!r})", dataset=spec.name, row=example["row"], file=image)
+                raise DataError(f"image file not found (column {column}, image_dir {str(spec.image_dir)!r})",
+                                dataset=spec.name, row=example["row"], file=image)
     logger.info("source %r: %d of %d rows kept (%d dropped: empty query or positive%s)", spec.name, len(source),
                 source.total_rows, source.dropped_empty,
                 f"; random sample of {len(source)} of {n_usable} usable rows" if len(source) < n_usable else "")

@@ -62,7 +62,7 @@ def _score_record(eval_set: EvalSet, metrics: dict[str, float], fingerprint: str
 
 def _evaluate_one(model: torch.nn.Module, processor: object, eval_set: EvalSet, model_fp: str, output_dir: Path, *,
                   batch_size: int, show_progress_bar: bool | None, overwrite: bool) -> dict:
-    rank, _ = rank_and_world()
+    rank, world_size = rank_and_world()
     fingerprint = dataset_fingerprint(model_fp, eval_set)
     score_file = output_dir / f"{eval_set.name}_score.json"
     previous = None if overwrite else read_json(score_file)
@@ -75,8 +75,8 @@ def _evaluate_one(model: torch.nn.Module, processor: object, eval_set: EvalSet, 
         logger.info("%s: reusing cached embeddings", eval_set.name)
         queries, candidates = cached
     else:
-        logger.info("%s: encoding %d queries and %d candidates", eval_set.name, len(eval_set.queries),
-                    len(eval_set.candidates))
+        logger.info("%s: encoding %d queries and %d candidates (process %d of %d encodes its shard)", eval_set.name,
+                    len(eval_set.queries), len(eval_set.candidates), rank + 1, world_size)
         queries, candidates = encode_eval_set(model, processor, eval_set, batch_size=batch_size,
                                               show_progress_bar=show_progress_bar)
         if rank == 0:

@@ -2,13 +2,15 @@
 
 ``KeyedEncoder`` embeds an item as the one-hot vector of its *key*: the first ``[<int>]`` in the text, else in the
 image file name, else 0. Datasets whose queries and candidates carry keys therefore have scores known by
-construction (1 for the same key, 0 otherwise), so expected hit@1 values can be written down by hand.
+construction (1 for the same key, 0 otherwise), so expected hit@1 values can be written down by hand. With
+``noise > 0`` a fixed pseudo-random vector per (text, image) is added, giving every item its own embedding.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +47,9 @@ class KeyedEncoder(torch.nn.Module):
     ``seed`` goes into a parameter, so encoders with different seeds have different fingerprints.
     """
 
-    def __init__(self, dim: int = 16, seed: int = 0, fail_after_calls: int | None = None):
+    def __init__(self, dim: int = 16, seed: int = 0, fail_after_calls: int | None = None, noise: float = 0.0):
         super().__init__()
-        self.dim, self.fail_after_calls = dim, fail_after_calls
+        self.dim, self.fail_after_calls, self.noise = dim, fail_after_calls, noise
         self.weight = torch.nn.Parameter(torch.full((1,), float(seed)))
         self.calls: list[list[dict]] = []
 
@@ -67,4 +69,8 @@ class KeyedEncoder(torch.nn.Module):
         self.calls.append(list(inputs))
         out = np.zeros((len(inputs), self.dim), dtype=np.float32)  # (num_items, dim)
         out[np.arange(len(inputs)), [self.key(item) % self.dim for item in inputs]] = 1.0
+        if self.noise:
+            for row, item in zip(out, inputs):
+                seed = zlib.crc32(f"{item.get('text')}\0{item.get('image')}".encode())
+                row += self.noise * np.random.default_rng(seed).standard_normal(self.dim, dtype=np.float32)
         return out

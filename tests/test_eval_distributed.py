@@ -1,0 +1,46 @@
+"""Two processes (gloo on CPU) give exactly the scores of one process, each encoding only its shard."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from modeling_vlm2vec.evaluation import evaluate_mmeb
+from modeling_vlm2vec.evaluation.testing import KeyedEncoder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_eval_runner import NAMES, _known_suite  # noqa: E402
+
+
+def _worker(rank: int, world_size: int, root: str, suite: dict, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world_size)
+    try:
+        encoder = KeyedEncoder(noise=0.5)
+        summary = evaluate_mmeb(encoder, dataset_name=str(suite["data"]), subsets=NAMES, image_dir=suite["images"],
+                                output_dir=out, batch_size=2, verbose=False)
+        report = {"summary": summary, "encoded": [len(call) for call in encoder.calls]}
+        Path(root, f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_two_processes_match_one(tmp_path):
+    suite = _known_suite(tmp_path)
+    single_out, multi_out = tmp_path / "single", tmp_path / "multi"
+    single = evaluate_mmeb(KeyedEncoder(noise=0.5), dataset_name=str(suite["data"]), subsets=NAMES,
+                           image_dir=suite["images"], output_dir=single_out, batch_size=2, verbose=False)
+    # The noisy encoder gives every item its own embedding, so shards gathered out of order would change scores.
+    mp.spawn(_worker, args=(2, str(tmp_path), suite, str(multi_out)), nprocs=2, join=True)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert reports[0]["summary"] == reports[1]["summary"] == single
+    for name, (queries, candidates) in suite["unique"].items():
+        i = NAMES.index(name)
+        shards = [reports[r]["encoded"][i] for r in range(2)]
+        assert sum(shards) == queries + candidates and abs(shards[0] - shards[1]) <= 1
+        assert (multi_out / f"{name}_score.json").read_text() == (single_out / f"{name}_score.json").read_text()
+    assert (multi_out / "results.md").read_text() == (single_out / "results.md").read_text()

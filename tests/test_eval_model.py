@@ -1,0 +1,104 @@
+"""Evaluation with a real tiny Vlm2Vec checkpoint: forward counts, cache contents, LoRA merge, multi-process CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set, load_model_for_eval
+from modeling_vlm2vec.evaluation.encoding import model_fingerprint
+from modeling_vlm2vec.processing_vlm2vec import load_processor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_backbone_dir):
+    root = tmp_path_factory.mktemp("eval-model")
+    raw = tiny_backbone_dir("qwen2_vl")
+    checkpoint = root / "vlm2vec-tiny"
+    Vlm2VecModel.from_backbone(raw).save_pretrained(checkpoint)
+    load_processor(raw).save_pretrained(checkpoint)
+    data = write_synthetic_mmeb(root / "syn", n_train_per_task=3, n_eval_per_task=4, n_candidates=3)
+    return {"root": root, "raw": raw, "checkpoint": checkpoint, "data": data}
+
+
+def _evaluate(setup, model, processor, out, subsets=("synthetic",)):
+    return evaluate_mmeb(model, processor, dataset_name=str(setup["data"]["eval_root"]), subsets=subsets,
+                         image_dir=setup["data"]["root"], output_dir=out, batch_size=3, verbose=False)
+
+
+def test_each_unique_item_goes_through_forward_once(setup):
+    model, processor = load_model_for_eval(setup["checkpoint"])
+    rows_seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                    with_kwargs=True)
+    out = setup["root"] / "single"
+    summary = _evaluate(setup, model, processor, out)
+    records = [json.loads((out / f"{name}_score.json").read_text()) for name in summary["datasets"]]
+    unique = sum(r["num_unique_queries"] + r["num_unique_candidates"] for r in records)
+    references = sum(r["num_queries"] * (1 + r["max_candidates_per_query"]) for r in records)
+    assert sum(rows_seen) == unique < references
+
+    # the cache holds each dataset's items in order: equal to encoding them one by one
+    eval_set = load_eval_set(str(setup["data"]["eval_root"]), "SynGround", str(setup["data"]["root"]))
+    (cache_file,) = (out / "cache").glob("*/SynGround.safetensors")
+    cached = load_file(str(cache_file))
+    for key, items in (("queries", eval_set.queries), ("candidates", eval_set.candidates)):
+        direct = model.encode([{"text": t, "image": i} for t, i in items], batch_size=1, processor=processor)
+        np.testing.assert_allclose(cached[key], direct.numpy(), atol=1e-5)
+
+
+def test_lora_adapter_on_raw_backbone_is_merged(setup):
+    from peft import LoraConfig, get_peft_model
+
+    base = Vlm2VecModel.from_backbone(setup["raw"])
+    torch.manual_seed(0)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    adapter = setup["root"] / "adapter"
+    peft_model.save_pretrained(adapter)
+    expected_model = peft_model.merge_and_unload()
+    items = ["a red circle", {"text": "<|image_1|> Represent the given image.",
+                              "image": str(setup["data"]["root"] / "images" / "eval" / "SynCLS" / "00000.png")}]
+    processor = load_processor(setup["raw"])
+    expected = expected_model.encode(items, processor=processor)
+
+    merged, merged_processor = load_model_for_eval(setup["raw"], lora_adapter=adapter)
+    plain, _ = load_model_for_eval(setup["raw"])
+    torch.testing.assert_close(merged.encode(items, processor=merged_processor), expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(plain.encode(items, processor=processor), expected, atol=1e-3)
+    assert model_fingerprint(merged, merged_processor) != model_fingerprint(plain, processor)
+
+
+def test_cli_with_two_processes_matches_one(setup):
+    single = setup["root"] / "single"
+    if not (single / "summary.json").exists():
+        model, processor = load_model_for_eval(setup["checkpoint"])
+        _evaluate(setup, model, processor, single)
+    out = setup["root"] / "multi"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "evaluate_mmeb.py"),
+           "--model_name_or_path", str(setup["checkpoint"]), "--dataset_name", str(setup["data"]["eval_root"]),
+           "--image_dir", str(setup["data"]["root"]), "--subset_name", "synthetic", "--output_dir", str(out),
+           "--batch_size", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=setup["root"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 2 of 2" in proc.stderr  # really two processes, each encoding a shard
+    for name in ("SynCLS", "SynVQA", "SynT2I", "SynI2T", "SynGround"):
+        ours, reference = (json.loads((d / f"{name}_score.json").read_text()) for d in (out, single))
+        assert ours.keys() == reference.keys()
+        for key, value in reference.items():
+            assert ours[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["aggregates"]["Overall"]["n"] == 5

@@ -21,14 +21,13 @@ from modeling_vlm2vec.errors import DataError
 from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, load_model_for_eval, run_evaluation
 
 
-def _default_device() -> str | None:
-    # Under accelerate/torchrun set up the process group first: each process then takes its own device.
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import PartialState
+def _default_device() -> str:
+    # PartialState joins the process group under accelerate/torchrun (gloo on CPU-only machines) and gives this
+    # process its own device; in a plain single process it is cuda:0 when available, else cpu.
+    import torch
+    from accelerate import PartialState
 
-        return str(PartialState(cpu=not torch.cuda.is_available()).device)
-    return None
+    return str(PartialState(cpu=not torch.cuda.is_available()).device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,7 +179,7 @@ def test_bad_input_is_reported_before_anything_is_written(kind, suite, tmp_path,
     assert evaluate_mmeb.main(_cli_args(suite, out, subsets)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ")
-    assert __import__("re").search(pattern, err), err
+    assert re.search(pattern, err), err
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -190,14 +191,15 @@ def test_cli_subprocess_exits_2(kind, suite, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "evaluate_mmeb.py"), *_cli_args(suite, out, subsets)],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert __import__("re").search(pattern, proc.stderr) and "Traceback" not in proc.stderr
+    assert re.search(pattern, proc.stderr) and "Traceback" not in proc.stderr
     assert not out.exists()
 
 
-def test_yaml_config_is_accepted(suite, tmp_path, capsys):
+@pytest.mark.parametrize("subsets", ["[ImageNet-1K, Nope]", "ImageNet-1K Nope"])
+def test_yaml_config_is_accepted(subsets, suite, tmp_path, capsys):
     config = tmp_path / "eval.yaml"
     config.write_text(f"model_name_or_path: /nonexistent-model\ndataset_name: {suite['data']}\n"
-                      f"output_dir: {tmp_path / 'out'}\nsubset_name: [ImageNet-1K, Nope]\n")
+                      f"output_dir: {tmp_path / 'out'}\nsubset_name: {subsets}\n")
     assert evaluate_mmeb.main([str(config)]) == 2
     assert "unknown subset name 'Nope'" in capsys.readouterr().err
 
@@ -214,3 +216,43 @@ def test_scores_use_each_rows_own_candidates_in_unique_space(suite, tmp_path):
     direct = np.stack([cands[row] @ queries[q] for q, row in zip(eval_set.query_index, eval_set.candidate_index)])
     ranks = 1 + (direct[:, 1:] >= direct[:, :1]).sum(axis=1)
     assert got["hit@1"] == np.mean(ranks == 1) and got["mrr"] == pytest.approx(np.mean(1 / ranks))
+
+
+def test_hub_dataset_goes_through_load_dataset(suite, monkeypatch):
+    # The Hub path cannot run offline; check it asks `datasets` for (name, config, split="test") and reads the
+    # rows exactly like the local parquet path.
+    import datasets
+    import pyarrow.parquet as pq
+
+    from modeling_vlm2vec.errors import DataError
+    from modeling_vlm2vec.evaluation import load_eval_set
+
+    calls = []
+
+    def fake_load_dataset(path, name, split):
+        calls.append((path, name, split))
+        if name != "ImageNet-1K":
+            raise ValueError(f"BuilderConfig {name} not found")
+        return datasets.Dataset.from_dict(pq.read_table(suite["data"] / name / "test.parquet").to_pydict())
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub = load_eval_set("TIGER-Lab/MMEB-eval", "ImageNet-1K", str(suite["images"]))
+    local = load_eval_set(str(suite["data"]), "ImageNet-1K", str(suite["images"]))
+    assert calls == [("TIGER-Lab/MMEB-eval", "ImageNet-1K", "test")]
+    assert (hub.queries, hub.candidates, hub.fingerprint) == (local.queries, local.candidates, local.fingerprint)
+    np.testing.assert_array_equal(hub.candidate_index, local.candidate_index)
+    with pytest.raises(DataError, match="dataset 'GQA'.*TIGER-Lab/MMEB-eval:GQA.*BuilderConfig GQA not found"):
+        load_eval_set("TIGER-Lab/MMEB-eval", "GQA", str(suite["images"]))
+
+
+def test_a_repeated_positive_is_not_a_tie(tmp_path):
+    # The same (text, image) as the positive, listed again, is the same item: it must not push the positive down.
+    rows = [{"qry_text": "q [1]", "qry_img_path": "", "tgt_text": ["a [1]", "b [2]", "a [1]"],
+             "tgt_img_path": ["", "", ""]},
+            {"qry_text": "q [1]", "qry_img_path": "", "tgt_text": ["a [1]", "c [1]", "b [2]"],
+             "tgt_img_path": ["", "", ""]}]  # a different item with the same embedding is a tie, counted against
+    write_eval_dataset(tmp_path / "d", "SynCLS", rows)
+    summary = run_mmeb(KeyedEncoder(), dataset_name=str(tmp_path / "d"), subsets=["SynCLS"],
+                       output_dir=tmp_path / "o", verbose=False)
+    assert summary["datasets"]["SynCLS"]["hit@1"] == 0.5
+    assert summary["datasets"]["SynCLS"]["mrr"] == pytest.approx((1 + 1 / 2) / 2)

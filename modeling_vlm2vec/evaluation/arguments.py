@@ -27,4 +27,6 @@ class EvalArguments:
 
     @property
     def subsets(self) -> list[str]:
+        if isinstance(self.subset_name, str):  # a YAML file may give one string: "all" or "A B"
+            return [self.subset_name]
         return self.subset_name or ["all"]

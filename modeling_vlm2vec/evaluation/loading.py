@@ -82,7 +82,8 @@ def _hub_chunks(dataset_name: str, name: str) -> Iterator[tuple[str, dict[str, l
     try:
         ds = datasets.load_dataset(dataset_name, name, split="test")
     except Exception as exc:  # offline, unknown config, ... -> one clear message instead of a traceback
-        raise DataError(f"cannot load from the Hub ({type(exc).__name__}: {exc})", dataset=name, file=label) from exc
+        raise DataError(f"not a local folder, and cannot load it from the Hub ({type(exc).__name__}: {exc})",
+                        dataset=name, file=label) from exc
     missing = [col for col in COLUMNS if col not in ds.column_names]
     if missing:
         raise DataError(f"missing column(s) {', '.join(missing)}", dataset=name, file=label)

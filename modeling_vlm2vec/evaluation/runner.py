@@ -139,6 +139,9 @@ def evaluate_mmeb(model: torch.nn.Module, processor: object = None, *, dataset_n
     Returns:
         The summary dict also written to ``summary.json`` (per dataset, per meta-task, IND, OOD, Overall).
 
+    Under a process group (``accelerate launch`` / ``torchrun``) call it on every process with the unwrapped model
+    (not the DDP wrapper): each encodes a shard, process 0 writes, every process returns the same summary.
+
     Raises:
         DataError: bad subset name, missing dataset/column/image, malformed rows -- before anything is written.
     """

@@ -1,0 +1,151 @@
+"""Import an official VLM2Vec release (a PEFT LoRA/DoRA adapter on a raw VLM) as a merged Vlm2Vec checkpoint.
+
+Official releases (e.g. ``TIGER-Lab/VLM2Vec-Qwen2VL-2B``) were trained with transformers 4 on the raw
+``...ForConditionalGeneration`` model, so their adapter keys follow that layout:
+
+========================  ===================================================  ======================================
+backbone                  transformers-4 key (after ``base_model.model.``)      this package (wrapper layout)
+========================  ===================================================  ======================================
+Qwen2-VL / Qwen2.5-VL      ``model.layers.0.self_attn.q_proj``                   ``backbone.language_model.layers.0...``
+                           ``visual.blocks.0...``                                ``backbone.visual.blocks.0...``
+LLaVA-Next                 ``language_model.model.layers.0...``                  ``backbone.language_model.layers.0...``
+                           ``vision_tower.vision_model...``                      ``backbone.vision_tower.vision_model...``
+========================  ===================================================  ======================================
+
+Adapters saved on the raw model with transformers 5 (``model.language_model...``) are accepted too. The renamed
+adapter is applied to ``Vlm2VecModel.from_backbone(base)`` configured like the official model — the raw prompt
+format (bare ``<|image_pad|>`` for Qwen, ``<image>`` for LLaVA-Next), last-token pooling, L2 normalisation — merged,
+and exported with :func:`export_checkpoint`.
+
+Only ``adapter_model.safetensors`` is read. Releases that ship a pickled ``adapter_model.bin`` are converted once,
+outside this tool, with a loader that cannot execute code::
+
+    import torch; from safetensors.torch import save_file
+    save_file(torch.load("adapter_model.bin", weights_only=True, map_location="cpu"), "adapter_model.safetensors")
+
+Command line: ``python -m modeling_vlm2vec.hub.convert_official <base_backbone> <adapter_dir> <output_dir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from ..modeling_vlm2vec import Vlm2VecModel
+from ..processing_vlm2vec import load_processor
+from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, attach_adapter, read_adapter_weights, read_json
+from .export import export_checkpoint
+
+PEFT_PREFIX = "base_model.model."
+_QWEN_RULES = (
+    (r"^model\.language_model\.", "backbone.language_model."),  # transformers 5, raw model
+    (r"^model\.visual\.", "backbone.visual."),
+    (r"^visual\.", "backbone.visual."),  # transformers 4
+    (r"^model\.", "backbone.language_model."),
+)
+# First matching (pattern, replacement) wins; keys already in the wrapper layout (``backbone.``) are kept.
+KEY_RULES = {
+    "qwen2_vl": _QWEN_RULES,
+    "qwen2_5_vl": _QWEN_RULES,
+    "llava_next": (
+        (r"^model\.", "backbone."),  # transformers 5, raw model
+        (r"^language_model\.model\.", "backbone.language_model."),  # transformers 4
+        (r"^vision_tower\.", "backbone.vision_tower."),
+        (r"^multi_modal_projector\.", "backbone.multi_modal_projector."),
+    ),
+}
+
+
+def rename_official_keys(weights: dict[str, torch.Tensor], backbone_type: str, *,
+                         file: str | None = None) -> dict[str, torch.Tensor]:
+    """Map PEFT adapter keys saved on a raw VLM (transformers 4 or 5) to the `Vlm2VecModel` layout."""
+    if backbone_type not in KEY_RULES:
+        raise DataError(f"no official key layout known for backbone type {backbone_type!r} "
+                        f"(supported: {', '.join(KEY_RULES)})", file=file)
+    renamed = {}
+    for key, tensor in weights.items():
+        if not key.startswith(PEFT_PREFIX):
+            raise DataError(f"adapter key {key!r} does not start with {PEFT_PREFIX!r}; not a PEFT adapter", file=file)
+        path = key[len(PEFT_PREFIX):]
+        if not path.startswith("backbone."):
+            for pattern, replacement in KEY_RULES[backbone_type]:
+                if re.match(pattern, path):
+                    path = re.sub(pattern, replacement, path, count=1)
+                    break
+            else:
+                raise DataError(f"adapter key {key!r} has no place in a {backbone_type} embedding model "
+                                f"(an LM head or an unknown layout)", file=file)
+        if "lm_head" in path:
+            raise DataError(f"adapter key {key!r} adapts the LM head, which an embedding model does not have",
+                            file=file)
+        renamed[PEFT_PREFIX + path] = tensor
+    return renamed
+
+
+def adapted_modules(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Full names (relative to the wrapper) of the modules an adapter state dict adapts."""
+    return sorted({key[len(PEFT_PREFIX):].split(".lora_")[0] for key in weights if ".lora_" in key})
+
+
+def convert_official_checkpoint(base_backbone_dir_or_id: str | os.PathLike, adapter_dir: str | os.PathLike,
+                                output_dir: str | os.PathLike, *, card_context: dict | None = None,
+                                overwrite: bool = False, **config_kwargs) -> Path:
+    """Merge an official VLM2Vec adapter into its raw backbone and export a Vlm2Vec checkpoint to `output_dir`.
+
+    Args:
+        base_backbone_dir_or_id: the raw VLM the adapter was trained on (e.g. ``Qwen/Qwen2-VL-2B-Instruct``).
+        adapter_dir: folder with ``adapter_config.json`` and ``adapter_model.safetensors`` (and maybe processor
+            files, used in preference to the base's).
+        config_kwargs: `Vlm2VecConfig` overrides (e.g. the resolution policy the release was trained with).
+
+    Raises:
+        DataError: missing/pickled adapter weights, keys in an unknown layout, adapter not matching the backbone.
+    """
+    from peft import PeftConfig
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise DataError(f"not a PEFT adapter folder (no {ADAPTER_CONFIG})", file=str(adapter_dir))
+    read_json(adapter_dir / ADAPTER_CONFIG)
+    weights = read_adapter_weights(adapter_dir)
+    settings = {"pooling": "last", "normalize": True, **config_kwargs}
+    base = Vlm2VecModel.from_backbone(base_backbone_dir_or_id, **settings)
+    file = str(adapter_dir / ADAPTER_WEIGHTS)
+    renamed = rename_official_keys(weights, base.config.backbone_type, file=file)
+    peft_config = PeftConfig.from_pretrained(adapter_dir)
+    peft_config.target_modules = adapted_modules(renamed)  # exact names: the original suffixes/regex were for v4
+    peft_config.base_model_name_or_path = str(base_backbone_dir_or_id)
+    merged = attach_adapter(base, peft_config, renamed, file=file).merge_and_unload()
+    has_processor = any((adapter_dir / name).is_file() for name in PROCESSOR_FILES)
+    processor = load_processor(adapter_dir) if has_processor else None
+    context = {"base_model": str(base_backbone_dir_or_id), **(card_context or {})}
+    context.setdefault("lora", {k: getattr(peft_config, k, None) for k in ("r", "lora_alpha", "use_dora")})
+    return export_checkpoint(merged, output_dir, processor=processor, card_context=context, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modeling_vlm2vec.hub.convert_official",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("base_backbone", help="raw VLM the adapter was trained on (Hub id or folder)")
+    parser.add_argument("adapter_dir", help="official adapter folder (adapter_config.json + safetensors)")
+    parser.add_argument("output_dir", help="folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    args = parser.parse_args(argv)
+    try:
+        folder = convert_official_checkpoint(args.base_backbone, args.adapter_dir, args.output_dir,
+                                             overwrite=args.overwrite)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"converted {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Command-line / YAML arguments of contrastive training (HfArgumentParser dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ContrastiveTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus GradCache, loss and sampler settings.
+
+    Contrastive training needs the raw query/positive/negative groups in every batch and may leave the vision tower
+    unused on text-only chunks, so ``remove_unused_columns`` is always False and, unless set explicitly,
+    ``ddp_find_unused_parameters=True`` and ``ddp_broadcast_buffers=False`` (GradCache runs several forwards per step).
+    """
+
+    gc_q_chunk_size: int | None = field(
+        default=None, metadata={"help": "GradCache chunk size (rows) for queries; None = no GradCache."})
+    gc_p_chunk_size: int | None = field(
+        default=None, metadata={"help": "GradCache chunk size (rows) for positives and hard negatives; None = no "
+                                        "GradCache."})
+    loss_symmetric: bool = field(
+        default=False, metadata={"help": "Add the positive -> query InfoNCE direction (loss = mean of both)."})
+    sampler_mode: str = field(
+        default="mixed", metadata={"help": "Global-batch sampling over sources: 'mixed' (one permutation of all "
+                                           "rows) or 'homogeneous' (each sub-batch from one source)."})
+    homogeneous_sub_batch: int | None = field(
+        default=None, metadata={"help": "Rows per single-source sub-batch in homogeneous mode (default: the whole "
+                                        "global batch)."})
+
+    def __post_init__(self):
+        self.remove_unused_columns = False
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = True
+        if self.ddp_broadcast_buffers is None:
+            self.ddp_broadcast_buffers = False
+        super().__post_init__()
+        for name in ("gc_q_chunk_size", "gc_p_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+
+
+@dataclass
+class LoraArguments:
+    """Parameter-efficient fine-tuning; with ``lora=False`` every parameter is trained (full fine-tuning)."""
+
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
+    lora_use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA); slower."})
+    lora_gaussian_init: bool = field(
+        default=False, metadata={"help": "Initialise LoRA A with a Gaussian (the official VLM2Vec setting) instead of "
+                                         "peft's default Kaiming-uniform."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Regex (full match) of module names to adapt; default: the attention and MLP "
+                                        "projections of the language model only."})
+
+
+__all__ = ["ContrastiveTrainingArguments", "LoraArguments"]

@@ -1,0 +1,162 @@
+"""`ContrastiveTrainer`: the transformers Trainer training a `Vlm2VecModel` with (cached) InfoNCE.
+
+Batch contract (what the collator produces)::
+
+    {"query": group, "positive": group, "negative": group (only when the batch has hard negatives),
+     "neg_counts": LongTensor (B,)}
+
+Each group is a :func:`~modeling_vlm2vec.processing_vlm2vec.process_batch` dict; ``negative`` holds the batch's real
+hard negatives flattened in row order (any number per row). The loss is :func:`~.losses.contrastive_loss`.
+
+Two paths, same loss and gradient:
+
+* **uncached** (``compute_loss``; also the eval loss): one forward of the concatenated query + positive + negative
+  batch (under DDP a single forward per backward is required), then the loss;
+* **cached** (``training_step``) whenever a GradCache chunk size is smaller than its group: :class:`~.grad_cache.
+  GradCache` with ``gc_q_chunk_size`` for queries and ``gc_p_chunk_size`` for positives and negatives.
+
+Both log ``loss`` and the in-batch retrieval ``accuracy`` (mean over the logging window and the ranks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_pt_utils import nested_gather
+
+from ..data.sampler import build_train_dataloader
+from ..data.sources import TrainingCorpus
+from .arguments import ContrastiveTrainingArguments
+from .batching import concat_groups, group_rows
+from .grad_cache import GradCache, needs_grad_cache
+from .losses import ContrastiveLossOutput, contrastive_loss
+
+GROUPS = ("query", "positive", "negative")
+
+
+class ContrastiveTrainer(Trainer):
+    """Trainer for contrastive embedding training; see the module docstring for the batch contract.
+
+    ``args`` must be a :class:`~.arguments.ContrastiveTrainingArguments`. The model is a `Vlm2VecModel`, optionally
+    wrapped by peft (see :func:`~.lora.prepare_trainable_model`). A
+    :class:`~modeling_vlm2vec.data.sources.TrainingCorpus` train dataset is served by the deterministic global-batch
+    sampler (already sharded by rank, resumable); any other dataset goes through the stock dataloader.
+    """
+
+    # compute_loss returns a per-batch mean: the stock training_step divides it by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, ContrastiveTrainingArguments):
+            raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments, got {type(self.args).__name__}")
+        self._accuracy = {"train": [], "eval": []}  # detached per-batch accuracies since the last log
+
+    # ---- loss -------------------------------------------------------------------------------------------------
+
+    @property
+    def _config(self):
+        return self.model.config  # Vlm2VecConfig (a PeftModel exposes its base model's config)
+
+    def _loss(self, embeddings: dict[str, torch.Tensor]) -> ContrastiveLossOutput:
+        return contrastive_loss(embeddings["query"], embeddings["positive"], embeddings.get("negative"),
+                                temperature=self._config.contrastive_temperature, symmetric=self.args.loss_symmetric)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        """Uncached loss: ONE forward of the concatenated groups, split back into query / positive / negative."""
+        groups = {name: inputs[name] for name in GROUPS if name in inputs}
+        text_config = self._config.get_text_config()
+        batch = concat_groups(list(groups.values()), self._config.padding_side,
+                              pad_token_id=text_config.pad_token_id or 0)
+        embeddings = model(**batch).embeddings  # (sum of group rows, d)
+        split = dict(zip(groups, embeddings.split([group_rows(g) for g in groups.values()])))
+        output = self._loss(split)
+        self._record_accuracy(output.accuracy)
+        return (output.loss, output) if return_outputs else output.loss
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        """GradCache step when a chunk size is smaller than its group, else the stock step (``compute_loss``)."""
+        chunk_sizes = {"query": self.args.gc_q_chunk_size, "positive": self.args.gc_p_chunk_size,
+                       "negative": self.args.gc_p_chunk_size}
+        groups = {name: inputs[name] for name in GROUPS if name in inputs}
+        if not needs_grad_cache(groups, chunk_sizes):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        groups = self._prepare_inputs(groups)
+        # chunks never larger than their group: a None size means "one chunk"
+        sizes = {name: chunk_sizes[name] or group_rows(group) for name, group in groups.items()}
+        cache = GradCache(model, self._loss, chunk_sizes=sizes, padding_side=self._config.padding_side,
+                          backward=self.accelerator.backward)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        with self.compute_loss_context_manager():
+            output = cache.step(groups, scale=scale)
+        self._record_accuracy(output.accuracy)
+        return output.loss * scale
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None):
+        """Eval loss of the batch (uncached path); no logits or labels."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ---- logging ----------------------------------------------------------------------------------------------
+
+    def _record_accuracy(self, accuracy: torch.Tensor) -> None:
+        self._accuracy["train" if self.model.training else "eval"].append(accuracy.detach())
+
+    def _mean_accuracy(self, phase: str) -> float | None:
+        """Mean of the recorded accuracies over batches and ranks (a collective: every rank must call it)."""
+        values, self._accuracy[phase] = self._accuracy[phase], []
+        if not values:
+            return None
+        return nested_gather(torch.stack(values).mean(), self.args.parallel_mode).mean().item()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: every rank reaches it together
+            accuracy = self._mean_accuracy("train")
+            if accuracy is not None:
+                logs["accuracy"] = accuracy
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        self._accuracy["eval"] = []
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        accuracy = self._mean_accuracy("eval")
+        if accuracy is not None:
+            output.metrics[f"{metric_key_prefix}_accuracy"] = accuracy
+        return output
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        flops = 0
+        for name in GROUPS:
+            if name in inputs:
+                flops += super().floating_point_ops(inputs[name])
+        return flops
+
+    # ---- data -------------------------------------------------------------------------------------------------
+
+    def get_train_dataloader(self):
+        """A `TrainingCorpus` gets the deterministic global-batch loader, sharded by rank here and therefore NOT
+        passed through ``accelerator.prepare``; resuming continues the same order (the Trainer skips batches)."""
+        if not isinstance(self.train_dataset, TrainingCorpus):
+            return super().get_train_dataloader()
+        return build_train_dataloader(
+            self.train_dataset, self.data_collator, per_device_batch_size=self.args.per_device_train_batch_size,
+            world_size=self.args.world_size, rank=self.args.process_index,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            mode=self.args.sampler_mode, homogeneous_sub_batch=self.args.homogeneous_sub_batch,
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+
+
+__all__ = ["ContrastiveTrainer"]

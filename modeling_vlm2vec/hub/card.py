@@ -124,7 +124,7 @@ def render_model_card(config, *, card_context: dict | None = None, repo_id: str 
     repo_id = repo_id or context.get("repo_id") or "your-username/vlm2vec-model"
     model_name = context.get("model_name") or repo_id.split("/")[-1]
     summary = load_eval_summary(context.get("eval_dir"))
-    base_model = _base_model_id(config, context)
+    base_model = backbone = _base_model_id(config, context)
     if adapter_only and base_reference and _HUB_ID.match(base_reference) and not os.path.exists(base_reference):
         base_model = base_reference
     data_sources = context.get("data_sources") or []
@@ -137,7 +137,7 @@ def render_model_card(config, *, card_context: dict | None = None, repo_id: str 
     aggregates, datasets = _eval_rows(summary) if summary else ([], [])
     return ModelCard.from_template(
         card_data, template_path=str(template_path), model_name=model_name, repo_id=repo_id,
-        backbone=base_model or config.backbone_type, backbone_type=config.backbone_type,
+        backbone=backbone or config.backbone_type, backbone_type=config.backbone_type,
         hidden_size=config.hidden_size, pooling_text=_pooling_text(config),
         image_token=config.image_token, padding_side=config.padding_side, max_length=config.max_length,
         resolution=_resolution_text(config), temperature=config.contrastive_temperature,

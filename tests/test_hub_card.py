@@ -1,0 +1,126 @@
+"""Model card: YAML metadata, evaluation table from evaluate_mmeb outputs, and a usage snippet that really runs."""
+
+import json
+import re
+
+import pytest
+import yaml
+from hub_isolation import run_isolated
+from huggingface_hub import ModelCard
+from peft import LoraConfig, get_peft_model
+
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.hub.export import export_checkpoint
+
+CONTEXT = {
+    "repo_id": "someone/vlm2vec-tiny",
+    "base_model": "Qwen/Qwen2-VL-2B-Instruct",
+    "datasets": ["TIGER-Lab/MMEB-train"],
+    "license": "mit",
+    "tags": ["demo"],
+    "training": {"learning_rate": 2e-5, "per_device_train_batch_size": 8, "max_steps": 100},
+    "data_sources": [{"name": "ImageNet_1K", "count": 1000}, {"name": "N24News", "count": 500}],
+    "grad_cache": {"query_chunk_size": 4, "target_chunk_size": 2},
+    "world_size": 2,
+    "lora": {"r": 8, "alpha": 64, "use_dora": False},
+    "hard_negatives": True,
+}
+
+
+def _score(name, hit):
+    return {"dataset": name, "meta_task": "classification", "split": "IND", "hit@1": hit, "recall@5": 1.0,
+            "mrr": 0.8, "ndcg@10": 0.9, "num_queries": 4, "fingerprint": "x"}
+
+
+def _write_scores(eval_dir):
+    eval_dir.mkdir(parents=True)
+    for name, hit in (("ImageNet-1K", 0.5), ("N24News", 0.25)):
+        (eval_dir / f"{name}_score.json").write_text(json.dumps(_score(name, hit)))
+
+
+def _front_matter(text):
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    assert match, "card must start with YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def _python_block(text):
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tiny_backbone_dir):
+    return tiny_backbone_dir("llava_next")
+
+
+def test_card_metadata_training_and_scores_from_score_files(llava_dir, tmp_path):
+    model = Vlm2VecModel.from_backbone(llava_dir)
+    _write_scores(tmp_path / "eval")
+    out = export_checkpoint(model, tmp_path / "out", card_context={**CONTEXT, "eval_dir": str(tmp_path / "eval")})
+    text = (out / "README.md").read_text()
+    meta = _front_matter(text)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "feature-extraction"
+    assert meta["base_model"] == "Qwen/Qwen2-VL-2B-Instruct" and meta["datasets"] == ["TIGER-Lab/MMEB-train"]
+    assert meta["license"] == "mit"
+    assert {"vlm2vec", "mmeb", "custom_code", "llava_next", "demo"} <= set(meta["tags"])
+    results = {r["dataset"]["name"]: r["metrics"][0]["value"] for r in meta["model-index"][0]["results"]}
+    # hand-computed: classification / IND / Overall = mean(50, 25)
+    assert results == {"MMEB Classification": 37.5, "MMEB IND": 37.5, "MMEB Overall": 37.5,
+                       "MMEB ImageNet-1K": 50.0, "MMEB N24News": 25.0}
+    assert "| Overall | 2/36 | 37.5 | 77.4 |" in text  # paper: mean of 74.5 and 80.3 over the same datasets
+    assert "| ImageNet-1K | classification | IND | 50.0 | 74.5 |" in text
+    assert "| ImageNet_1K | 1000 |" in text and "Data (1500 pairs)" in text
+    assert "| learning_rate | 2e-05 |" in text
+    assert "query_chunk_size = 4, target_chunk_size = 2" in text and "World size (processes): 2" in text
+    assert "LoRA: r = 8, alpha = 64, use_dora = False" in text and "in-batch and hard negatives" in text
+    assert "- transformers: " in text and "arXiv:2410.05160" in text
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["ImageNet-1K_score.json", "N24News_score.json"]
+    # huggingface_hub parses it back
+    card = ModelCard.load(out / "README.md")
+    assert card.data.eval_results[0].metric_value == 37.5
+
+
+def test_summary_json_takes_precedence(llava_dir, tmp_path):
+    _write_scores(tmp_path / "eval")
+    summary = {"metric": "hit@1", "model": "m", "dataset_name": "TIGER-Lab/MMEB-eval",
+               "datasets": {"ImageNet-1K": {**_score("ImageNet-1K", 0.5), "paper_hit@1": 0.745}},
+               "aggregates": {"Overall": {"hit@1": 0.123, "n": 1, "N": 36, "datasets": ["ImageNet-1K"],
+                                          "paper_hit@1": None}}}
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
+    out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out",
+                            card_context={"eval_dir": str(tmp_path / "eval")})
+    text = (out / "README.md").read_text()
+    assert "| Overall | 1/36 | 12.3 | – |" in text
+    assert "summary.json" in {p.name for p in (out / "eval").iterdir()}
+
+
+def test_card_without_context_has_no_training_or_eval_sections(llava_dir, tmp_path):
+    out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "plain")
+    text = (out / "README.md").read_text()
+    meta = _front_matter(text)
+    assert "## Training" not in text and "## Evaluation" not in text and "model-index" not in meta
+    assert "base_model" not in meta  # a local backbone path is not a Hub id
+    assert 'AutoModel.from_pretrained("plain", trust_remote_code=True)' in text
+
+
+def test_card_snippets_run_without_the_package(llava_dir, tmp_path):
+    """Execute the merged and the adapter-only cards' snippets where only the checkpoint files exist."""
+    base = Vlm2VecModel.from_backbone(llava_dir)
+    base_dir = export_checkpoint(base, tmp_path / "base", card_context={"repo_id": "someone/tiny-base"})
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapter_dir = export_checkpoint(peft_model, tmp_path / "adapter", adapter_only=True, base_model=str(base_dir),
+                                    card_context={"repo_id": "someone/tiny-adapter"})
+    merged_snippet = _python_block((base_dir / "README.md").read_text())
+    adapter_card = (adapter_dir / "README.md").read_text()
+    assert _front_matter(adapter_card)["library_name"] == "peft"
+    adapter_snippet = _python_block(adapter_card)
+    assert f'AutoModel.from_pretrained("{base_dir}"' in adapter_snippet
+    code = "\n".join([
+        merged_snippet.replace('"someone/tiny-base"', repr(str(base_dir))),
+        "assert scores.shape == (1, 2) and pairs.shape == (1, model.config.hidden_size)",
+        adapter_snippet.replace('"someone/tiny-adapter"', repr(str(adapter_dir))),
+        "assert scores.shape == (1, 2)",
+        "print('snippets ran')"])
+    assert "snippets ran" in run_isolated(code)

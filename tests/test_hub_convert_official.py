@@ -1,0 +1,91 @@
+"""Importing official VLM2Vec releases: a PEFT (DoRA) adapter saved on a raw VLM with transformers-4 key names."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
+
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.hub.convert_official import convert_official_checkpoint
+from modeling_vlm2vec.processing_vlm2vec import process_batch
+
+# transformers-5 raw-model prefixes -> the transformers-4 names the official releases were saved with
+V4_NAMES = {
+    "qwen2_vl": [("base_model.model.model.language_model.", "base_model.model.model."),
+                 ("base_model.model.model.visual.", "base_model.model.visual.")],
+    "llava_next": [("base_model.model.model.language_model.", "base_model.model.language_model.model."),
+                   ("base_model.model.model.vision_tower.", "base_model.model.vision_tower."),
+                   ("base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector.")],
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]  # the official V1 suffix list (LLM + CLIP attention)
+TEXTS = ["<|image_1|> Represent the given image for classification.", "a red circle on a white background"]
+IMAGES = [Image.new("RGB", (40, 30), "red"), None]
+
+
+def _official_release(raw_dir, folder, model_type, *, layout="v4"):
+    """Train-free stand-in for a release: a random DoRA adapter on the raw model, saved, keys renamed to `layout`."""
+    raw = AutoModelForImageTextToText.from_pretrained(raw_dir)
+    torch.manual_seed(3)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=TARGETS, use_dora=True, init_lora_weights=False)
+    peft_raw = get_peft_model(raw, config)
+    peft_raw.save_pretrained(folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    if layout == "v4":
+        renamed = {}
+        for key, tensor in weights.items():
+            for new, old in V4_NAMES[model_type]:
+                if key.startswith(new):
+                    key = old + key[len(new):]
+                    break
+            renamed[key] = tensor
+        assert renamed.keys() != weights.keys()
+        save_file(renamed, folder / "adapter_model.safetensors")
+    return peft_raw.merge_and_unload()
+
+
+def _reference_embeddings(merged_raw, batch):
+    """Last-token final hidden state of the merged raw model, L2-normalised (right padding)."""
+    inputs = {k: v for k, v in batch.items() if k != "num_images"}
+    hidden = merged_raw(**inputs, output_hidden_states=True).hidden_states[-1]  # (batch, seq, hidden)
+    last = batch["attention_mask"].sum(-1) - 1  # (batch,)
+    return F.normalize(hidden[torch.arange(hidden.shape[0]), last].float(), dim=-1)
+
+
+@pytest.mark.parametrize(("model_type", "layout"), [("qwen2_vl", "v4"), ("llava_next", "v4"), ("qwen2_vl", "v5")])
+def test_converted_release_equals_manually_merged_reference(tiny_backbone_dir, tmp_path, model_type, layout):
+    raw_dir = tiny_backbone_dir(model_type)
+    merged_raw = _official_release(raw_dir, tmp_path / "release", model_type, layout=layout)
+    out = convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "converted")
+    model = Vlm2VecModel.from_pretrained(out)
+    assert model.config.image_token == {"qwen2_vl": "<|image_pad|>", "llava_next": "<image>"}[model_type]
+    assert model.config.pooling == "last" and model.config.normalize
+    batch = process_batch(model.processor, model.config, TEXTS, IMAGES)
+    with torch.no_grad():
+        expected = _reference_embeddings(merged_raw.eval(), batch)
+        got = model(**batch).embeddings
+        unadapted = Vlm2VecModel.from_backbone(raw_dir)(**batch).embeddings
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert (unadapted - expected).abs().max() > 1e-3  # the adapter was applied, not dropped
+    assert "lora" not in json.dumps(list(load_file(out / "model.safetensors")))
+
+
+def test_pickled_or_foreign_adapters_are_refused(tiny_backbone_dir, tmp_path):
+    raw_dir = tiny_backbone_dir("qwen2_vl")
+    _official_release(raw_dir, tmp_path / "release", "qwen2_vl")
+    weights = load_file(tmp_path / "release" / "adapter_model.safetensors")
+    key = next(iter(weights))
+    save_file({**weights, "base_model.model.lm_head.lora_A.weight": weights[key].clone()},
+              tmp_path / "release" / "adapter_model.safetensors")
+    with pytest.raises(DataError, match="LM head"):
+        convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "out")
+    (tmp_path / "release" / "adapter_model.safetensors").unlink()
+    (tmp_path / "release" / "adapter_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(DataError, match="weights_only=True"):
+        convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -194,8 +194,10 @@ def read_adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The adapter tensors of a PEFT folder; only safetensors (a pickled ``adapter_model.bin`` is refused)."""
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
-        hint = (" (adapter_model.bin is a pickle and is not loaded; convert it once with torch.load(..., "
-                "weights_only=True) and safetensors.torch.save_file)") if (folder / "adapter_model.bin").exists() else ""
+        hint = ""
+        if (folder / "adapter_model.bin").exists():
+            hint = (" (adapter_model.bin is a pickle and is not loaded; convert it once with torch.load(..., "
+                    "weights_only=True) and safetensors.torch.save_file)")
         raise DataError(f"{ADAPTER_WEIGHTS} missing{hint}", file=str(folder))
     return load_file(weights)
 

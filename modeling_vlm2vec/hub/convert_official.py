@@ -3,14 +3,11 @@
 Official releases (e.g. ``TIGER-Lab/VLM2Vec-Qwen2VL-2B``) were trained with transformers 4 on the raw
 ``...ForConditionalGeneration`` model, so their adapter keys follow that layout:
 
-========================  ===================================================  ======================================
-backbone                  transformers-4 key (after ``base_model.model.``)      this package (wrapper layout)
-========================  ===================================================  ======================================
-Qwen2-VL / Qwen2.5-VL      ``model.layers.0.self_attn.q_proj``                   ``backbone.language_model.layers.0...``
-                           ``visual.blocks.0...``                                ``backbone.visual.blocks.0...``
-LLaVA-Next                 ``language_model.model.layers.0...``                  ``backbone.language_model.layers.0...``
-                           ``vision_tower.vision_model...``                      ``backbone.vision_tower.vision_model...``
-========================  ===================================================  ======================================
+- Qwen2-VL / Qwen2.5-VL: ``model.layers.0.self_attn.q_proj`` -> ``backbone.language_model.layers.0.self_attn.q_proj``,
+  ``visual.blocks.0...`` -> ``backbone.visual.blocks.0...``;
+- LLaVA-Next: ``language_model.model.layers.0...`` -> ``backbone.language_model.layers.0...``,
+  ``vision_tower.vision_model...`` -> ``backbone.vision_tower.vision_model...``
+  (keys after PEFT's ``base_model.model.`` prefix, transformers-4 name -> this package's wrapper).
 
 Adapters saved on the raw model with transformers 5 (``model.language_model...``) are accepted too. The renamed
 adapter is applied to ``Vlm2VecModel.from_backbone(base)`` configured like the official model — the raw prompt
@@ -39,7 +36,8 @@ import torch
 from ..errors import DataError
 from ..modeling_vlm2vec import Vlm2VecModel
 from ..processing_vlm2vec import load_processor
-from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, attach_adapter, read_adapter_weights, read_json
+from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, attach_adapter, read_adapter_weights,
+                         read_json)
 from .export import export_checkpoint
 
 PEFT_PREFIX = "base_model.model."
@@ -112,7 +110,7 @@ def convert_official_checkpoint(base_backbone_dir_or_id: str | os.PathLike, adap
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise DataError(f"not a PEFT adapter folder (no {ADAPTER_CONFIG})", file=str(adapter_dir))
-    read_json(adapter_dir / ADAPTER_CONFIG)
+    read_json(adapter_dir / ADAPTER_CONFIG)  # a malformed file becomes a DataError naming it
     weights = read_adapter_weights(adapter_dir)
     settings = {"pooling": "last", "normalize": True, **config_kwargs}
     base = Vlm2VecModel.from_backbone(base_backbone_dir_or_id, **settings)

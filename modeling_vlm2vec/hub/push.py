@@ -88,7 +88,7 @@ class HubPushMixin:
     """Mix into a `transformers.Trainer` subclass (before `Trainer`) so every Hub push carries code, processor, card.
 
     The card's training details come from `hub_card_context()`, which subclasses may extend (default: the
-    TrainingArguments hyper-parameters, world size and LoRA settings).
+    TrainingArguments hyper-parameters, world size, GradCache chunk sizes and LoRA settings).
     """
 
     def hub_card_context(self) -> dict:
@@ -98,6 +98,10 @@ class HubPushMixin:
             "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16")
             if getattr(args, name, None) is not None}
         context = {"training": training, "world_size": args.world_size}
+        grad_cache = {name: getattr(args, name) for name in ("gc_q_chunk_size", "gc_p_chunk_size")
+                      if getattr(args, name, None)}
+        if grad_cache:
+            context["grad_cache"] = grad_cache
         if args.hub_model_id:
             context["repo_id"] = args.hub_model_id
         peft_config = getattr(self.model, "peft_config", None)

@@ -101,7 +101,7 @@ def test_negatives_are_normalised_to_equal_length_lists(root):
     assert [corpus[(1, i)]["neg_texts"] for i in range(3)] == [[], ["one"], []]
 
 
-def test_num_samples_is_a_seeded_random_sample(root):
+def test_num_samples_is_a_seeded_random_sample(root, caplog):
     n = 200
     rows = [(f"query {i}", "", f"target {i}", "") for i in range(n)]
     rows[5] = ("", "", "dropped", "")
@@ -110,11 +110,14 @@ def test_num_samples_is_a_seeded_random_sample(root):
 
     def picked(seed):
         corpus = load_corpus(config, seed=seed)
+        assert (corpus.sources[0].total_rows, corpus.sources[0].dropped_empty) == (n, 1)
         picked_rows = [corpus[i]["row"] for i in range(len(corpus))]
         assert all(corpus[i]["qry"] == f"query {r}" for i, r in enumerate(picked_rows))
         return picked_rows
 
-    first, again, other = picked(0), picked(0), picked(1)
+    with caplog.at_level(logging.INFO, logger="modeling_vlm2vec.data.sources"):
+        first, again, other = picked(0), picked(0), picked(1)
+    assert "random sample of 20 of 199 usable rows" in caplog.text
     assert len(first) == len(set(first)) == 20 and 5 not in first
     assert first == again
     assert first != other

@@ -240,11 +240,11 @@ def load_source(spec: SourceSpec, *, seed: int = 0) -> SourceRows:
     if keep.size == 0:
         raise DataError(f"no usable row among {table.num_rows} (each row needs a query and a positive, text or "
                         f"image)", dataset=spec.name, file=file)
-    if spec.num_samples is not None and spec.num_samples < keep.size:
+    n_usable = int(keep.size)
+    if spec.num_samples is not None and spec.num_samples < n_usable:
         # Seeded per source name, so adding or reordering sources does not change another source's sample.
         rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
         keep = np.sort(rng.choice(keep, size=spec.num_samples, replace=False))
-    n_usable = int(keep.size)
     source = SourceRows(spec=spec, table=table.take(keep).combine_chunks(), rows=keep, total_rows=table.num_rows,
                         dropped_empty=table.num_rows - n_usable, file=file)
     for i in range(len(source)):

@@ -67,8 +67,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: str, box: tuple[i
 
 
 def _shape_box(rng: np.random.Generator, x: int, y: int, cell: int) -> tuple[int, int, int, int]:
-    """A random square box of 55-85% of the cell, fully inside the cell whose top-left corner is (x, y)."""
-    side = int(rng.integers(int(cell * 0.55), int(cell * 0.85) + 1))
+    """A random square box of 70-90% of the cell, fully inside the cell whose top-left corner is (x, y)."""
+    side = int(rng.integers(int(cell * 0.7), int(cell * 0.9) + 1))
     dx, dy = (int(v) for v in rng.integers(0, cell - side + 1, size=2))
     return x + dx, y + dy, x + dx + side - 1, y + dy + side - 1
 

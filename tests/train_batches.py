@@ -82,10 +82,15 @@ def chunked_loss(model, batch: dict, chunk_sizes: dict, **loss_kwargs):
     return loss_of(embeddings, **loss_kwargs)
 
 
+def copy_gradients(model) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters' gradients (zeros where no gradient reached)."""
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
 def gradients(model) -> dict[str, torch.Tensor]:
-    """Copies of the parameters' gradients (zeros where no gradient reached), then zeroes them."""
-    grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-             for n, p in model.named_parameters() if p.requires_grad}
+    """:func:`copy_gradients`, then the gradients are cleared."""
+    grads = copy_gradients(model)
     model.zero_grad(set_to_none=True)
     return grads
 

@@ -55,9 +55,10 @@ def contrastive_loss(query: torch.Tensor, positive: torch.Tensor, negative: torc
         temperature: softmax temperature ``tau`` (> 0).
         symmetric: add the positive -> query direction.
 
-    Every rank must call this together (it gathers); ``B`` must be equal on all ranks.
+    Every rank must call this together (it gathers); ``B`` must be equal on all ranks, and so must
+    ``positive.requires_grad`` (gathers of tensors in the graph run a collective in backward too).
     """
-    batch, dim = query.shape
+    batch = query.shape[0]
     if positive.shape != query.shape:
         raise ValueError(f"query {tuple(query.shape)} and positive {tuple(positive.shape)} must have the same shape")
     offset = rank() * batch
@@ -69,7 +70,9 @@ def contrastive_loss(query: torch.Tensor, positive: torch.Tensor, negative: torc
     n_max = max(counts)
     slot_mask = None
     if n_max > 0:
-        local = negative if negative is not None else query.new_zeros(0, dim)
+        # a rank without negatives pads an empty slice of its positives: the padding stays in the autograd graph
+        # like everyone else's, so every rank runs the gather's backward collective
+        local = negative if negative is not None else positive[:0]
         local = F.pad(local, (0, 0, 0, n_max - n_local))  # (n_max, d)
         candidates.append(all_gather_with_grad(local))  # (W*n_max, d)
         if min(counts) < n_max:

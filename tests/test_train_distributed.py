@@ -1,0 +1,97 @@
+"""Two gloo processes with B/2 rows each == one process with B rows: same loss and gradients, one all-reduce per step."""
+
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from train_batches import contrastive_batch, full_batch_loss, gradients, groups_of, loss_of, relative_error
+from train_batches import single_thread  # noqa: F401  (autouse fixture)
+
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.training.grad_cache import GradCache
+
+WORLD = 2
+# global batch of 6 rows; rank 0 gets rows 0-2, rank 1 rows 3-5
+NEG_COUNTS = [
+    [2, 0, 1, 0, 1, 0],  # rank 0 holds 3 negatives, rank 1 one (padded and masked in the loss)
+    [1, 1, 0, 0, 0, 0],  # rank 1 has no negative group at all
+]
+CHUNKS = {"query": 2, "positive": 2, "negative": 2}
+
+
+def _local_batch(model, case, rank):
+    half = len(NEG_COUNTS[case]) // WORLD
+    return contrastive_batch(model, NEG_COUNTS[case], seed=case, rows=slice(rank * half, (rank + 1) * half))
+
+
+def _worker(rank, init_file, backbone_dir, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = Vlm2VecModel.from_backbone(backbone_dir).train()
+        # no buffer broadcast per forward: ranks may run different numbers of chunk forwards (torch 2.13 calls the
+        # argument deprecated in favour of forward_sync_buffers, which has the same effect after init)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ddp = DistributedDataParallel(model, find_unused_parameters=True, broadcast_buffers=False)
+        allreduces = [0]
+
+        def counting_hook(state, bucket):
+            allreduces[0] += 1
+            return allreduce_hook(None, bucket)
+
+        ddp.register_comm_hook(None, counting_hook)
+        cache = GradCache(ddp, loss_of, chunk_sizes=CHUNKS)
+        results = {}
+        for case in range(len(NEG_COUNTS)):
+            allreduces[0] = 0
+            out = cache.step(groups_of(_local_batch(model, case, rank)))
+            results[f"{case}/loss"] = out.loss.reshape(1)
+            results[f"{case}/allreduces"] = torch.tensor([allreduces[0]])
+            results.update({f"{case}/grad/{n}": g for n, g in gradients(model).items()})
+        # gradient accumulation: the first micro-batch inside an outer no_sync stays local, the second syncs both
+        allreduces[0] = 0
+        with ddp.no_sync():
+            cache.step(groups_of(_local_batch(model, 0, rank)))
+        results["accumulated/allreduces_in_no_sync"] = torch.tensor([allreduces[0]])
+        cache.step(groups_of(_local_batch(model, 1, rank)))
+        results["accumulated/allreduces"] = torch.tensor([allreduces[0]])
+        results.update({f"accumulated/grad/{n}": g for n, g in gradients(model).items()})
+        save_file({k: v.contiguous() for k, v in results.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _subset(results, prefix):
+    return {k[len(prefix):]: v for k, v in results.items() if k.startswith(prefix)}
+
+
+def test_two_processes_equal_one_process(tiny_backbone_dir, tmp_path):
+    backbone_dir = str(tiny_backbone_dir("qwen2_vl"))
+    mp.spawn(_worker, args=(str(tmp_path / "init"), backbone_dir, str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(WORLD)]
+
+    model = Vlm2VecModel.from_backbone(backbone_dir).train()
+    expected = []
+    for case in range(len(NEG_COUNTS)):
+        reference = full_batch_loss(model, contrastive_batch(model, NEG_COUNTS[case], seed=case))
+        reference.loss.backward()
+        expected.append(gradients(model))
+        # equal rows per rank: the global loss is the mean of the ranks' local losses
+        rank_losses = [r[f"{case}/loss"].item() for r in ranks]
+        assert abs(sum(rank_losses) / WORLD - reference.loss.item()) <= 1e-5 * abs(reference.loss.item())
+        for r in ranks:
+            assert relative_error(_subset(r, f"{case}/grad/"), expected[case]) <= 1e-5
+            assert r[f"{case}/allreduces"].item() == 1  # every replay but the last ran in no_sync
+
+    accumulated = {n: expected[0][n] + expected[1][n] for n in expected[0]}
+    for r in ranks:
+        assert r["accumulated/allreduces_in_no_sync"].item() == 0
+        assert r["accumulated/allreduces"].item() == 1
+        assert relative_error(_subset(r, "accumulated/grad/"), accumulated) <= 1e-5

@@ -1,0 +1,162 @@
+"""ContrastiveTrainer end to end on CPU: it learns, accumulates gradients exactly, and cached == uncached."""
+
+import pytest
+import torch
+from train_batches import copy_gradients, full_batch_loss, gradients, noise_image, relative_error
+from train_batches import single_thread  # noqa: F401  (autouse fixture)
+from transformers import TrainerCallback
+
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.data.collator import Vlm2VecCollator
+from modeling_vlm2vec.data.sampler import GlobalBatchSampler
+from modeling_vlm2vec.data.sources import load_corpus
+from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.processing_vlm2vec import process_batch
+from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
+from modeling_vlm2vec.training.lora import prepare_trainable_model
+from modeling_vlm2vec.training.trainer import ContrastiveTrainer
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+
+
+def toy_rows(n_negatives=(0, 1, 2, 0, 1, 0, 0, 1)):
+    """Image of noise seed i (query) -> caption naming colour i (positive); some rows carry hard negatives."""
+    rows = []
+    for i, colour in enumerate(COLOURS):
+        negatives = [(f"a {COLOURS[(i + j + 1) % 8]} square", None) for j in range(n_negatives[i])]
+        rows.append({"query": ("<|image_1|> Represent the given image for classification.", noise_image(i)),
+                     "positive": (f"a {colour} circle on a white background", None), "negatives": negatives})
+    return rows
+
+
+class Collator:
+    """Groups processed like the project's collator; remembers every batch it built."""
+
+    def __init__(self, model):
+        self.processor, self.config, self.batches = model.processor, model.config, []
+
+    def _group(self, items):
+        return process_batch(self.processor, self.config, [t for t, _ in items], [img for _, img in items])
+
+    def __call__(self, rows):
+        batch = {"query": self._group([r["query"] for r in rows]),
+                 "positive": self._group([r["positive"] for r in rows]),
+                 "neg_counts": torch.tensor([len(r["negatives"]) for r in rows])}
+        negatives = [n for r in rows for n in r["negatives"]]
+        if negatives:
+            batch["negative"] = self._group(negatives)
+        self.batches.append(batch)
+        return batch
+
+
+class GradientCapture(TrainerCallback):
+    def __init__(self):
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append(copy_gradients(model))
+
+
+def _model(backbone_dir, lora=False):
+    model = Vlm2VecModel.from_backbone(backbone_dir)
+    torch.manual_seed(0)
+    return prepare_trainable_model(model, LoraArguments(lora=lora, lora_r=4, lora_alpha=8, lora_dropout=0.0))
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+                    per_device_train_batch_size=4, learning_rate=2e-3, seed=0, disable_tqdm=True)
+    return ContrastiveTrainingArguments(**{**defaults, **overrides})
+
+
+def test_training_lowers_the_loss_and_logs_accuracy(tiny_backbone_dir, tmp_path):
+    model = _model(tiny_backbone_dir("qwen2_vl"))
+    args = _args(tmp_path, num_train_epochs=5, gc_q_chunk_size=2, gc_p_chunk_size=3)
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=toy_rows(), data_collator=Collator(model))
+    assert args.remove_unused_columns is False and args.ddp_find_unused_parameters is True
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 10 and all(0.0 <= entry["accuracy"] <= 1.0 for entry in logs)
+    first, last = [entry["loss"] for entry in logs[:2]], [entry["loss"] for entry in logs[-2:]]
+    assert sum(last) < 0.5 * sum(first)
+
+
+@pytest.mark.parametrize("cached, lora", [(False, False), (True, False), (True, True)])
+def test_accumulated_gradient_is_the_mean_of_micro_batch_gradients(tiny_backbone_dir, tmp_path, cached, lora):
+    backbone_dir = tiny_backbone_dir("llava_next")
+    model = _model(backbone_dir, lora)
+    collator, capture = Collator(model), GradientCapture()
+    chunks = dict(gc_q_chunk_size=2, gc_p_chunk_size=2) if cached else {}
+    args = _args(tmp_path, gradient_accumulation_steps=2, max_steps=1, max_grad_norm=0.0,
+                 activation_checkpointing=lora, **chunks)
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=toy_rows(), data_collator=collator,
+                                 callbacks=[capture])
+    uncached_calls = []
+    compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: uncached_calls.append(1) or compute_loss(*a, **k)
+    trainer.train()
+    assert len(collator.batches) == 2 and len(capture.grads) == 1
+    assert len(uncached_calls) == (0 if cached else 2)
+    assert trainer.model.is_activation_checkpointing == lora
+
+    reference_model = _model(backbone_dir, lora).train()
+    micro_grads, micro_losses = [], []
+    for batch in collator.batches:
+        output = full_batch_loss(reference_model, batch)
+        output.loss.backward()
+        micro_grads.append(gradients(reference_model))
+        micro_losses.append(output.loss.item())
+    expected = {n: (micro_grads[0][n] + micro_grads[1][n]) / 2 for n in micro_grads[0]}
+    assert relative_error(capture.grads[0], expected) <= 1e-5
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert logged == pytest.approx(sum(micro_losses) / 2, rel=1e-5)
+
+
+def test_eval_loss_and_accuracy(tiny_backbone_dir, tmp_path):
+    model = _model(tiny_backbone_dir("qwen2_vl"))
+    collator = Collator(model)
+    args = _args(tmp_path, per_device_eval_batch_size=8)
+    trainer = ContrastiveTrainer(model=model, args=args, eval_dataset=toy_rows(), data_collator=collator)
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        expected = full_batch_loss(model.eval(), collator.batches[-1])
+    assert metrics["eval_loss"] == pytest.approx(expected.loss.item(), rel=1e-5)
+    assert metrics["eval_accuracy"] == pytest.approx(expected.accuracy.item())
+
+
+class RowRecorder(Vlm2VecCollator):
+    """The project's collator, remembering which corpus rows each batch held."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows = []
+
+    def __call__(self, examples):
+        self.rows.append([(e["source"], e["row"]) for e in examples])
+        return super().__call__(examples)
+
+
+def test_corpus_uses_the_global_batch_sampler_and_resumes_in_order(tiny_backbone_dir, tmp_path):
+    data = write_synthetic_mmeb(tmp_path / "data", n_train_per_task=6, n_eval_per_task=1, image_size=16)
+    corpus = load_corpus(data["data_config"])
+    backbone_dir = tiny_backbone_dir("qwen2_vl")
+
+    def run(max_steps, output, resume=None):
+        model = _model(backbone_dir)
+        collator = RowRecorder(model.processor, model.config)
+        args = _args(output, max_steps=max_steps, save_strategy="steps", save_steps=2, seed=3,
+                     gc_q_chunk_size=2, gc_p_chunk_size=2)
+        trainer = ContrastiveTrainer(model=model, args=args, train_dataset=corpus, data_collator=collator)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, collator.rows
+
+    trainer, full_rows = run(4, tmp_path / "full")
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.batch_sampler, GlobalBatchSampler)  # not re-sharded or dispatched by accelerate
+    sampler = GlobalBatchSampler(corpus.sizes, global_batch_size=4, seed=3, weights=corpus.weights)
+    expected = [[(corpus[i]["source"], corpus[i]["row"]) for i in batch] for batch in list(sampler)[:4]]
+    assert full_rows == expected
+
+    _, first_rows = run(2, tmp_path / "resumed")
+    _, resumed_rows = run(4, tmp_path / "resumed", resume=str(tmp_path / "resumed" / "checkpoint-2"))
+    assert first_rows + resumed_rows == full_rows

@@ -3,15 +3,17 @@
 Gao et al. 2021 ("Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"). The loss depends on the
 parameters only through the embeddings, so ``dL/dtheta = sum_chunks (dL/de_chunk) . (de_chunk/dtheta)``:
 
-1. :meth:`GradCache.embed_without_grad` — embed every chunk of every group under ``torch.no_grad()``, snapshotting
-   the RNG state (CPU + every device the chunk and the model live on, taken after the inputs are on their device)
-   before each chunk.
+1. :meth:`GradCache.embed` — embed every chunk of every group under ``torch.no_grad()``, snapshotting the RNG
+   state (CPU + every device the chunk and the model live on, taken after the inputs are on their device) before
+   each chunk. The last chunk keeps its graph instead (one chunk's activations, the same peak as a replay), so it
+   needs no replay.
 2. :meth:`GradCache.cache_gradients` — the loss on the detached embeddings (leaf tensors; the loss gathers them
    across ranks itself) and its backward: ``dL/de`` for every row is cached.
-3. :meth:`GradCache.replay` — re-embed each chunk with grad under its recorded RNG state (same dropout masks as in
-   phase 1, hence the same embeddings) and back-propagate the surrogate ``sum(e_chunk * cached_grad_chunk)``.
-   Under DDP every replay but the very last (its forward *and* backward) runs in ``no_sync``, so gradients are
-   all-reduced once per step; inside an outer ``no_sync`` (gradient-accumulation micro-batch) nothing syncs.
+3. :meth:`GradCache.replay` — back-propagate the surrogate ``sum(e_chunk * cached_grad_chunk)`` of the kept
+   chunk, then re-embed every other chunk with grad under its recorded RNG state (same dropout masks as in phase 1,
+   hence the same embeddings) and back-propagate its surrogate. Under DDP every forward and backward but the very
+   last replay's runs in ``no_sync``, so gradients are all-reduced once per step; inside an outer ``no_sync``
+   (gradient-accumulation micro-batch) nothing syncs.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class _Chunk:
     inputs: dict[str, torch.Tensor]
     random_state: RandomState | None
     embeddings: torch.Tensor | None = None  # (rows, d), phase 1, no grad
+    live_embeddings: torch.Tensor | None = None  # (rows, d), phase 1 of the last chunk, with its graph
     gradient: torch.Tensor | None = None  # (rows, d), phase 2, dL/d embeddings
 
 
@@ -82,18 +85,26 @@ class GradCache:
         """
         chunks = [_Chunk(name, inputs, None) for name, group in groups.items()
                   for inputs in split_group(group, self.chunk_sizes[name], self.padding_side)]
-        self.embed_without_grad(chunks)
+        self.embed(chunks)
         output = self.cache_gradients(chunks)
         self.replay(chunks, scale)
         return output
 
-    def embed_without_grad(self, chunks: list[_Chunk]) -> None:
-        """Phase 1: embeddings of every chunk without a graph, RNG state recorded before each forward."""
+    def embed(self, chunks: list[_Chunk]) -> None:
+        """Phase 1: embeddings of every chunk, RNG state recorded before each forward.
+
+        All chunks but the last run without a graph. The last keeps its graph (the activation memory of one chunk,
+        as during a replay): phase 3 back-propagates it directly, which saves one forward per step.
+        """
         with torch.no_grad():
-            for chunk in chunks:
+            for chunk in chunks[:-1]:
                 if self.replay_rng:
                     chunk.random_state = RandomState(self._device_tensors(chunk.inputs))
-                chunk.embeddings = self.model(**chunk.inputs).embeddings
+                chunk.embeddings = self.model(**chunk.inputs).embeddings  # (rows, d)
+        last = chunks[-1]
+        with self._no_sync() if len(chunks) > 1 else contextlib.nullcontext():
+            last.live_embeddings = self.model(**last.inputs).embeddings  # (rows, d), with graph
+        last.embeddings = last.live_embeddings.detach()
 
     def cache_gradients(self, chunks: list[_Chunk]) -> ContrastiveLossOutput:
         """Phase 2: loss on the detached embeddings, backward, cache ``dL/de`` per chunk."""
@@ -109,17 +120,27 @@ class GradCache:
         return ContrastiveLossOutput(loss=output.loss.detach(), accuracy=output.accuracy)
 
     def replay(self, chunks: list[_Chunk], scale: float = 1.0) -> None:
-        """Phase 3: re-embed each chunk with grad and back-propagate ``scale * sum(e * dL/de)``."""
-        no_sync = getattr(self.model, "no_sync", contextlib.nullcontext)
-        for i, chunk in enumerate(chunks):
-            # only the last replay may all-reduce; an outer no_sync keeps even that one local
-            sync = contextlib.nullcontext() if i == len(chunks) - 1 else no_sync()
+        """Phase 3: back-propagate ``scale * sum(e * dL/de)`` of every chunk: first the graph kept in phase 1, then
+        each other chunk re-embedded with grad under its recorded RNG state."""
+        kept, replays = chunks[-1], chunks[:-1]
+        # only the very last backward may all-reduce; an outer no_sync keeps even that one local
+        with self._no_sync() if replays else contextlib.nullcontext():
+            self.backward(self._surrogate(kept.live_embeddings, kept.gradient, scale))
+        kept.live_embeddings = None
+        for i, chunk in enumerate(replays):
             rng = chunk.random_state.restored() if self.replay_rng else contextlib.nullcontext()
-            with sync:
+            with self._no_sync() if i < len(replays) - 1 else contextlib.nullcontext():
                 with rng:
                     embeddings = self.model(**chunk.inputs).embeddings  # (rows, d)
-                surrogate = torch.dot(embeddings.flatten(), chunk.gradient.flatten().to(embeddings.dtype)) * scale
-                self.backward(surrogate)
+                self.backward(self._surrogate(embeddings, chunk.gradient, scale))
+
+    @staticmethod
+    def _surrogate(embeddings: torch.Tensor, gradient: torch.Tensor, scale: float) -> torch.Tensor:
+        # d(surrogate)/d(theta) = scale * sum_rows (dL/de) . (de/dtheta)
+        return torch.dot(embeddings.flatten(), gradient.flatten().to(embeddings.dtype)) * scale
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        return self.model.no_sync() if hasattr(self.model, "no_sync") else contextlib.nullcontext()
 
     def _device_tensors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         return list({t.device: t for t in (*inputs.values(), *self._model_devices)}.values())

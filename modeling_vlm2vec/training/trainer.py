@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from accelerate.utils import DistributedType
 from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
 
@@ -86,6 +87,10 @@ class ContrastiveTrainer(Trainer):
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
         if not needs_grad_cache(groups, chunk_sizes):
             return super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed's engine steps the optimizer inside backward, which GradCache calls once per chunk
+            raise ValueError("GradCache (gc_q_chunk_size / gc_p_chunk_size) does not work with DeepSpeed; use DDP or "
+                             "FSDP, or unset the chunk sizes")
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()

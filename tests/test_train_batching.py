@@ -6,6 +6,7 @@ from train_batches import contrastive_batch
 from train_batches import single_thread  # noqa: F401  (autouse fixture)
 
 from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.processing_vlm2vec import process_batch
 from modeling_vlm2vec.training.batching import concat_groups, group_rows, split_group
 
 BACKBONES = ["llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3"]
@@ -53,7 +54,9 @@ def test_chunk_embeddings_equal_full_batch(models, model_type, padding_side):
 def test_concat_groups_is_one_batch_of_all_rows(models, model_type):
     model = models(model_type)
     batch = contrastive_batch(model, [1, 0, 2, 0], seed=3)
-    groups = [batch["query"], batch["positive"], batch["negative"]]
+    text_only = process_batch(model.processor, model.config, ["a red circle", "blue square on a white star"],
+                              [None, None])
+    groups = [text_only, batch["query"], batch["positive"], batch["negative"]]
     with torch.no_grad():
         separate = torch.cat([model(**g).embeddings for g in groups])
         joined = concat_groups(groups, "right", pad_token_id=_pad_id(model))

@@ -50,10 +50,10 @@ class ContrastiveTrainer(Trainer):
     # compute_loss returns a per-batch mean: the stock training_step divides it by the accumulation steps
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, ContrastiveTrainingArguments):
-            raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments, got {type(self.args).__name__}")
+    def __init__(self, model: nn.Module | None = None, args: ContrastiveTrainingArguments | None = None, **kwargs):
+        if not isinstance(args, ContrastiveTrainingArguments):
+            raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments, got {type(args).__name__}")
+        super().__init__(model=model, args=args, **kwargs)
         self._accuracy = {"train": [], "eval": []}  # detached per-batch accuracies since the last log
 
     # ---- loss -------------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class ContrastiveTrainer(Trainer):
         if not isinstance(self.train_dataset, TrainingCorpus):
             return super().get_train_dataloader()
         return build_train_dataloader(
-            self.train_dataset, self.data_collator, per_device_batch_size=self.args.per_device_train_batch_size,
+            self.train_dataset, self.data_collator, per_device_batch_size=self._train_batch_size,
             world_size=self.args.world_size, rank=self.args.process_index,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             mode=self.args.sampler_mode, homogeneous_sub_batch=self.args.homogeneous_sub_batch,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..data.sampler import MODES
+
 
 @dataclass
 class ContrastiveTrainingArguments(TrainingArguments):
@@ -41,6 +43,8 @@ class ContrastiveTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.sampler_mode not in MODES:
+            raise ValueError(f"sampler_mode must be one of {MODES}, got {self.sampler_mode!r}")
 
 
 @dataclass

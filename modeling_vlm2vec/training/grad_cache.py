@@ -51,7 +51,7 @@ class RandomState:
 class _Chunk:
     group: str
     inputs: dict[str, torch.Tensor]
-    random_state: RandomState | None
+    random_state: RandomState | None = None  # phase 1, before the forward
     embeddings: torch.Tensor | None = None  # (rows, d), phase 1, no grad
     live_embeddings: torch.Tensor | None = None  # (rows, d), phase 1 of the last chunk, with its graph
     gradient: torch.Tensor | None = None  # (rows, d), phase 2, dL/d embeddings
@@ -83,7 +83,7 @@ class GradCache:
 
         ``groups`` maps names (keys of ``chunk_sizes``) to processed groups already on the model's device.
         """
-        chunks = [_Chunk(name, inputs, None) for name, group in groups.items()
+        chunks = [_Chunk(name, inputs) for name, group in groups.items()
                   for inputs in split_group(group, self.chunk_sizes[name], self.padding_side)]
         self.embed(chunks)
         output = self.cache_gradients(chunks)

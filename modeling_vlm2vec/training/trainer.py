@@ -81,7 +81,11 @@ class ContrastiveTrainer(Trainer):
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-        """GradCache step when a chunk size is smaller than its group, else the stock step (``compute_loss``)."""
+        """GradCache step when a chunk size is smaller than its group, else the stock step (``compute_loss``).
+
+        Ranks may choose differently (their hard-negative counts differ): both paths run the same collectives in the
+        same order — the loss's gathers, their backward, then one DDP gradient all-reduce.
+        """
         chunk_sizes = {"query": self.args.gc_q_chunk_size, "positive": self.args.gc_p_chunk_size,
                        "negative": self.args.gc_p_chunk_size}
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
@@ -95,7 +99,7 @@ class ContrastiveTrainer(Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         groups = self._prepare_inputs(groups)
-        # chunks never larger than their group: a None size means "one chunk"
+        # a None chunk size puts the whole group in one chunk
         sizes = {name: chunk_sizes[name] or group_rows(group) for name, group in groups.items()}
         cache = GradCache(model, self._loss, chunk_sizes=sizes, padding_side=self._config.padding_side,
                           backward=self.accelerator.backward)

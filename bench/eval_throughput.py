@@ -1,0 +1,133 @@
+"""Evaluation encoding cost against the bare model forward over the same unique items with ideal batching.
+
+The data is the synthetic MMEB eval split (``write_synthetic_mmeb``, 5 datasets, ``--per-task`` queries each, 10
+candidates per query). Measured in one process, after a warm-up:
+
+* ``evaluate_mmeb`` on the bench model (``overwrite=True``): wall time of the whole call and of its encoding part
+  (``encode_eval_set``: image loading, prompts, processor, forward), with a forward hook counting the rows sent to
+  the model and the padded vs real tokens of its batches;
+* the ideal: every dataset's unique items processed beforehand one by one, sorted by token count (image items
+  first), batched ``--batch-size`` at a time and processed again into batch tensors — then only the forwards are
+  timed (``torch.inference_mode``).
+
+``ratio = encoding time / ideal forward time`` (target <= 1.2). ``padding_waste`` = padded tokens / real tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections import defaultdict
+
+from common import CACHE_DIR, BENCH_BACKBONE, load_bench_model, machine, median, report, timed
+
+import torch  # noqa: E402
+
+from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb  # noqa: E402
+from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_sets, runner  # noqa: E402
+from modeling_vlm2vec.modeling_vlm2vec import _open_image  # noqa: E402
+from modeling_vlm2vec.processing_vlm2vec import process_batch  # noqa: E402
+
+
+class ForwardCounter:
+    """Forward hook: rows, padded tokens and real tokens of every batch the model embeds."""
+
+    def __init__(self, model):
+        self.rows = self.padded = self.real = self.calls = 0
+        model.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs, output):
+        mask = kwargs["attention_mask"]
+        self.calls += 1
+        self.rows += mask.shape[0]
+        self.padded += mask.numel()
+        self.real += int(mask.sum())
+
+    def reset(self) -> None:
+        self.rows = self.padded = self.real = self.calls = 0
+
+
+def ideal_batches(model, items, batch_size: int) -> list[dict]:
+    """Pre-processed batches of ``items`` sorted by token count (image items first)."""
+    processor, config = model.processor, model.config
+    loaded = [(text, _open_image(image)) for text, image in items]
+    lengths = [int(process_batch(processor, config, [t], [img])["attention_mask"].sum()) for t, img in loaded]
+    order = sorted(range(len(loaded)), key=lambda i: (loaded[i][1] is None, lengths[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chosen = [loaded[i] for i in order[start:start + batch_size]]
+        batches.append(process_batch(processor, config, [t for t, _ in chosen], [img for _, img in chosen]))
+    return batches
+
+
+def timed_encoding():
+    """Wrap the runner's ``encode_eval_set`` so every call's duration is recorded."""
+    original, seconds = runner.encode_eval_set, []
+
+    def wrapper(*args, **kwargs):
+        elapsed, result = timed(original, *args, **kwargs)
+        seconds.append(elapsed)
+        return result
+
+    runner.encode_eval_set = wrapper
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-task", type=int, default=32, help="eval queries per synthetic dataset")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="measured rounds (each: evaluate_mmeb, ideal)")
+    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
+    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    args = parser.parse_args()
+
+    data = write_synthetic_mmeb(CACHE_DIR / f"synthetic-eval-{args.per_task}", n_train_per_task=3,
+                                n_eval_per_task=args.per_task)
+    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers).eval()
+    eval_kwargs = {"dataset_name": str(data["eval_root"]), "subsets": ["synthetic"], "image_dir": str(data["root"]),
+                   "batch_size": args.batch_size, "overwrite": True, "verbose": False, "show_progress_bar": False}
+    eval_sets = load_eval_sets(eval_kwargs["dataset_name"], eval_kwargs["subsets"], eval_kwargs["image_dir"])
+    unique_items = sum(len(s.queries) + len(s.candidates) for s in eval_sets)
+    batches = [b for s in eval_sets for b in ideal_batches(model, s.queries + s.candidates, args.batch_size)]
+    ideal_padded = sum(b["attention_mask"].numel() for b in batches)
+    ideal_real = sum(int(b["attention_mask"].sum()) for b in batches)
+
+    counter = ForwardCounter(model)
+    encode_seconds = timed_encoding()
+
+    def ideal_forward() -> float:
+        with torch.inference_mode():
+            return timed(lambda: [model(**b) for b in batches])[0]
+
+    model.encode([{"text": t, "image": i} for t, i in eval_sets[0].queries[:8]], batch_size=4,
+                 show_progress_bar=False)  # warm-up
+    ideal_forward()
+    times = defaultdict(list)
+    for _ in range(args.repeats):
+        counter.reset()
+        encode_seconds.clear()
+        out = tempfile.mkdtemp(prefix="vlm2vec-bench-eval-")
+        times["evaluate_mmeb"].append(timed(evaluate_mmeb, model, output_dir=out, **eval_kwargs)[0])
+        times["encoding"].append(sum(encode_seconds))
+        encoded = (counter.rows, counter.calls, counter.padded, counter.real)
+        times["ideal_forward"].append(ideal_forward())
+    ratios = [e / f for e, f in zip(times["encoding"], times["ideal_forward"])]
+    ratio = median(ratios)
+    report({
+        "benchmark": "eval_throughput", "datasets": [s.name for s in eval_sets], "per_task": args.per_task,
+        "batch_size": args.batch_size, "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size,
+                                                    "num_layers": args.layers},
+        "unique_items": unique_items, "encoder_rows": encoded[0], "encoder_calls": encoded[1],
+        "median_seconds": {k: round(median(v), 3) for k, v in times.items()},
+        "items_per_second": round(unique_items / median(times["encoding"]), 1),
+        "ratio": round(ratio, 4), "ratio_evaluate_mmeb_total": round(median(
+            [t / f for t, f in zip(times["evaluate_mmeb"], times["ideal_forward"])]), 4),
+        "padding_waste": round(encoded[2] / encoded[3], 4), "ideal_padding_waste": round(ideal_padded / ideal_real, 4),
+        "targets": {"ratio<=1.2": ratio <= 1.2, "encoder_rows==unique_items": encoded[0] == unique_items},
+        "machine": machine(),
+    })
+
+
+if __name__ == "__main__":
+    main()

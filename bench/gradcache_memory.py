@@ -1,0 +1,86 @@
+"""Peak resident memory of a training step at a large vs a small batch, cached (GradCache) and plain.
+
+Each configuration runs in a fresh subprocess (``--config cached|plain --batch N``): it loads the bench model, builds
+the batch, runs one warm-up step at the small batch (so gradient buffers and allocator pools exist in every
+configuration), resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` <- 5), runs one step at batch N
+through ``ContrastiveTrainer.training_step`` and reads ``VmHWM`` (peak RSS) from ``/proc/self/status``.
+
+``rss_ratio`` = peak RSS of the cached step at ``--large`` rows / at ``--small`` rows (chunk ``--chunk``), beside
+the same ratio of the plain step (one forward of the whole batch). ``growth`` = peak minus the RSS just before the
+step (what the step itself allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from common import BENCH_BACKBONE, contrastive_batch, load_average, load_bench_model, machine, report, run_json, timed
+
+from gradcache_step import make_trainer  # noqa: E402
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def one_config(args) -> dict:
+    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+    chunk = args.chunk if args.config == "cached" else None
+    trainer = make_trainer(model, chunk, tempfile.mkdtemp(prefix="vlm2vec-bench-mem-"))
+    trainer.training_step(model, contrastive_batch(model, args.small, seed=1))  # warm-up: grads, pools
+    batch = contrastive_batch(model, args.batch)
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    seconds, _ = timed(trainer.training_step, model, batch)
+    peak = _status_kib("VmHWM")
+    return {"config": args.config, "batch": args.batch, "chunk": chunk, "rss_before_mib": round(before / 1024, 1),
+            "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - before) / 1024, 1),
+            "step_seconds": round(seconds, 3), "load_average": load_average()}
+
+
+def compare(args) -> dict:
+    script = str(Path(__file__).resolve())
+    runs = {}
+    for config in ("cached", "plain"):
+        for batch in (args.small, args.large):
+            runs[f"{config}_{batch}"] = run_json([script, "--config", config, "--batch", str(batch), "--chunk",
+                                                  str(args.chunk), "--small", str(args.small), "--hidden-size",
+                                                  str(args.hidden_size), "--layers", str(args.layers)])
+            print(runs[f"{config}_{batch}"], file=sys.stderr, flush=True)
+
+    def ratio(config: str, key: str) -> float:
+        return round(runs[f"{config}_{args.large}"][key] / runs[f"{config}_{args.small}"][key], 3)
+
+    rss_ratio = ratio("cached", "peak_rss_mib")
+    return {"benchmark": "gradcache_memory", "small": args.small, "large": args.large, "chunk": args.chunk,
+            "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},
+            "rss_ratio": rss_ratio, "plain_rss_ratio": ratio("plain", "peak_rss_mib"),
+            "cached_growth_ratio": ratio("cached", "growth_mib"), "plain_growth_ratio": ratio("plain", "growth_mib"),
+            "runs": runs, "targets": {"rss_ratio<=1.05": rss_ratio <= 1.05}, "machine": machine()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=("cached", "plain"), help="measure one configuration (subprocess)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--small", type=int, default=32)
+    parser.add_argument("--large", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
+    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    args = parser.parse_args()
+    report(one_config(args) if args.config else compare(args))
+
+
+if __name__ == "__main__":
+    main()

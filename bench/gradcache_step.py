@@ -1,0 +1,236 @@
+"""Cost of a GradCache training step against the plain step at the same global batch.
+
+Modes (``--mode``):
+
+* ``paired`` (default): one process, both steps alternated after a warm-up through ``ContrastiveTrainer.
+  training_step`` (the cached path is :class:`GradCache`, the plain path one forward of the concatenated batch, the
+  loss and backward), plus a no-grad forward of the whole batch each round. Reports
+  ``time_ratio = median(cached / plain)``, ``floor_ratio = 1 + median(no-grad forward / plain)`` and the GradCache
+  phase breakdown (chunking, phase-1 no-grad forward, loss + its backward, replay).
+* ``single --variant cached|plain``: one variant alone (what ``fresh`` runs in each subprocess).
+* ``fresh``: each variant in its own fresh process, alternated ``--repeats`` times; ratio of the medians.
+* ``train``: ``train.py`` on a small YAML (bench backbone, synthetic data) with and without GradCache chunk sizes;
+  ratio of ``train_runtime / steps`` (startup, data writing and export excluded).
+
+Batch: ``--batch`` queries of one image plus a question, as many text positives, one text hard negative for every
+4th row; chunk ``--chunk`` rows for every group. Gradients are zeroed between steps; no optimizer step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from common import (BENCH_BACKBONE, THREADS, bench_backbone_dir, contrastive_batch, describe_batch, groups_of,
+                    load_average, load_bench_model, machine, median, num_parameters, report, run_json, timed)
+
+import torch  # noqa: E402  (common sets the thread count first)
+
+from modeling_vlm2vec.training import grad_cache  # noqa: E402
+from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments  # noqa: E402
+from modeling_vlm2vec.training.batching import concat_groups, split_group  # noqa: E402
+from modeling_vlm2vec.training.trainer import ContrastiveTrainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = ("embed_without_grad", "embed", "cache_gradients", "replay")  # GradCache's phase methods (those present)
+
+
+def make_trainer(model, chunk: int | None, output_dir: str) -> ContrastiveTrainer:
+    args = ContrastiveTrainingArguments(output_dir=output_dir, use_cpu=True, report_to=[], gc_q_chunk_size=chunk,
+                                        gc_p_chunk_size=chunk, per_device_train_batch_size=64, disable_tqdm=True)
+    trainer = ContrastiveTrainer(model=model, args=args)
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which the benchmark bypasses
+    return trainer
+
+
+class PhaseTimer:
+    """Wraps GradCache's three phases (class attributes) so every call records its duration."""
+
+    def __init__(self):
+        self.times = defaultdict(list)
+        for name in (p for p in PHASES if hasattr(grad_cache.GradCache, p)):
+            original = getattr(grad_cache.GradCache, name)
+            setattr(grad_cache.GradCache, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def wrapper(cache, *args, **kwargs):
+            seconds, result = timed(original, cache, *args, **kwargs)
+            self.times[name].append(seconds)
+            return result
+        return wrapper
+
+
+def padding_stats(batch: dict, chunk: int, padding_side: str) -> dict:
+    """Padded / real tokens of the plain step's concatenated batch and of the cached step's chunks."""
+    groups = list(groups_of(batch).values())
+    real = sum(int(g["attention_mask"].sum()) for g in groups)
+    plain = concat_groups(groups, padding_side)["attention_mask"].numel()
+    chunks = sum(c["attention_mask"].numel() for g in groups for c in split_group(g, chunk, padding_side))
+    return {"real_tokens": real, "plain_padded_over_real": round(plain / real, 3),
+            "chunks_padded_over_real": round(chunks / real, 3)}
+
+
+def setup(args):
+    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+    batch = contrastive_batch(model, args.batch)
+    out = tempfile.mkdtemp(prefix="vlm2vec-bench-step-")
+    return model, batch, {"cached": make_trainer(model, args.chunk, out), "plain": make_trainer(model, None, out)}
+
+
+def run_step(trainer, model, batch) -> float:
+    seconds, _ = timed(trainer.training_step, model, batch)
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def no_grad_forward(model, full: dict) -> float:
+    with torch.no_grad():
+        seconds, _ = timed(model, **full)
+    return seconds
+
+
+def paired(args) -> dict:
+    model, batch, trainers = setup(args)
+    phases = PhaseTimer()
+    full = concat_groups(list(groups_of(batch).values()), model.config.padding_side)
+    for _ in range(args.warmup):
+        for name in ("cached", "plain"):
+            run_step(trainers[name], model, batch)
+        no_grad_forward(model, full)
+    phases.times.clear()
+    times = defaultdict(list)
+    for i in range(args.pairs):
+        order = ("cached", "plain") if i % 2 == 0 else ("plain", "cached")
+        for name in order:
+            times[name].append(run_step(trainers[name], model, batch))
+        times["no_grad_forward"].append(no_grad_forward(model, full))
+        print(f"pair {i}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), file=sys.stderr, flush=True)
+    ratios = [c / p for c, p in zip(times["cached"], times["plain"])]
+    floors = [1 + f / p for f, p in zip(times["no_grad_forward"], times["plain"])]
+    breakdown = {name: round(median(phases.times[name]), 4) for name in PHASES if name in phases.times}
+    breakdown["chunking_and_rest"] = round(median(times["cached"]) - sum(breakdown.values()), 4)
+    time_ratio, floor_ratio = median(ratios), median(floors)
+    return {
+        "benchmark": "gradcache_step", "mode": "paired", "pairs": args.pairs, "warmup": args.warmup,
+        "batch": args.batch, "chunk": args.chunk, "groups": describe_batch(batch),
+        "parameters": num_parameters(model), "backbone": backbone_spec(args),
+        "padding": padding_stats(batch, args.chunk, model.config.padding_side),
+        "median_seconds": {k: round(median(v), 4) for k, v in times.items()},
+        "cached_breakdown_seconds": breakdown,
+        "time_ratio": round(time_ratio, 4), "floor_ratio": round(floor_ratio, 4),
+        "time_ratio_over_floor": round(time_ratio / floor_ratio, 4),
+        "ratio_of_medians": round(median(times["cached"]) / median(times["plain"]), 4),
+        "targets": {"time_ratio<=1.40": time_ratio <= 1.40, "time_ratio<=1.05*floor": time_ratio <= 1.05 * floor_ratio},
+        "machine": machine(),
+    }
+
+
+def single(args) -> dict:
+    model, batch, trainers = setup(args)
+    trainer = trainers[args.variant]
+    for _ in range(args.warmup):
+        run_step(trainer, model, batch)
+    times = [run_step(trainer, model, batch) for _ in range(args.steps)]
+    return {"variant": args.variant, "median_seconds": median(times), "times": [round(t, 4) for t in times],
+            "load_average": load_average()}
+
+
+def fresh(args) -> dict:
+    base = [str(Path(__file__).resolve()), "--mode", "single", "--batch", str(args.batch), "--chunk", str(args.chunk),
+            "--hidden-size", str(args.hidden_size), "--layers", str(args.layers), "--warmup", str(args.warmup),
+            "--steps", str(args.steps)]
+    runs = defaultdict(list)
+    for i in range(args.repeats):
+        for variant in (("cached", "plain") if i % 2 == 0 else ("plain", "cached")):
+            runs[variant].append(run_json(base + ["--variant", variant])["median_seconds"])
+            print(f"{variant}: {runs[variant][-1]:.3f}s", file=sys.stderr, flush=True)
+    ratio = median(runs["cached"]) / median(runs["plain"])
+    return {"benchmark": "gradcache_step", "mode": "fresh", "batch": args.batch, "chunk": args.chunk,
+            "steps_per_process": args.steps, "warmup": args.warmup, "processes_per_variant": args.repeats,
+            "backbone": backbone_spec(args), "median_seconds": {k: round(median(v), 4) for k, v in runs.items()},
+            "per_process_seconds": {k: [round(x, 4) for x in v] for k, v in runs.items()},
+            "fresh_process_ratio": round(ratio, 4), "machine": machine()}
+
+
+TRAIN_YAML = """\
+output_dir: {output_dir}
+model_name_or_path: {backbone}
+dataset_config: synthetic
+synthetic_dir: {data}
+synthetic_train_per_task: 128
+per_device_train_batch_size: {batch}
+{chunks}max_steps: {steps}
+learning_rate: 1.0e-4
+logging_steps: {steps}
+save_strategy: "no"
+use_cpu: true
+dataloader_num_workers: 0
+report_to: []
+do_eval: false
+disable_tqdm: true
+seed: 0
+"""
+
+
+def train_run(args, chunk: int | None, data: Path, work: Path) -> dict:
+    """One ``train.py`` run; returns ``train_runtime`` and steps from the Trainer's final log line."""
+    chunks = f"gc_q_chunk_size: {chunk}\ngc_p_chunk_size: {chunk}\n" if chunk else ""
+    name = f"chunk{chunk or 'none'}"
+    recipe = work / f"{name}.yaml"
+    recipe.write_text(TRAIN_YAML.format(output_dir=work / name, backbone=bench_backbone_dir(
+        hidden_size=args.hidden_size, num_layers=args.layers), data=data, batch=args.batch, chunks=chunks,
+        steps=args.steps))
+    completed = subprocess.run([sys.executable, str(REPO / "train.py"), str(recipe)], capture_output=True, text=True,
+                               cwd=REPO, check=False, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    # the Trainer prints its final metrics when training ends, before export; only that part is needed here
+    found = re.findall(r"'train_runtime': '?([0-9.]+)'?", completed.stdout + completed.stderr)
+    if not found:
+        raise RuntimeError(f"no train_runtime in train.py output ({completed.returncode}):\n{completed.stderr[-4000:]}")
+    runtime = float(found[-1])
+    return {"train_runtime": runtime, "seconds_per_step": runtime / args.steps}
+
+
+def train(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="vlm2vec-bench-train-"))
+    data = work / "data"
+    runs = defaultdict(list)
+    for i in range(args.repeats):
+        for chunk in ((args.chunk, None) if i % 2 == 0 else (None, args.chunk)):
+            name = "cached" if chunk else "plain"
+            runs[name].append(train_run(args, chunk, data, work)["seconds_per_step"])
+            print(f"{name}: {runs[name][-1]:.3f} s/step", file=sys.stderr, flush=True)
+    ratio = median(runs["cached"]) / median(runs["plain"])
+    return {"benchmark": "gradcache_step", "mode": "train", "batch": args.batch, "chunk": args.chunk,
+            "steps": args.steps, "runs_per_variant": args.repeats, "backbone": backbone_spec(args),
+            "seconds_per_step": {k: [round(x, 4) for x in v] for k, v in runs.items()},
+            "train_py_ratio": round(ratio, 4), "machine": machine()}
+
+
+def backbone_spec(args) -> dict:
+    return {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("paired", "single", "fresh", "train"), default="paired")
+    parser.add_argument("--variant", choices=("cached", "plain"), default="cached")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="steps per process (single, fresh, train)")
+    parser.add_argument("--repeats", type=int, default=2, help="processes per variant (fresh, train)")
+    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
+    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    args = parser.parse_args()
+    report({"paired": paired, "single": single, "fresh": fresh, "train": train}[args.mode](args))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,8 +32,12 @@ def _describe(path):
     bg = colours[counts.argmax()]
     mask = np.any(arr != bg, axis=-1)
     ys, xs = np.nonzero(mask)
-    fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    shape = "square" if fill > 0.93 else "circle" if fill > 0.65 else "triangle"
+
+    def filled(rx, ry):  # probe the shape's bounding box at relative position (rx, ry)
+        return mask[round(ys.min() + ry * (ys.max() - ys.min())), round(xs.min() + rx * (xs.max() - xs.min()))]
+
+    # triangle: apex on top, base corners filled; circle: filled at (0.2, 0.2); cross: empty there (arms 30-70%)
+    shape = "triangle" if filled(0.02, 0.98) and not filled(0.02, 0.02) else "circle" if filled(0.2, 0.2) else "cross"
     return _name(arr[mask][0]), shape, _name(bg)
 
 

@@ -9,7 +9,7 @@
     root/synthetic.json                             the generation settings (marks the folder complete)
 
 Tasks (the label vocabulary is shared by train and eval; eval images are drawn separately):
-``SynCLS`` image -> "red circle"; ``SynVQA`` image + question (shape colour / shape / background colour) -> one
+``SynCLS`` image -> "red cross"; ``SynVQA`` image + question (shape colour / shape / background colour) -> one
 word; ``SynT2I`` caption -> image; ``SynI2T`` image -> caption; ``SynGround`` scene of 2-3 shapes + label -> the
 crop of that shape. Training rows of SynCLS, SynVQA, SynT2I and SynGround carry 0, 1 or 2 hard negatives (lists, or a
 plain string for SynVQA) so variable-k negatives are exercised; SynI2T has no negative columns at all.
@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from ..errors import DataError
 
 COLOURS = {"red": (230, 25, 25), "green": (20, 190, 40), "blue": (30, 60, 240), "yellow": (245, 225, 10)}
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "cross", "triangle")  # outlines that stay distinct at 14-px patch resolution
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 TASKS = {"SynCLS": "classification", "SynVQA": "vqa", "SynT2I": "retrieval", "SynI2T": "retrieval",
          "SynGround": "grounding"}
@@ -60,8 +60,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: str, box: tuple[i
     fill = COLOURS[colour]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
+    elif shape == "cross":  # arms 40% of the side wide
+        a, b = (x1 - x0) * 3 // 10, (y1 - y0) * 3 // 10
+        draw.rectangle((x0 + a, y0, x1 - a, y1), fill=fill)
+        draw.rectangle((x0, y0 + b, x1, y1 - b), fill=fill)
     else:
         draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
 
@@ -117,12 +119,14 @@ def _train_rows(task: str, rng: np.random.Generator, w: _Writer, n: int, size: i
     rows: dict[str, list] = {"qry": [], "qry_image_path": [], "pos_text": [], "pos_image_path": []}
     negs: dict[str, list] = {"neg_text": [], "neg_image_path": []}
     combos = [_COMBOS[j] for j in rng.integers(0, len(_COMBOS), size=n)]
-    images = [] if task in ("SynGround",) else [w.save(_single(rng, c, size), f"{i:05d}") for i, c in enumerate(combos)]
+    images = [] if task == "SynGround" else [w.save(_single(rng, c, size), f"{i:05d}") for i, c in enumerate(combos)]
     for i, combo in enumerate(combos):
         k, label = i % 3, f"{combo[0]} {combo[1]}"
-        if task == "SynCLS":  # hard negatives: same shape, another colour
+        if task == "SynCLS":  # hard negatives: the label with its colour or its shape changed
             row = (CLS_QUERY, images[i], label, "")
-            negs["neg_text"].append([f"{c} {combo[1]}" for c in _others(rng, list(COLOURS), [combo[0]], k)])
+            near = [f"{_others(rng, list(COLOURS), [combo[0]], 1)[0]} {combo[1]}",
+                    f"{combo[0]} {_others(rng, list(SHAPES), [combo[1]], 1)[0]}"]
+            negs["neg_text"].append(_others(rng, near, [], k))
         elif task == "SynVQA":
             q = int(rng.integers(0, 3))
             row = (VQA_QUERY + VQA_QUESTIONS[q], images[i], combo[q], "")
@@ -190,7 +194,7 @@ def _write_parquet(columns: dict[str, list], path: Path) -> None:
 
 
 def write_synthetic_mmeb(root: str | os.PathLike, seed: int = 0, n_train_per_task: int = 512,
-                         n_eval_per_task: int = 64, image_size: int = 56, n_candidates: int = 10) -> dict:
+                         n_eval_per_task: int = 100, image_size: int = 56, n_candidates: int = 10) -> dict:
     """Write the synthetic MMEB train/eval data under ``root`` (see module docstring) and return its paths.
 
     Returns ``{"root", "images", "data_config", "eval_root": Path, "train": {task: parquet}, "eval": {task:

@@ -20,6 +20,7 @@ Both log ``loss`` and the in-batch retrieval ``accuracy`` (mean over the logging
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +28,11 @@ from torch import nn
 from accelerate.utils import DistributedType
 from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..data.sampler import build_train_dataloader
 from ..data.sources import TrainingCorpus
+from ..hub.push import HubPushMixin
 from .arguments import ContrastiveTrainingArguments
 from .batching import concat_groups, group_rows
 from .grad_cache import GradCache, needs_grad_cache
@@ -38,13 +41,15 @@ from .losses import ContrastiveLossOutput, contrastive_loss
 GROUPS = ("query", "positive", "negative")
 
 
-class ContrastiveTrainer(Trainer):
+class ContrastiveTrainer(HubPushMixin, Trainer):
     """Trainer for contrastive embedding training; see the module docstring for the batch contract.
 
     ``args`` must be a :class:`~.arguments.ContrastiveTrainingArguments`. The model is a `Vlm2VecModel`, optionally
     wrapped by peft (see :func:`~.lora.prepare_trainable_model`). A
     :class:`~modeling_vlm2vec.data.sources.TrainingCorpus` train dataset is served by the deterministic global-batch
     sampler (already sharded by rank, resumable); any other dataset goes through the stock dataloader.
+    Checkpoints carry the wrapper config even for LoRA (the adapter alone would lose the prompt and resolution
+    settings) and their training arguments as JSON, not a pickle; Hub pushes carry the remote code and our card.
     """
 
     # compute_loss returns a per-batch mean: the stock training_step divides it by the accumulation steps
@@ -152,6 +157,19 @@ class ContrastiveTrainer(Trainer):
             if name in inputs:
                 flops += super().floating_point_ops(inputs[name])
         return flops
+
+    # ---- saving -----------------------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if not self.args.should_save:
+            return
+        (output_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # the stock pickle of the arguments
+        (output_dir / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if hasattr(unwrapped, "peft_config"):
+            unwrapped.get_base_model().config.save_pretrained(output_dir)
 
     # ---- data -------------------------------------------------------------------------------------------------
 

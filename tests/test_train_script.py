@@ -1,0 +1,186 @@
+"""`train.py` end to end on the tiny backbone and synthetic data: export, 2 processes == 1, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+import train
+from hub_isolation import emit_json_code, last_json_line, run_isolated
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return write_synthetic_mmeb(tmp_path_factory.mktemp("syn") / "data", n_train_per_task=24, n_eval_per_task=4)
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_backbone_dir):
+    return tiny_backbone_dir("qwen2_vl")
+
+
+def _recipe(tmp_path, backbone, synthetic, **overrides) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "out"), "model_name_or_path": str(backbone),
+        "dataset_config": str(synthetic["data_config"]), "per_device_train_batch_size": 8,
+        "gc_q_chunk_size": 3, "gc_p_chunk_size": 3, "learning_rate": 1e-3, "max_steps": 3, "save_steps": 100,
+        "logging_steps": 1, "use_cpu": True, "report_to": [], "do_eval": False, "seed": 0,
+        "dataloader_num_workers": 0, "disable_tqdm": True,
+    }
+    recipe.update(overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _run(args: list[str], *, launcher: list[str] | None = None, cwd=REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    cmd = (launcher or [sys.executable]) + [str(REPO / "train.py")] + args
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"parameters differ by {worst}"
+
+
+def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path, backbone, synthetic):
+    recipe = _recipe(tmp_path, backbone, synthetic, do_eval=True, eval_dataset_name=str(synthetic["eval_root"]),
+                     eval_image_dir=str(synthetic["root"]), eval_subset_name=["SynCLS", "SynT2I"])
+    proc = _run([str(recipe)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "out"
+    for name in ("config.json", "configuration_vlm2vec.py", "modeling_vlm2vec.py", "processing_vlm2vec.py",
+                 "model.safetensors", "README.md", "eval/summary.json", "eval/SynCLS_score.json",
+                 "eval/baseline/summary.json"):
+        assert (out / name).is_file(), name
+    assert "| SynCLS |" in proc.stdout and "before" in proc.stdout  # the before/after table
+    assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_vlm2vec.Vlm2VecModel"
+    # trained weights differ from the backbone's
+    trained = Vlm2VecModel.from_pretrained(out)
+    untrained = Vlm2VecModel.from_backbone(backbone)
+    name = next(n for n, _ in trained.named_parameters() if "language_model.layers.0" in n)
+    assert not torch.equal(trained.state_dict()[name], untrained.state_dict()[name])
+
+    image = str(synthetic["root"] / pq_first_image(synthetic))
+    items = [{"text": "Find me an everyday image that matches the given caption: a red circle"},
+             {"text": "<|image_1|> Represent the given image.", "image": image}]
+    local = trained.encode(items).numpy()
+    stdout = run_isolated(
+        "import json\nfrom transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
+        f"e = m.encode({items!r})\n" + emit_json_code("e.tolist()"))
+    np.testing.assert_allclose(np.array(last_json_line(stdout)), local, atol=1e-6, rtol=0)
+
+
+def pq_first_image(synthetic) -> str:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(synthetic["eval"]["SynT2I"]).column("tgt_img_path")[0].as_py()[0]
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, backbone, synthetic):
+    common = dict(optim="sgd", learning_rate=0.05, max_steps=3, max_grad_norm=0.0, lr_scheduler_type="constant")
+    one = _recipe(tmp_path / "one", backbone, synthetic, per_device_train_batch_size=8, **common)
+    two = _recipe(tmp_path / "two", backbone, synthetic, per_device_train_batch_size=4, **common)
+    proc = _run([str(one)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = _run([str(two)], launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "World size (processes): 2" in (tmp_path / "two" / "out" / "README.md").read_text()
+    _assert_same_weights(_weights(tmp_path / "one" / "out"), _weights(tmp_path / "two" / "out"), atol=1e-5)
+    # and training did move the weights
+    moved = _weights(tmp_path / "one" / "out")
+    base = Vlm2VecModel.from_backbone(backbone).state_dict()
+    assert any(not torch.allclose(moved[k], base[k]) for k in moved if k in base)
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, backbone, synthetic):
+    common = dict(max_steps=4, save_steps=2, learning_rate=1e-3, warmup_steps=1)
+    straight = _recipe(tmp_path / "a", backbone, synthetic, **common)
+    assert _run([str(straight)]).returncode == 0
+    interrupted = _recipe(tmp_path / "b", backbone, synthetic, **common)
+    assert _run([str(interrupted)]).returncode == 0
+    out_b = tmp_path / "b" / "out"
+    # keep only what existed after step 2: checkpoint-2 (drop the later checkpoint and the final export)
+    for item in out_b.iterdir():
+        if item.name != "checkpoint-2":
+            subprocess.run(["rm", "-rf", str(item)], check=True)
+    resumed = _recipe(tmp_path / "b", backbone, synthetic, resume_from_checkpoint=str(out_b / "checkpoint-2"),
+                      **common)
+    proc = _run([str(resumed)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _assert_same_weights(_weights(tmp_path / "a" / "out"), _weights(out_b), atol=1e-6)
+
+
+def _bad_source(tmp_path, rows: list[dict], image_dir: Path, name: str = "Bad") -> Path:
+    data = tmp_path / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{"name": name, "path": str(data), "image_dir": str(image_dir)}]}))
+    return config
+
+
+def _row(**kw):
+    row = {"qry": "<|image_1|> Represent the given image.", "qry_image_path": "img.png", "pos_text": "a red circle",
+           "pos_image_path": ""}
+    row.update(kw)
+    return row
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "img.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return folder
+
+
+@pytest.mark.parametrize("case, rows, message", [
+    ("missing column", [{"qry": "q", "qry_image_path": "", "pos_text": "p"}], "pos_image_path"),
+    ("missing image", [_row(qry_image_path="nope.png")], "not found"),
+    ("escaping path", [_row(qry_image_path="../outside.png")], "escapes"),
+    ("only empty query rows", [_row(qry="", qry_image_path="")], "no usable row"),
+])
+def test_bad_training_data_fails_fast_naming_source_row_and_file(tmp_path, image_dir, backbone, synthetic, capsys,
+                                                                 case, rows, message):
+    config = _bad_source(tmp_path, rows, image_dir)
+    recipe = _recipe(tmp_path, backbone, synthetic, dataset_config=str(config))
+    assert train.main([str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "'Bad'" in err, err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, backbone, synthetic):
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"sources": [{"name": "Ghost", "path": str(tmp_path / "ghost.parquet"),
+                                                    "image_dir": str(image_dir)}]}))
+    proc = _run([str(_recipe(tmp_path, backbone, synthetic, dataset_config=str(missing)))])
+    assert proc.returncode == 2 and "Ghost" in proc.stderr and "error:" in proc.stderr, proc.stderr[-2000:]
+
+    corrupt = _bad_source(tmp_path, [_row(qry_image_path="corrupt.png")] * 8, image_dir, name="Corrupt")
+    proc = _run([str(_recipe(tmp_path, backbone, synthetic, dataset_config=str(corrupt)))])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Corrupt" in proc.stderr and "corrupt.png" in proc.stderr and "row" in proc.stderr

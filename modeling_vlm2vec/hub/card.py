@@ -19,6 +19,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import sys
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -26,7 +27,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..errors import DataError
 from .checkpoint import read_json
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "vlm2vec_card.md"
+_TEMPLATE_NAME = "vlm2vec_card.md"
+# The template lives in the repository's model_cards/; a non-editable install puts it under <prefix>/share/vlm2vec.
+_REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / _TEMPLATE_NAME
+TEMPLATE_PATH = _REPO_TEMPLATE if _REPO_TEMPLATE.is_file() else Path(sys.prefix) / "share" / "vlm2vec" / \
+    "model_cards" / _TEMPLATE_NAME
 BASE_TAGS = ["vlm2vec", "mmeb", "custom_code", "multimodal-embedding", "sentence-similarity"]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _GROUP_TITLES = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval",

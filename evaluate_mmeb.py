@@ -1,6 +1,6 @@
 """Evaluate a Vlm2Vec model (or a raw VLM, optionally with a LoRA adapter) on MMEB.
 
-    python evaluate_mmeb.py --model_name_or_path TIGER-Lab/VLM2Vec-Full --image_dir eval_images \\
+    python evaluate_mmeb.py --model_name_or_path outputs/demo --image_dir eval_images \\
         --subset_name all --output_dir runs/mmeb
     python evaluate_mmeb.py config.yaml                  # the same keys in one YAML file
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 evaluate_mmeb.py ...   # several processes
@@ -12,12 +12,11 @@ before any result file is written.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from transformers import HfArgumentParser
 
-from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.cli import parse_dataclasses, run_cli
 from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, load_model_for_eval, run_evaluation
 
 
@@ -31,26 +30,19 @@ def _default_device() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser(EvalArguments)
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        (args,) = parser.parse_yaml_file(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(argv)
+    (args,) = parse_dataclasses(HfArgumentParser(EvalArguments), sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = args.device or _default_device()
-    try:
+
+    def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
         eval_sets = load_eval_sets(args.dataset_name, args.subsets, args.image_dir)
         model, processor = load_model_for_eval(args.model_name_or_path, lora_adapter=args.lora_adapter,
                                                dtype=args.dtype, device=device)
         run_evaluation(model, processor, eval_sets, output_dir=args.output_dir, batch_size=args.batch_size,
                        overwrite=args.overwrite, model_name=args.model_name_or_path, dataset_name=args.dataset_name)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

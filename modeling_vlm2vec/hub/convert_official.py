@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import run_cli
 from ..errors import DataError
 from ..modeling_vlm2vec import Vlm2VecModel
 from ..processing_vlm2vec import load_processor
@@ -135,14 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", help="folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         folder = convert_official_checkpoint(args.base_backbone, args.adapter_dir, args.output_dir,
                                              overwrite=args.overwrite)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"converted {folder}")
-    return 0
+        print(f"converted {folder}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

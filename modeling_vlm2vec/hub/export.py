@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import run_cli
 from ..errors import DataError
 from .card import load_eval_summary, write_model_card
 from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, REMOTE_CODE_FILES, check_remote_code,
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
-    try:
+
+    def body():
         context = read_json(args.card_context) if args.card_context else {}
         if args.hub_model_id:
             context.setdefault("repo_id", args.hub_model_id)
@@ -190,10 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
             files = push_checkpoint(folder, args.hub_model_id, private=args.private or None)
             print(f"pushed {len(files)} files to {args.hub_model_id}")
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class ModelArguments:
                 "first, unless that folder already holds one (offline demo and tests)."})
     tiny_backbone_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny backbone."})
     tiny_backbone_layers: int = field(default=2, metadata={"help": "Layers of the tiny backbone's language model."})
+    tiny_backbone_vision_hidden_size: int = field(default=32, metadata={"help": "Width of the tiny vision tower."})
     tiny_backbone_image_size: int | None = field(default=None, metadata={"help": "Vision input side of the tiny "
                                                                                   "backbone, pixels."})
     model_dtype: str = field(default="float32", metadata={
@@ -181,7 +182,8 @@ def _prepare_inputs(model_args: ModelArguments, data_args: DataArguments, output
         save_tiny_backbone(model_args.tiny_backbone, model_args.model_name_or_path,
                            hidden_size=model_args.tiny_backbone_hidden_size,
                            num_layers=model_args.tiny_backbone_layers,
-                           image_size=model_args.tiny_backbone_image_size)
+                           image_size=model_args.tiny_backbone_image_size,
+                           vision_hidden_size=model_args.tiny_backbone_vision_hidden_size)
     if data_args.dataset_config == SYNTHETIC:
         write_synthetic_mmeb(_synthetic_dir(data_args, output_dir), n_train_per_task=data_args.synthetic_train_per_task,
                              n_eval_per_task=data_args.synthetic_eval_per_task)

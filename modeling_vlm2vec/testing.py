@@ -71,7 +71,7 @@ def _text_config(cls, tokenizer, hidden_size: int, num_layers: int, **extra):
                pad_token_id=tokenizer.pad_token_id, **extra)
 
 
-def _build_llava_next(hidden_size: int, num_layers: int, image_size: int):
+def _build_llava_next(hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
     tok = train_tokenizer(_LLAMA_SPECIALS, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                           pad_token="<pad>", image_token="<image>")
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size],
@@ -81,15 +81,16 @@ def _build_llava_next(hidden_size: int, num_layers: int, image_size: int):
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1)
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=image_size, patch_size=14),
+        vision_config=CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                                       num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+                                       patch_size=14),
         text_config=_text_config(LlamaConfig, tok, hidden_size, num_layers),
         image_token_index=tok.image_token_id, image_grid_pinpoints=pinpoints,
         vision_feature_layer=-1, vision_feature_select_strategy="default")
     return LlavaNextForConditionalGeneration(config), processor
 
 
-def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: int):
+def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
     tok = train_tokenizer(_QWEN_SPECIALS, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                           image_token="<|image_pad|>", video_token="<|video_pad|>")
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=image_size * image_size,
@@ -104,18 +105,19 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
                 rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
                 bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if model_type == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
+        vision = dict(depth=2, embed_dim=vision_hidden_size, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
         return (Qwen2VLForConditionalGeneration(config),
                 ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok))
-    vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden_size, intermediate_size=64, num_heads=2,
+    vision = dict(depth=2, hidden_size=vision_hidden_size, out_hidden_size=hidden_size,
+                  intermediate_size=2 * vision_hidden_size, num_heads=2,
                   window_size=56, fullatt_block_indexes=[1])
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     return (Qwen2_5_VLForConditionalGeneration(config),
             ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok))
 
 
-def _build_idefics3(hidden_size: int, num_layers: int, image_size: int):
+def _build_idefics3(hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
     tok = train_tokenizer(_IDEFICS_SPECIALS, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                           pad_token="<pad>", image_token="<image>")
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * image_size},
@@ -124,7 +126,8 @@ def _build_idefics3(hidden_size: int, num_layers: int, image_size: int):
     image_seq_len = ((image_size // patch_size) ** 2) // (scale_factor ** 2)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=image_seq_len)
     config = Idefics3Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        vision_config=dict(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                           num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=patch_size),
         text_config=_text_config(LlamaConfig, tok, hidden_size, num_layers).to_dict(),
         scale_factor=scale_factor, image_token_id=tok.convert_tokens_to_ids("<image>"),
@@ -133,27 +136,28 @@ def _build_idefics3(hidden_size: int, num_layers: int, image_size: int):
 
 
 def build_tiny_backbone(model_type: str, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                        image_size: int | None = None):
+                        image_size: int | None = None, vision_hidden_size: int = 32):
     """Return `(model, processor)`: a seeded random `...ForConditionalGeneration` and its processor."""
     if model_type not in TINY_MODEL_TYPES:
         raise ValueError(f"model_type must be one of {TINY_MODEL_TYPES}, got {model_type!r}")
     torch.manual_seed(seed)
     if model_type == "llava_next":
-        return _build_llava_next(hidden_size, num_layers, image_size or 28)
+        return _build_llava_next(hidden_size, num_layers, image_size or 28, vision_hidden_size)
     if model_type == "idefics3":
-        return _build_idefics3(hidden_size, num_layers, image_size or 64)
-    return _build_qwen(model_type, hidden_size, num_layers, image_size or 56)
+        return _build_idefics3(hidden_size, num_layers, image_size or 64, vision_hidden_size)
+    return _build_qwen(model_type, hidden_size, num_layers, image_size or 56, vision_hidden_size)
 
 
 def save_tiny_backbone(model_type: str, path: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64,
-                       num_layers: int = 2, image_size: int | None = None) -> Path:
+                       num_layers: int = 2, image_size: int | None = None, vision_hidden_size: int = 32) -> Path:
     """Write a complete tiny VLM checkpoint (config, weights, tokenizer, processor) to `path` and return it.
 
     `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `idefics3`. The same arguments always give the
-    same weights. `image_size` is the vision tower's input side in pixels (defaults: 28, 56, 56, 64).
+    same weights. `image_size` is the vision tower's input side in pixels (defaults: 28, 56, 56, 64);
+    `vision_hidden_size` the width of the vision tower.
     """
     model, processor = build_tiny_backbone(model_type, seed=seed, hidden_size=hidden_size, num_layers=num_layers,
-                                           image_size=image_size)
+                                           image_size=image_size, vision_hidden_size=vision_hidden_size)
     path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -67,20 +67,41 @@ class PhaseTimer:
 
 
 def padding_stats(batch: dict, chunk: int, padding_side: str) -> dict:
-    """Padded / real tokens of the plain step's concatenated batch and of the cached step's chunks."""
+    """Padded / real tokens of the trainer's plain step (concatenated groups), of the grouped plain step and of the
+    cached step's chunks."""
     groups = list(groups_of(batch).values())
     real = sum(int(g["attention_mask"].sum()) for g in groups)
     plain = concat_groups(groups, padding_side)["attention_mask"].numel()
+    grouped = sum(g["attention_mask"].numel() for g in groups)
     chunks = sum(c["attention_mask"].numel() for g in groups for c in split_group(g, chunk, padding_side))
-    return {"real_tokens": real, "plain_padded_over_real": round(plain / real, 3),
+    return {"real_tokens": real, "trainer_plain_padded_over_real": round(plain / real, 3),
+            "grouped_plain_padded_over_real": round(grouped / real, 3),
             "chunks_padded_over_real": round(chunks / real, 3)}
+
+
+class GroupedPlainStep:
+    """The plain step without cross-group padding: one forward per group (with grad), the loss, one backward.
+
+    The trainer's plain step pads the concatenated query + positive + negative batch to its longest row (one forward
+    per backward, as DDP needs); this variant is the cheapest exact plain step, the fair baseline of GradCache's
+    overhead when groups differ in length."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+
+    def training_step(self, model, batch) -> torch.Tensor:
+        loss = self.loss_fn({name: model(**g).embeddings for name, g in groups_of(batch).items()}).loss
+        loss.backward()
+        return loss.detach()
 
 
 def setup(args):
     model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
     batch = contrastive_batch(model, args.batch)
     out = tempfile.mkdtemp(prefix="vlm2vec-bench-step-")
-    return model, batch, {"cached": make_trainer(model, args.chunk, out), "plain": make_trainer(model, None, out)}
+    cached = make_trainer(model, args.chunk, out)
+    plain = GroupedPlainStep(cached._loss) if args.plain == "grouped" else make_trainer(model, None, out)
+    return model, batch, {"cached": cached, "plain": plain}
 
 
 def run_step(trainer, model, batch) -> float:
@@ -89,16 +110,18 @@ def run_step(trainer, model, batch) -> float:
     return seconds
 
 
-def no_grad_forward(model, full: dict) -> float:
+def no_grad_forward(model, batches: list[dict]) -> float:
     with torch.no_grad():
-        seconds, _ = timed(model, **full)
+        seconds, _ = timed(lambda: [model(**b) for b in batches])
     return seconds
 
 
 def paired(args) -> dict:
     model, batch, trainers = setup(args)
     phases = PhaseTimer()
-    full = concat_groups(list(groups_of(batch).values()), model.config.padding_side)
+    # the no-grad forward of the batch exactly as the plain step embeds it
+    groups = list(groups_of(batch).values())
+    full = groups if args.plain == "grouped" else [concat_groups(groups, model.config.padding_side)]
     for _ in range(args.warmup):
         for name in ("cached", "plain"):
             run_step(trainers[name], model, batch)
@@ -117,7 +140,7 @@ def paired(args) -> dict:
     breakdown["chunking_and_rest"] = round(median(times["cached"]) - sum(breakdown.values()), 4)
     time_ratio, floor_ratio = median(ratios), median(floors)
     return {
-        "benchmark": "gradcache_step", "mode": "paired", "pairs": args.pairs, "warmup": args.warmup,
+        "benchmark": "gradcache_step", "mode": "paired", "plain": args.plain, "pairs": args.pairs, "warmup": args.warmup,
         "batch": args.batch, "chunk": args.chunk, "groups": describe_batch(batch),
         "parameters": num_parameters(model), "backbone": backbone_spec(args),
         "padding": padding_stats(batch, args.chunk, model.config.padding_side),
@@ -144,14 +167,14 @@ def single(args) -> dict:
 def fresh(args) -> dict:
     base = [str(Path(__file__).resolve()), "--mode", "single", "--batch", str(args.batch), "--chunk", str(args.chunk),
             "--hidden-size", str(args.hidden_size), "--layers", str(args.layers), "--warmup", str(args.warmup),
-            "--steps", str(args.steps)]
+            "--steps", str(args.steps), "--plain", args.plain]
     runs = defaultdict(list)
     for i in range(args.repeats):
         for variant in (("cached", "plain") if i % 2 == 0 else ("plain", "cached")):
             runs[variant].append(run_json(base + ["--variant", variant])["median_seconds"])
             print(f"{variant}: {runs[variant][-1]:.3f}s", file=sys.stderr, flush=True)
     ratio = median(runs["cached"]) / median(runs["plain"])
-    return {"benchmark": "gradcache_step", "mode": "fresh", "batch": args.batch, "chunk": args.chunk,
+    return {"benchmark": "gradcache_step", "mode": "fresh", "plain": args.plain, "batch": args.batch, "chunk": args.chunk,
             "steps_per_process": args.steps, "warmup": args.warmup, "processes_per_variant": args.repeats,
             "backbone": backbone_spec(args), "median_seconds": {k: round(median(v), 4) for k, v in runs.items()},
             "per_process_seconds": {k: [round(x, 4) for x in v] for k, v in runs.items()},
@@ -220,6 +243,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("paired", "single", "fresh", "train"), default="paired")
     parser.add_argument("--variant", choices=("cached", "plain"), default="cached")
+    parser.add_argument("--plain", choices=("trainer", "grouped"), default="trainer",
+                        help="plain step: the trainer's (one forward of the concatenated groups) or one forward per "
+                             "group (no cross-group padding)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=20)

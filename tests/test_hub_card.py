@@ -96,6 +96,20 @@ def test_summary_json_takes_precedence(llava_dir, tmp_path):
     assert "summary.json" in {p.name for p in (out / "eval").iterdir()}
 
 
+def test_scores_on_a_local_eval_folder_get_a_table_but_no_model_index(llava_dir, tmp_path):
+    _write_scores(tmp_path / "eval")
+    summary = {"metric": "hit@1", "model": "m", "dataset_name": str(tmp_path / "local-eval-data"),
+               "datasets": {"ImageNet-1K": {**_score("ImageNet-1K", 0.5), "paper_hit@1": 0.745}},
+               "aggregates": {"Overall": {"hit@1": 0.5, "n": 1, "N": 36, "datasets": ["ImageNet-1K"],
+                                          "paper_hit@1": None}}}
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
+    out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out",
+                            card_context={"eval_dir": str(tmp_path / "eval")})
+    text = (out / "README.md").read_text()
+    assert "| Overall | 1/36 | 50.0 | – |" in text
+    assert "model-index" not in _front_matter(text)  # local data is not presented as a Hub dataset result
+
+
 def test_card_without_context_has_no_training_or_eval_sections(llava_dir, tmp_path):
     out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "plain")
     text = (out / "README.md").read_text()

@@ -55,7 +55,7 @@ def load_eval_summary(eval_dir: str | os.PathLike | None) -> dict | None:
         return None
     from ..evaluation.report import build_summary
 
-    return build_summary(records, model=eval_dir.name, model_fingerprint="", dataset_name="MMEB-eval")
+    return build_summary(records, model=eval_dir.name, model_fingerprint="", dataset_name=None)
 
 
 def _pct(value) -> str:
@@ -74,10 +74,15 @@ def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _eval_results(summary: dict) -> list[EvalResult]:
-    """model-index entries: one per aggregate and per dataset, precision@1 in percent."""
+    """model-index entries: one per aggregate and per dataset, precision@1 in percent.
+
+    Scores on a local evaluation folder (e.g. the synthetic demo data) get none: Hub metadata must not present them
+    as results on a Hub dataset. They still appear in the card's table.
+    """
     metric = summary.get("metric", "hit@1")
-    dataset_type = summary.get("dataset_name") if _HUB_ID.match(str(summary.get("dataset_name", ""))) else None
-    dataset_type = dataset_type or "TIGER-Lab/MMEB-eval"
+    dataset_type = str(summary.get("dataset_name") or "TIGER-Lab/MMEB-eval")
+    if not _HUB_ID.match(dataset_type) or os.path.exists(dataset_type):
+        return []
     entries = [(f"MMEB {_GROUP_TITLES.get(group, group)}", group, agg.get(metric))
                for group, agg in summary.get("aggregates", {}).items()]
     entries += [(f"MMEB {name}", name, row.get(metric)) for name, row in summary.get("datasets", {}).items()]

@@ -143,7 +143,7 @@ def render_model_card(config, *, card_context: dict | None = None, repo_id: str 
         library_name="peft" if adapter_only else "transformers", pipeline_tag="feature-extraction",
         license=context.get("license", "apache-2.0"), base_model=base_model, datasets=context.get("datasets"),
         tags=BASE_TAGS + [config.backbone_type] + [t for t in context.get("tags", []) if t not in BASE_TAGS],
-        model_name=model_name, eval_results=_eval_results(summary) if summary else None)
+        model_name=model_name, eval_results=(_eval_results(summary) or None) if summary else None)
     aggregates, datasets = _eval_rows(summary) if summary else ([], [])
     return ModelCard.from_template(
         card_data, template_path=str(template_path), model_name=model_name, repo_id=repo_id,

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,30 +83,27 @@ def test_card_metadata_training_and_scores_from_score_files(llava_dir, tmp_path)
     assert card.data.eval_results[0].metric_value == 37.5
 
 
-def test_summary_json_takes_precedence(llava_dir, tmp_path):
+def _card_with_summary(llava_dir, tmp_path, *, dataset_name: str, overall: float) -> tuple[str, Path]:
+    """Export with an eval folder holding score files and a summary.json that disagrees with them."""
     _write_scores(tmp_path / "eval")
-    summary = {"metric": "hit@1", "model": "m", "dataset_name": "TIGER-Lab/MMEB-eval",
+    summary = {"metric": "hit@1", "model": "m", "dataset_name": dataset_name,
                "datasets": {"ImageNet-1K": {**_score("ImageNet-1K", 0.5), "paper_hit@1": 0.745}},
-               "aggregates": {"Overall": {"hit@1": 0.123, "n": 1, "N": 36, "datasets": ["ImageNet-1K"],
+               "aggregates": {"Overall": {"hit@1": overall, "n": 1, "N": 36, "datasets": ["ImageNet-1K"],
                                           "paper_hit@1": None}}}
     (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
     out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out",
                             card_context={"eval_dir": str(tmp_path / "eval")})
-    text = (out / "README.md").read_text()
+    return (out / "README.md").read_text(), out
+
+
+def test_summary_json_takes_precedence(llava_dir, tmp_path):
+    text, out = _card_with_summary(llava_dir, tmp_path, dataset_name="TIGER-Lab/MMEB-eval", overall=0.123)
     assert "| Overall | 1/36 | 12.3 | – |" in text
     assert "summary.json" in {p.name for p in (out / "eval").iterdir()}
 
 
 def test_scores_on_a_local_eval_folder_get_a_table_but_no_model_index(llava_dir, tmp_path):
-    _write_scores(tmp_path / "eval")
-    summary = {"metric": "hit@1", "model": "m", "dataset_name": str(tmp_path / "local-eval-data"),
-               "datasets": {"ImageNet-1K": {**_score("ImageNet-1K", 0.5), "paper_hit@1": 0.745}},
-               "aggregates": {"Overall": {"hit@1": 0.5, "n": 1, "N": 36, "datasets": ["ImageNet-1K"],
-                                          "paper_hit@1": None}}}
-    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
-    out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out",
-                            card_context={"eval_dir": str(tmp_path / "eval")})
-    text = (out / "README.md").read_text()
+    text, _ = _card_with_summary(llava_dir, tmp_path, dataset_name=str(tmp_path / "local-eval-data"), overall=0.5)
     assert "| Overall | 1/36 | 50.0 | – |" in text
     assert "model-index" not in _front_matter(text)  # local data is not presented as a Hub dataset result
 

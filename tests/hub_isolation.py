@@ -18,7 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PRELUDE = f"""
 import sys
-sys.path[:] = [p for p in sys.path if p not in ("", ".") and not p.startswith({str(REPO_ROOT)!r})]
+import os
+# the repository and its tests folder leave sys.path; site-packages stays, even when the venv lives in the repo
+sys.path[:] = [p for p in sys.path if p not in ("", ".")
+               and os.path.abspath(p) not in ({str(REPO_ROOT)!r}, {str(REPO_ROOT / "tests")!r})]
 
 
 class _HidePackage:

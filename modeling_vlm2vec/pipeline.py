@@ -22,13 +22,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig
 
 from .data.collator import Vlm2VecCollator
 from .data.sources import load_corpus
 from .data.synthetic import write_synthetic_mmeb
 from .evaluation import evaluate_mmeb, load_model_for_eval
+from .evaluation.model_loading import parse_dtype
 from .evaluation.distributed import barrier
 from .hub.card import write_model_card
 from .hub.export import export_checkpoint
@@ -42,7 +42,6 @@ from .training.trainer import ContrastiveTrainer
 logger = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -60,7 +59,7 @@ class ModelArguments:
     tiny_backbone_image_size: int | None = field(default=None, metadata={"help": "Vision input side of the tiny "
                                                                                   "backbone, pixels."})
     model_dtype: str = field(default="float32", metadata={
-        "help": "Dtype the weights are loaded in: float32 (master weights; use bf16 autocast via --bf16) or "
+        "help": "Dtype the weights are loaded in (auto = the checkpoint's): float32 (master weights; use bf16 autocast via --bf16) or "
                 "bfloat16 / float16 (frozen base for LoRA on large backbones; LoRA weights stay float32)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2..."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow backbones with Hub remote code."})
@@ -145,7 +144,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArg
 def build_model(model_args: ModelArguments) -> tuple[Vlm2VecModel, object]:
     """Load the model to train and its processor: a Vlm2Vec checkpoint as is, or a raw VLM wrapped."""
     path = model_args.model_name_or_path
-    dtype = _DTYPES[model_args.model_dtype]
+    dtype = parse_dtype(model_args.model_dtype)
     load_kwargs = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
     if model_args.attn_implementation:
         load_kwargs["attn_implementation"] = model_args.attn_implementation

@@ -19,11 +19,11 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from ..errors import DataError
+from ..hub.checkpoint import PROCESSOR_FILES
 from ..processing_vlm2vec import load_processor
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
@@ -56,7 +56,7 @@ def load_model_for_eval(model_name_or_path: str | os.PathLike, *, lora_adapter: 
         if not (adapter / "adapter_config.json").is_file():
             raise DataError("not a PEFT adapter folder (no adapter_config.json)", file=str(adapter))
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        if any((adapter / name).is_file() for name in _PROCESSOR_FILES):
+        if any((adapter / name).is_file() for name in PROCESSOR_FILES):
             processor_path = str(adapter)
     processor = load_processor(processor_path)
     if hasattr(model, "processor"):

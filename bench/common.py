@@ -46,6 +46,12 @@ QUERY_PREFIX = "<|image_1|> Represent the given image with the following questio
 TEXT_PREFIX = "Find me an everyday image that matches the given caption: "
 
 
+def add_backbone_arguments(parser) -> None:
+    """The bench backbone's size flags (``--hidden-size``, ``--layers``), shared by every script."""
+    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
+    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+
+
 def bench_backbone_dir(**overrides) -> Path:
     """Folder of the bench backbone (built once, deterministically, and reused from ``CACHE_DIR``)."""
     spec = {**BENCH_BACKBONE, **overrides}

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import random
 
-from common import BENCH_BACKBONE, WORDS, load_bench_model, machine, median, noise_image, report, timed
+from common import (BENCH_BACKBONE, WORDS, add_backbone_arguments, load_bench_model, machine, median, noise_image,
+                    report, timed)
 
 KINDS = ("text", "image", "image+text")
 BATCH_SIZES = (1, 4, 16, 64)
@@ -36,8 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
-    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    add_backbone_arguments(parser)
     args = parser.parse_args()
 
     model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers).eval()

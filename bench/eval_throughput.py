@@ -21,7 +21,7 @@ import argparse
 import tempfile
 from collections import defaultdict
 
-from common import CACHE_DIR, BENCH_BACKBONE, load_bench_model, machine, median, report, timed
+from common import BENCH_BACKBONE, CACHE_DIR, add_backbone_arguments, load_bench_model, machine, median, report, timed
 
 import torch  # noqa: E402
 
@@ -81,8 +81,7 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=32, help="eval queries per synthetic dataset")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="measured rounds (each: evaluate_mmeb, ideal)")
-    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
-    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    add_backbone_arguments(parser)
     args = parser.parse_args()
 
     data = write_synthetic_mmeb(CACHE_DIR / f"synthetic-eval-{args.per_task}", n_train_per_task=3,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import BENCH_BACKBONE, contrastive_batch, groups_of, load_bench_model, machine, report
+from common import (BENCH_BACKBONE, add_backbone_arguments, contrastive_batch, groups_of, load_bench_model, machine,
+                    report)
 
 import torch  # noqa: E402
 
@@ -91,8 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=16)
-    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
-    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    add_backbone_arguments(parser)
     args = parser.parse_args()
     result = {"benchmark": "gradcache_exactness", "batch": args.batch, "chunk": args.chunk, "dtype": "float32",
               "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},

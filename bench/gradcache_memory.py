@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BENCH_BACKBONE, contrastive_batch, load_average, load_bench_model, machine, report, run_json, timed
+from common import (BENCH_BACKBONE, add_backbone_arguments, contrastive_batch, load_average, load_bench_model, machine,
+                    report, run_json, timed)
 
 from gradcache_step import make_trainer  # noqa: E402
 
@@ -76,8 +77,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=32)
     parser.add_argument("--large", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=8)
-    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
-    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    add_backbone_arguments(parser)
     args = parser.parse_args()
     report(one_config(args) if args.config else compare(args))
 

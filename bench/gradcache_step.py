@@ -27,8 +27,9 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from common import (BENCH_BACKBONE, THREADS, bench_backbone_dir, contrastive_batch, describe_batch, groups_of,
-                    load_average, load_bench_model, machine, median, num_parameters, report, run_json, timed)
+from common import (BENCH_BACKBONE, THREADS, add_backbone_arguments, bench_backbone_dir, contrastive_batch,
+                    describe_batch, groups_of, load_average, load_bench_model, machine, median, num_parameters, report,
+                    run_json, timed)
 
 import torch  # noqa: E402  (common sets the thread count first)
 
@@ -252,8 +253,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="steps per process (single, fresh, train)")
     parser.add_argument("--repeats", type=int, default=2, help="processes per variant (fresh, train)")
-    parser.add_argument("--hidden-size", type=int, default=BENCH_BACKBONE["hidden_size"])
-    parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
+    add_backbone_arguments(parser)
     args = parser.parse_args()
     report({"paired": paired, "single": single, "fresh": fresh, "train": train}[args.mode](args))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -147,36 +149,49 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
 
     @torch.inference_mode()
     def encode(self, inputs: list, instruction: str | None = None, batch_size: int = 8,
-               show_progress_bar: bool | None = None, convert_to_numpy: bool = False, processor=None):
+               show_progress_bar: bool | None = None, convert_to_numpy: bool = False, processor=None,
+               prefetch: bool | None = None):
         """Embed a list of items.
 
         Args:
             inputs: items, each a `str` (text), a `PIL.Image.Image`, or a dict `{"text": str, "image": PIL image or
                 path}` (either key may be missing or None). Texts may contain MMEB's `<|image_1|>` placeholder.
             instruction: put before every item's text (e.g. "Represent the given image for classification.").
-            batch_size: items per forward; items are sorted by length so batches pad little.
+            batch_size: items per forward; items are sorted by length so batches pad little, and text-only items
+                never share a batch with image items.
             show_progress_bar: defaults to showing one for more than one batch.
             convert_to_numpy: return a numpy array instead of a tensor.
             processor: defaults to the processor saved with the checkpoint.
+            prefetch: prepare the next batch (image decoding, processor) in a background thread while the current
+                one runs. Defaults to on when the model sits on an accelerator and off on CPU, where the thread would
+                take cores from the forward pass itself. The embeddings are the same either way.
 
         Returns:
             (len(inputs), hidden_size) float32 embeddings on CPU, in input order.
         """
         processor = processor if processor is not None else self.processor
         items = [_as_item(x) for x in inputs]
-        order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = _length_batches(items, batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(batches) > 1
+
+        def prepare(idx: list[int]) -> dict[str, torch.Tensor]:
+            texts = [items[i][0] for i in idx]
+            images = [_open_image(items[i][1]) for i in idx]
+            return process_batch(processor, self.config, texts, images, instruction=instruction)
+
         was_training = self.training
         self.eval()
         out = torch.empty(len(items), self.config.hidden_size, dtype=torch.float32)
-        for idx in tqdm(batches, desc="Encoding", disable=not show_progress_bar):
-            texts = [items[i][0] for i in idx]
-            images = [_open_image(items[i][1]) for i in idx]
-            batch = process_batch(processor, self.config, texts, images, instruction=instruction)
+        progress = tqdm(total=len(batches), desc="Encoding", disable=not show_progress_bar)
+        if prefetch is None:
+            prefetch = self.device.type != "cpu"
+        prepared = _prefetched(prepare, batches) if prefetch else map(prepare, batches)
+        for idx, batch in zip(batches, prepared):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out[torch.tensor(idx)] = self(**batch).embeddings.float().cpu()
+            progress.update()
+        progress.close()
         self.train(was_training)
         return out.numpy() if convert_to_numpy else out
 
@@ -209,9 +224,41 @@ def _as_item(x) -> tuple[str | None, object]:
     raise TypeError(f"encode() items must be str, PIL.Image.Image or dict, got {type(x).__name__}")
 
 
-def _length_key(item: tuple[str | None, object]) -> tuple[int, int]:
-    # image rows together (their token counts dominate), then by text length
-    return (item[1] is not None, len(item[0] or ""))
+def _length_batches(items: list[tuple[str | None, object]], batch_size: int) -> list[list[int]]:
+    """Indices of ``items`` in batches of at most ``batch_size``, sorted by :func:`_length_key`; text-only and image
+    items go to separate batches (a short text padded to an image row's length wastes most of its compute)."""
+    order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
+    kinds = ([i for i in order if items[i][1] is None], [i for i in order if items[i][1] is not None])
+    return [kind[start:start + batch_size] for kind in kinds for start in range(0, len(kind), batch_size)]
+
+
+def _length_key(item: tuple[str | None, object]) -> tuple[bool, int, int]:
+    """Sort key that groups items of similar token count: text-only first, then images by pixel count (which sets
+    the image tokens of resolution-dependent backbones), then by text length. Image files are only read for their
+    header here."""
+    text, image = item
+    if image is None:
+        return False, 0, len(text or "")
+    if isinstance(image, Image.Image):
+        width, height = image.size
+    else:
+        with Image.open(image) as img:
+            width, height = img.size
+    return True, width * height, len(text or "")
+
+
+def _prefetched(prepare, batches: list) -> Iterator:
+    """``prepare(b)`` for every ``b`` in ``batches``, in order, the next one computed in a background thread while
+    the caller consumes the current one (image decoding and processing overlap the forward pass)."""
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm2vec-encode") as pool_:
+        pending = pool_.submit(prepare, batches[0])
+        for following in batches[1:]:
+            ready = pending.result()
+            pending = pool_.submit(prepare, following)
+            yield ready
+        yield pending.result()
 
 
 def _open_image(image) -> Image.Image | None:

@@ -1,6 +1,7 @@
 """Vlm2VecModel.encode / similarity: mixed inputs, batching, order, instructions, numpy output, bf16."""
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.modeling_vlm2vec import _length_batches, _prefetched
 from modeling_vlm2vec.processing_vlm2vec import build_prompt
 
 INSTRUCTION = "Find me an everyday image that matches the given caption:"
@@ -38,11 +40,13 @@ def items(tmp_path_factory):
             {"image": str(path)}]
 
 
-def test_batched_mixed_inputs_equal_one_by_one_for_every_batch_size(model, items):
-    single = torch.cat([model.encode([item]) for item in items])  # (n, hidden)
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_batched_mixed_inputs_equal_one_by_one_for_every_batch_size(model, items, prefetch):
+    single = torch.cat([model.encode([item], prefetch=False) for item in items])  # (n, hidden)
     assert single.shape == (len(items), model.config.hidden_size)
     for batch_size in range(1, len(items) + 1):
-        torch.testing.assert_close(model.encode(items, batch_size=batch_size), single, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.encode(items, batch_size=batch_size, prefetch=prefetch), single,
+                                   rtol=0, atol=1e-5)
     # order follows the input, whatever the internal length sorting does
     order = [3, 0, 6, 2, 5, 1, 4]
     torch.testing.assert_close(model.encode([items[i] for i in order], batch_size=3), single[order],
@@ -87,3 +91,47 @@ def test_bf16_model_encodes_to_finite_unit_float32_close_to_fp32(model, items):
     torch.testing.assert_close(bf16.norm(dim=-1), torch.ones(len(items)), rtol=0, atol=1e-4)
     cosine = (bf16 * fp32).sum(-1)
     assert cosine.min() > 0.98, cosine  # bf16 keeps ~3 significant digits through a 2-layer backbone
+
+
+def test_length_batches_keep_text_and_image_items_apart_and_sort_images_by_pixels(tmp_path):
+    path = tmp_path / "wide.png"
+    _picture("red", (80, 40)).save(path)
+    items = [("a long caption " * 5, None), (None, _picture("red", (20, 20))), ("short", None),
+             ("q", str(path)), ("<|image_1|> what", _picture("blue", (30, 30))), ("mid length text", None),
+             ("x", _picture("red", (20, 20)))]
+    batches = _length_batches(items, batch_size=2)
+    assert sorted(i for b in batches for i in b) == list(range(len(items)))
+    assert all(1 <= len(b) <= 2 for b in batches)
+    for b in batches:
+        assert len({items[i][1] is None for i in b}) == 1, f"batch {b} mixes text-only and image items"
+    assert [i for b in batches for i in b] == [2, 5, 0, 1, 6, 4, 3]  # text by length; images by pixels, then text
+
+
+def test_prefetched_prepares_the_next_batch_while_the_current_one_is_used():
+    started = {0: threading.Event(), 1: threading.Event(), 2: threading.Event()}
+
+    def prepare(b):
+        started[b].set()
+        return b * 10
+
+    results = []
+    for value in _prefetched(prepare, [0, 1, 2]):
+        following = value // 10 + 1
+        if following in started:  # the following batch is being prepared before this one is given back
+            assert started[following].wait(timeout=10)
+        results.append(value)
+    assert results == [0, 10, 20]
+    assert list(_prefetched(prepare, [])) == []
+
+
+def test_prefetched_raises_the_preparation_error():
+    def prepare(b):
+        if b == 1:
+            raise ValueError("bad image in batch 1")
+        return b
+
+    produced = []
+    with pytest.raises(ValueError, match="bad image in batch 1"):
+        for value in _prefetched(prepare, [0, 1, 2]):
+            produced.append(value)
+    assert produced == [0]

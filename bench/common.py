@@ -36,8 +36,8 @@ from modeling_vlm2vec import Vlm2VecModel  # noqa: E402
 from modeling_vlm2vec.processing_vlm2vec import process_batch  # noqa: E402
 from modeling_vlm2vec.testing import save_tiny_backbone  # noqa: E402
 
-#: The bench backbone: LLaVA-Next with a 384-wide, 6-layer Llama (8.4 M parameters), 28 px CLIP tiles.
-BENCH_BACKBONE = {"model_type": "llava_next", "hidden_size": 384, "num_layers": 6, "image_size": 28}
+#: The bench backbone: LLaVA-Next with a 512-wide, 8-layer Llama (19.5 M parameters), 28 px CLIP tiles.
+BENCH_BACKBONE = {"model_type": "llava_next", "hidden_size": 512, "num_layers": 8, "image_size": 28}
 CACHE_DIR = Path(os.environ.get("VLM2VEC_BENCH_CACHE", Path(tempfile.gettempdir()) / "vlm2vec-bench"))
 
 WORDS = ("red green blue yellow purple orange black white gray circle square triangle cross star on a the background "

@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-task", type=int, default=32, help="eval queries per synthetic dataset")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2, help="measured rounds (each: evaluate_mmeb, ideal)")
+    parser.add_argument("--repeats", type=int, default=5, help="measured rounds (each: evaluate_mmeb, ideal)")
     add_backbone_arguments(parser)
     args = parser.parse_args()
 

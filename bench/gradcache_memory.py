@@ -60,13 +60,14 @@ def compare(args) -> dict:
             print(runs[f"{config}_{batch}"], file=sys.stderr, flush=True)
 
     def ratio(config: str, key: str) -> float:
-        return round(runs[f"{config}_{args.large}"][key] / runs[f"{config}_{args.small}"][key], 3)
+        return runs[f"{config}_{args.large}"][key] / runs[f"{config}_{args.small}"][key]
 
     rss_ratio = ratio("cached", "peak_rss_mib")
     return {"benchmark": "gradcache_memory", "small": args.small, "large": args.large, "chunk": args.chunk,
             "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},
-            "rss_ratio": rss_ratio, "plain_rss_ratio": ratio("plain", "peak_rss_mib"),
-            "cached_growth_ratio": ratio("cached", "growth_mib"), "plain_growth_ratio": ratio("plain", "growth_mib"),
+            "rss_ratio": round(rss_ratio, 4), "plain_rss_ratio": round(ratio("plain", "peak_rss_mib"), 4),
+            "cached_growth_ratio": round(ratio("cached", "growth_mib"), 4),
+            "plain_growth_ratio": round(ratio("plain", "growth_mib"), 4),
             "runs": runs, "targets": {"rss_ratio<=1.05": rss_ratio <= 1.05}, "machine": machine()}
 
 

@@ -2,11 +2,13 @@
 
 Modes (``--mode``):
 
-* ``paired`` (default): one process, both steps alternated after a warm-up through ``ContrastiveTrainer.
-  training_step`` (the cached path is :class:`GradCache`, the plain path one forward of the concatenated batch, the
-  loss and backward), plus a no-grad forward of the whole batch each round. Reports
-  ``time_ratio = median(cached / plain)``, ``floor_ratio = 1 + median(no-grad forward / plain)`` and the GradCache
-  phase breakdown (chunking, phase-1 no-grad forward, loss + its backward, replay).
+* ``paired`` (default): one process, both steps alternated after a warm-up. The cached step is
+  ``ContrastiveTrainer.training_step`` (:class:`GradCache`). The plain step (``--plain``) is ``grouped`` (default:
+  one forward per group, the loss, one backward — the same padding as the cached chunks) or ``trainer`` (the
+  trainer's uncached path: one forward of the concatenated groups padded to the longest row). After every
+  ``--floor-every``-th pair, a no-grad forward of the batch as the plain step embeds it. Reports
+  ``time_ratio = median(cached / plain)``, ``floor_ratio = median(1 + no-grad forward / plain of that pair)`` and
+  the GradCache phase breakdown (chunking, phase-1 no-grad forward, loss + its backward, replay).
 * ``single --variant cached|plain``: one variant alone (what ``fresh`` runs in each subprocess).
 * ``fresh``: each variant in its own fresh process, alternated ``--repeats`` times; ratio of the medians.
 * ``train``: ``train.py`` on a small YAML (bench backbone, synthetic data) with and without GradCache chunk sizes;
@@ -128,20 +130,22 @@ def paired(args) -> dict:
             run_step(trainers[name], model, batch)
         no_grad_forward(model, full)
     phases.times.clear()
-    times = defaultdict(list)
+    times, floors = defaultdict(list), []
     for i in range(args.pairs):
         order = ("cached", "plain") if i % 2 == 0 else ("plain", "cached")
         for name in order:
             times[name].append(run_step(trainers[name], model, batch))
-        times["no_grad_forward"].append(no_grad_forward(model, full))
+        if i % args.floor_every == 0:
+            times["no_grad_forward"].append(no_grad_forward(model, full))
+            floors.append(1 + times["no_grad_forward"][-1] / times["plain"][-1])
         print(f"pair {i}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), file=sys.stderr, flush=True)
     ratios = [c / p for c, p in zip(times["cached"], times["plain"])]
-    floors = [1 + f / p for f, p in zip(times["no_grad_forward"], times["plain"])]
     breakdown = {name: round(median(phases.times[name]), 4) for name in PHASES if name in phases.times}
     breakdown["chunking_and_rest"] = round(median(times["cached"]) - sum(breakdown.values()), 4)
     time_ratio, floor_ratio = median(ratios), median(floors)
     return {
         "benchmark": "gradcache_step", "mode": "paired", "plain": args.plain, "pairs": args.pairs, "warmup": args.warmup,
+        "floor_samples": len(floors),
         "batch": args.batch, "chunk": args.chunk, "groups": describe_batch(batch),
         "parameters": num_parameters(model), "backbone": backbone_spec(args),
         "padding": padding_stats(batch, args.chunk, model.config.padding_side),
@@ -244,13 +248,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("paired", "single", "fresh", "train"), default="paired")
     parser.add_argument("--variant", choices=("cached", "plain"), default="cached")
-    parser.add_argument("--plain", choices=("trainer", "grouped"), default="trainer",
+    parser.add_argument("--plain", choices=("trainer", "grouped"), default="grouped",
                         help="plain step: the trainer's (one forward of the concatenated groups) or one forward per "
                              "group (no cross-group padding)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--floor-every", type=int, default=2,
+                        help="paired: time the no-grad forward (for floor_ratio) after every K-th pair")
     parser.add_argument("--steps", type=int, default=5, help="steps per process (single, fresh, train)")
     parser.add_argument("--repeats", type=int, default=2, help="processes per variant (fresh, train)")
     add_backbone_arguments(parser)

@@ -5,9 +5,10 @@ the batch, runs one warm-up step at the small batch (so gradient buffers and all
 configuration), resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` <- 5), runs one step at batch N
 through ``ContrastiveTrainer.training_step`` and reads ``VmHWM`` (peak RSS) from ``/proc/self/status``.
 
-``rss_ratio`` = peak RSS of the cached step at ``--large`` rows / at ``--small`` rows (chunk ``--chunk``), beside
-the same ratio of the plain step (one forward of the whole batch). ``growth`` = peak minus the RSS just before the
-step (what the step itself allocated).
+``rss_ratio`` = median peak RSS of the cached step at ``--large`` rows / at ``--small`` rows (chunk ``--chunk``,
+``--repeats`` fresh processes each, alternated: single peaks of one configuration differ by tens of MiB between
+processes with glibc's allocator), beside the same ratio of the plain step (one forward of the whole batch, one
+process each). ``growth`` = peak minus the RSS just before the step (what the step itself allocated).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from common import (BENCH_BACKBONE, add_backbone_arguments, contrastive_batch, load_average, load_bench_model, machine,
-                    report, run_json, timed)
+                    median, report, run_json, timed)
 
 from gradcache_step import make_trainer  # noqa: E402
 
@@ -50,20 +51,23 @@ def one_config(args) -> dict:
 
 
 def compare(args) -> dict:
+    """Cached runs ``--repeats`` times per batch size (alternated), plain once; ratios of the median peaks."""
     script = str(Path(__file__).resolve())
     runs = {}
-    for config in ("cached", "plain"):
-        for batch in (args.small, args.large):
-            runs[f"{config}_{batch}"] = run_json([script, "--config", config, "--batch", str(batch), "--chunk",
-                                                  str(args.chunk), "--small", str(args.small), "--hidden-size",
-                                                  str(args.hidden_size), "--layers", str(args.layers)])
-            print(runs[f"{config}_{batch}"], file=sys.stderr, flush=True)
+    plan = [("cached", batch) for _ in range(args.repeats) for batch in (args.small, args.large)]
+    for config, batch in plan + [("plain", args.small), ("plain", args.large)]:
+        result = run_json([script, "--config", config, "--batch", str(batch), "--chunk", str(args.chunk), "--small",
+                           str(args.small), "--hidden-size", str(args.hidden_size), "--layers", str(args.layers)])
+        runs.setdefault(f"{config}_{batch}", []).append(result)
+        print(result, file=sys.stderr, flush=True)
 
     def ratio(config: str, key: str) -> float:
-        return runs[f"{config}_{args.large}"][key] / runs[f"{config}_{args.small}"][key]
+        return (median([r[key] for r in runs[f"{config}_{args.large}"]])
+                / median([r[key] for r in runs[f"{config}_{args.small}"]]))
 
     rss_ratio = ratio("cached", "peak_rss_mib")
     return {"benchmark": "gradcache_memory", "small": args.small, "large": args.large, "chunk": args.chunk,
+            "cached_repeats": args.repeats,
             "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},
             "rss_ratio": round(rss_ratio, 4), "plain_rss_ratio": round(ratio("plain", "peak_rss_mib"), 4),
             "cached_growth_ratio": round(ratio("cached", "growth_mib"), 4),
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=32)
     parser.add_argument("--large", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per cached configuration")
     add_backbone_arguments(parser)
     args = parser.parse_args()
     report(one_config(args) if args.config else compare(args))

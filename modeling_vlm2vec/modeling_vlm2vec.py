@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -180,19 +180,22 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             images = [_open_image(items[i][1]) for i in idx]
             return process_batch(processor, self.config, texts, images, instruction=instruction)
 
+        if prefetch is None:
+            prefetch = self.device.type != "cpu"
         was_training = self.training
         self.eval()
         out = torch.empty(len(items), self.config.hidden_size, dtype=torch.float32)
         progress = tqdm(total=len(batches), desc="Encoding", disable=not show_progress_bar)
-        if prefetch is None:
-            prefetch = self.device.type != "cpu"
-        prepared = _prefetched(prepare, batches) if prefetch else map(prepare, batches)
-        for idx, batch in zip(batches, prepared):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out[torch.tensor(idx)] = self(**batch).embeddings.float().cpu()
-            progress.update()
-        progress.close()
-        self.train(was_training)
+        prepared = _prepared(prepare, batches, background=prefetch)
+        try:
+            for idx, batch in zip(batches, prepared):
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                out[torch.tensor(idx)] = self(**batch).embeddings.float().cpu()
+                progress.update()
+        finally:  # also on errors: no preparation left running, the caller's train/eval mode back
+            prepared.close()
+            progress.close()
+            self.train(was_training)
         return out.numpy() if convert_to_numpy else out
 
     @staticmethod
@@ -247,9 +250,14 @@ def _length_key(item: tuple[str | None, object]) -> tuple[bool, int, int]:
     return True, width * height, len(text or "")
 
 
-def _prefetched(prepare, batches: list) -> Iterator:
-    """``prepare(b)`` for every ``b`` in ``batches``, in order, the next one computed in a background thread while
-    the caller consumes the current one (image decoding and processing overlap the forward pass)."""
+def _prepared(prepare, batches: list, background: bool) -> Generator:
+    """``prepare(b)`` for every ``b`` in ``batches``, in order. With ``background``, the next one is computed in a
+    worker thread while the caller uses the current one (image decoding and processing overlap the forward pass).
+    Closing the generator early waits for the one preparation in flight."""
+    if not background:
+        for batch in batches:
+            yield prepare(batch)
+        return
     if not batches:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm2vec-encode") as pool_:

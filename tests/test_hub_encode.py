@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.modeling_vlm2vec import _length_batches, _prefetched
+from modeling_vlm2vec.modeling_vlm2vec import _length_batches, _prepared
 from modeling_vlm2vec.processing_vlm2vec import build_prompt
 
 INSTRUCTION = "Find me an everyday image that matches the given caption:"
@@ -107,7 +107,7 @@ def test_length_batches_keep_text_and_image_items_apart_and_sort_images_by_pixel
     assert [i for b in batches for i in b] == [2, 5, 0, 1, 6, 4, 3]  # text by length; images by pixels, then text
 
 
-def test_prefetched_prepares_the_next_batch_while_the_current_one_is_used():
+def test_background_preparation_runs_ahead_of_the_consumer():
     started = {0: threading.Event(), 1: threading.Event(), 2: threading.Event()}
 
     def prepare(b):
@@ -115,16 +115,18 @@ def test_prefetched_prepares_the_next_batch_while_the_current_one_is_used():
         return b * 10
 
     results = []
-    for value in _prefetched(prepare, [0, 1, 2]):
+    for value in _prepared(prepare, [0, 1, 2], background=True):
         following = value // 10 + 1
         if following in started:  # the following batch is being prepared before this one is given back
             assert started[following].wait(timeout=10)
         results.append(value)
     assert results == [0, 10, 20]
-    assert list(_prefetched(prepare, [])) == []
+    assert list(_prepared(prepare, [], background=True)) == []
+    assert list(_prepared(prepare, [2, 0], background=False)) == [20, 0]
 
 
-def test_prefetched_raises_the_preparation_error():
+@pytest.mark.parametrize("background", [False, True])
+def test_preparation_errors_reach_the_caller(background):
     def prepare(b):
         if b == 1:
             raise ValueError("bad image in batch 1")
@@ -132,6 +134,20 @@ def test_prefetched_raises_the_preparation_error():
 
     produced = []
     with pytest.raises(ValueError, match="bad image in batch 1"):
-        for value in _prefetched(prepare, [0, 1, 2]):
+        for value in _prepared(prepare, [0, 1, 2], background=background):
             produced.append(value)
     assert produced == [0]
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_encode_failure_leaves_the_model_in_its_mode(model, tmp_path, prefetch):
+    broken = tmp_path / "truncated.png"
+    _picture("red", (32, 32)).save(broken)
+    broken.write_bytes(broken.read_bytes()[:60])  # the header still reads, the pixels do not
+    model.train()
+    try:
+        with pytest.raises(OSError):
+            model.encode(["a caption", {"image": str(broken)}], batch_size=1, prefetch=prefetch)
+        assert model.training
+    finally:
+        model.eval()

@@ -52,6 +52,21 @@ def add_backbone_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=BENCH_BACKBONE["num_layers"])
 
 
+def backbone_size(args) -> dict:
+    """The size overrides the flags of :func:`add_backbone_arguments` ask for (keywords of ``load_bench_model``)."""
+    return {"hidden_size": args.hidden_size, "num_layers": args.layers}
+
+
+def backbone_flags(args) -> list[str]:
+    """The same size flags on a command line (for the scripts' own subprocesses)."""
+    return ["--hidden-size", str(args.hidden_size), "--layers", str(args.layers)]
+
+
+def backbone_spec(args) -> dict:
+    """The full bench backbone spec a run used, for its report."""
+    return {**BENCH_BACKBONE, **backbone_size(args)}
+
+
 def bench_backbone_dir(**overrides) -> Path:
     """Folder of the bench backbone (built once, deterministically, and reused from ``CACHE_DIR``)."""
     spec = {**BENCH_BACKBONE, **overrides}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import random
 
-from common import (BENCH_BACKBONE, WORDS, add_backbone_arguments, load_bench_model, machine, median, noise_image,
-                    report, timed)
+from common import (WORDS, add_backbone_arguments, backbone_size, backbone_spec, load_bench_model, machine, median,
+                    noise_image, report, timed)
 
 KINDS = ("text", "image", "image+text")
 BATCH_SIZES = (1, 4, 16, 64)
@@ -40,7 +40,7 @@ def main() -> None:
     add_backbone_arguments(parser)
     args = parser.parse_args()
 
-    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers).eval()
+    model = load_bench_model(**backbone_size(args)).eval()
     model.encode(make_items("image+text", 4, seed=99), batch_size=4, show_progress_bar=False)  # warm-up
     results = {}
     for kind in KINDS:
@@ -52,7 +52,7 @@ def main() -> None:
                 "items_per_second": round(args.items / min(seconds), 1),
                 "items_per_second_median": round(args.items / median(seconds), 1)}
     report({"benchmark": "encode_throughput", "items": args.items, "repeats": args.repeats,
-            "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},
+            "backbone": backbone_spec(args),
             "results": results, "machine": machine()})
 
 

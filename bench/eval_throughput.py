@@ -21,7 +21,8 @@ import argparse
 import tempfile
 from collections import defaultdict
 
-from common import BENCH_BACKBONE, CACHE_DIR, add_backbone_arguments, load_bench_model, machine, median, report, timed
+from common import (CACHE_DIR, add_backbone_arguments, backbone_size, backbone_spec, load_bench_model, machine, median,
+                    report, timed)
 
 import torch  # noqa: E402
 
@@ -86,7 +87,7 @@ def main() -> None:
 
     data = write_synthetic_mmeb(CACHE_DIR / f"synthetic-eval-{args.per_task}", n_train_per_task=3,
                                 n_eval_per_task=args.per_task)
-    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers).eval()
+    model = load_bench_model(**backbone_size(args)).eval()
     eval_kwargs = {"dataset_name": str(data["eval_root"]), "subsets": ["synthetic"], "image_dir": str(data["root"]),
                    "batch_size": args.batch_size, "overwrite": True, "verbose": False, "show_progress_bar": False}
     eval_sets = load_eval_sets(eval_kwargs["dataset_name"], eval_kwargs["subsets"], eval_kwargs["image_dir"])
@@ -120,8 +121,7 @@ def main() -> None:
     ratio = median(ratios)
     report({
         "benchmark": "eval_throughput", "datasets": [s.name for s in eval_sets], "per_task": args.per_task,
-        "batch_size": args.batch_size, "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size,
-                                                    "num_layers": args.layers},
+        "batch_size": args.batch_size, "backbone": backbone_spec(args),
         "unique_items": unique_items, "encoder_rows": encoded[0], "encoder_calls": encoded[1],
         "median_seconds": {k: round(median(v), 3) for k, v in times.items()},
         "items_per_second": round(unique_items / median(times["encoding"]), 1),

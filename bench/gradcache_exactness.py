@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import (BENCH_BACKBONE, add_backbone_arguments, contrastive_batch, groups_of, load_bench_model, machine,
-                    report)
+from common import (add_backbone_arguments, backbone_size, backbone_spec, contrastive_batch, groups_of,
+                    load_bench_model, machine, report)
 
 import torch  # noqa: E402
 
@@ -48,7 +48,7 @@ def loss_of(embeddings: dict[str, torch.Tensor], temperature: float):
 
 
 def without_dropout(args) -> dict:
-    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+    model = load_bench_model(**backbone_size(args))
     batch = contrastive_batch(model, args.batch)
     out = tempfile.mkdtemp(prefix="vlm2vec-bench-exact-")
     plain, cached = make_trainer(model, None, out), make_trainer(model, args.chunk, out)
@@ -60,7 +60,7 @@ def without_dropout(args) -> dict:
 
 
 def with_lora_dropout(args) -> dict:
-    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+    model = load_bench_model(**backbone_size(args))
     batch = contrastive_batch(model, args.batch)
     model = prepare_trainable_model(model, LoraArguments(lora=True, lora_r=8, lora_alpha=16, lora_dropout=0.1)).train()
     torch.manual_seed(1)
@@ -95,7 +95,7 @@ def main() -> None:
     add_backbone_arguments(parser)
     args = parser.parse_args()
     result = {"benchmark": "gradcache_exactness", "batch": args.batch, "chunk": args.chunk, "dtype": "float32",
-              "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},
+              "backbone": backbone_spec(args),
               **without_dropout(args), **with_lora_dropout(args)}
     result["targets"] = {"grad_rel_err<=1e-5": result["grad_rel_err"] <= 1e-5,
                          "dropout_grad_rel_err<=1e-5": result["dropout_grad_rel_err"] <= 1e-5,

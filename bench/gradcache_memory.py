@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_BACKBONE, add_backbone_arguments, contrastive_batch, load_average, load_bench_model, machine,
-                    median, report, run_json, timed)
+from common import (add_backbone_arguments, backbone_flags, backbone_size, backbone_spec, contrastive_batch,
+                    load_average, load_bench_model, machine, median, report, run_json, timed)
 
 from gradcache_step import make_trainer  # noqa: E402
 
@@ -36,7 +36,7 @@ def _reset_peak() -> None:
 
 
 def one_config(args) -> dict:
-    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+    model = load_bench_model(**backbone_size(args))
     chunk = args.chunk if args.config == "cached" else None
     trainer = make_trainer(model, chunk, tempfile.mkdtemp(prefix="vlm2vec-bench-mem-"))
     trainer.training_step(model, contrastive_batch(model, args.small, seed=1))  # warm-up: grads, pools
@@ -57,7 +57,7 @@ def compare(args) -> dict:
     plan = [("cached", batch) for _ in range(args.repeats) for batch in (args.small, args.large)]
     for config, batch in plan + [("plain", args.small), ("plain", args.large)]:
         result = run_json([script, "--config", config, "--batch", str(batch), "--chunk", str(args.chunk), "--small",
-                           str(args.small), "--hidden-size", str(args.hidden_size), "--layers", str(args.layers)])
+                           str(args.small), *backbone_flags(args)])
         runs.setdefault(f"{config}_{batch}", []).append(result)
         print(result, file=sys.stderr, flush=True)
 
@@ -68,7 +68,7 @@ def compare(args) -> dict:
     rss_ratio = ratio("cached", "peak_rss_mib")
     return {"benchmark": "gradcache_memory", "small": args.small, "large": args.large, "chunk": args.chunk,
             "cached_repeats": args.repeats,
-            "backbone": {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers},
+            "backbone": backbone_spec(args),
             "rss_ratio": round(rss_ratio, 4), "plain_rss_ratio": round(ratio("plain", "peak_rss_mib"), 4),
             "cached_growth_ratio": round(ratio("cached", "growth_mib"), 4),
             "plain_growth_ratio": round(ratio("plain", "growth_mib"), 4),

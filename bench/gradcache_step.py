@@ -29,9 +29,9 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from common import (BENCH_BACKBONE, THREADS, add_backbone_arguments, bench_backbone_dir, contrastive_batch,
-                    describe_batch, groups_of, load_average, load_bench_model, machine, median, num_parameters, report,
-                    run_json, timed)
+from common import (THREADS, add_backbone_arguments, backbone_flags, backbone_size, backbone_spec, bench_backbone_dir,
+                    contrastive_batch, describe_batch, groups_of, load_average, load_bench_model, machine, median,
+                    num_parameters, report, run_json, timed)
 
 import torch  # noqa: E402  (common sets the thread count first)
 
@@ -99,7 +99,7 @@ class GroupedPlainStep:
 
 
 def setup(args):
-    model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+    model = load_bench_model(**backbone_size(args))
     batch = contrastive_batch(model, args.batch)
     out = tempfile.mkdtemp(prefix="vlm2vec-bench-step-")
     cached = make_trainer(model, args.chunk, out)
@@ -171,7 +171,7 @@ def single(args) -> dict:
 
 def fresh(args) -> dict:
     base = [str(Path(__file__).resolve()), "--mode", "single", "--batch", str(args.batch), "--chunk", str(args.chunk),
-            "--hidden-size", str(args.hidden_size), "--layers", str(args.layers), "--warmup", str(args.warmup),
+            *backbone_flags(args), "--warmup", str(args.warmup),
             "--steps", str(args.steps), "--plain", args.plain]
     runs = defaultdict(list)
     for i in range(args.repeats):
@@ -212,7 +212,7 @@ def train_run(args, chunk: int | None, data: Path, work: Path) -> dict:
     name = f"chunk{chunk or 'none'}"
     recipe = work / f"{name}.yaml"
     recipe.write_text(TRAIN_YAML.format(output_dir=work / name, backbone=bench_backbone_dir(
-        hidden_size=args.hidden_size, num_layers=args.layers), data=data, batch=args.batch, chunks=chunks,
+        **backbone_size(args)), data=data, batch=args.batch, chunks=chunks,
         steps=args.steps))
     completed = subprocess.run([sys.executable, str(REPO / "train.py"), str(recipe)], capture_output=True, text=True,
                                cwd=REPO, check=False, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
@@ -238,10 +238,6 @@ def train(args) -> dict:
             "steps": args.steps, "runs_per_variant": args.repeats, "backbone": backbone_spec(args),
             "seconds_per_step": {k: [round(x, 4) for x in v] for k, v in runs.items()},
             "train_py_ratio": round(ratio, 4), "machine": machine()}
-
-
-def backbone_spec(args) -> dict:
-    return {**BENCH_BACKBONE, "hidden_size": args.hidden_size, "num_layers": args.layers}
 
 
 def main() -> None:

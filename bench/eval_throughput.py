@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-task", type=int, default=32, help="eval queries per synthetic dataset")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="measured rounds (each: evaluate_mmeb, ideal)")
+    parser.add_argument("--repeats", type=int, default=9, help="measured rounds (each: evaluate_mmeb, ideal)")
     add_backbone_arguments(parser)
     args = parser.parse_args()
 
@@ -125,7 +125,7 @@ def main() -> None:
         "unique_items": unique_items, "encoder_rows": encoded[0], "encoder_calls": encoded[1],
         "median_seconds": {k: round(median(v), 3) for k, v in times.items()},
         "items_per_second": round(unique_items / median(times["encoding"]), 1),
-        "ratio": round(ratio, 4), "ratio_evaluate_mmeb_total": round(median(
+        "ratio": round(ratio, 4), "round_ratios": [round(r, 3) for r in ratios], "ratio_evaluate_mmeb_total": round(median(
             [t / f for t, f in zip(times["evaluate_mmeb"], times["ideal_forward"])]), 4),
         # what encode costs beyond preprocessing + forwarding the same items ideally batched (its own overhead)
         "encoding_over_preprocess_plus_forward": round(median(

@@ -9,17 +9,24 @@ through ``ContrastiveTrainer.training_step`` and reads ``VmHWM`` (peak RSS) from
 ``--repeats`` fresh processes each, alternated: single peaks of one configuration differ by tens of MiB between
 processes with glibc's allocator), beside the same ratio of the plain step (one forward of the whole batch, one
 process each). ``growth`` = peak minus the RSS just before the step (what the step itself allocated).
+
+``--config cached --heap-trace`` (glibc only) also records, after every forward of the step, glibc's heap
+(``mallinfo2``): ``live`` (allocated bytes, heap + mmapped) and ``arena`` (heap size, free blocks included), in MiB.
+Comparing them across batch sizes separates what the step holds from what the allocator keeps.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 import tempfile
 from pathlib import Path
 
 from common import (add_backbone_arguments, backbone_flags, backbone_size, backbone_spec, contrastive_batch,
                     load_average, load_bench_model, machine, median, report, run_json, timed)
+
+import torch  # noqa: E402
 
 from gradcache_step import make_trainer  # noqa: E402
 
@@ -35,19 +42,44 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+class HeapTrace:
+    """Forward hook: glibc's live heap and heap size (MiB) after every forward, and whether it ran with grad."""
+
+    def __init__(self, model):
+        self.libc = ctypes.CDLL("libc.so.6")
+        self.libc.mallinfo2.restype = _Mallinfo2
+        self.rows: list[dict] = []
+        model.register_forward_hook(self)
+
+    def __call__(self, module, args, output) -> None:
+        info = self.libc.mallinfo2()
+        self.rows.append({"grad": torch.is_grad_enabled(), "live": round((info.uordblks + info.hblkhd) / 2**20, 1),
+                          "arena": round(info.arena / 2**20, 1)})
+
+
 def one_config(args) -> dict:
     model = load_bench_model(**backbone_size(args))
     chunk = args.chunk if args.config == "cached" else None
     trainer = make_trainer(model, chunk, tempfile.mkdtemp(prefix="vlm2vec-bench-mem-"))
     trainer.training_step(model, contrastive_batch(model, args.small, seed=1))  # warm-up: grads, pools
     batch = contrastive_batch(model, args.batch)
+    trace = HeapTrace(model) if args.heap_trace else None
     _reset_peak()
     before = _status_kib("VmRSS")
     seconds, _ = timed(trainer.training_step, model, batch)
     peak = _status_kib("VmHWM")
-    return {"config": args.config, "batch": args.batch, "chunk": chunk, "rss_before_mib": round(before / 1024, 1),
-            "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - before) / 1024, 1),
-            "step_seconds": round(seconds, 3), "load_average": load_average()}
+    result = {"config": args.config, "batch": args.batch, "chunk": chunk, "rss_before_mib": round(before / 1024, 1),
+              "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - before) / 1024, 1),
+              "step_seconds": round(seconds, 3), "load_average": load_average()}
+    if trace is not None:
+        result["heap_trace"] = trace.rows
+    return result
 
 
 def compare(args) -> dict:
@@ -83,6 +115,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per cached configuration")
+    parser.add_argument("--heap-trace", action="store_true", help="with --config: glibc heap after every forward")
     add_backbone_arguments(parser)
     args = parser.parse_args()
     report(one_config(args) if args.config else compare(args))

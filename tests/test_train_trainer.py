@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from train_batches import copy_gradients, full_batch_loss, gradients, noise_image, relative_error
+from train_batches import copy_gradients, full_batch_loss, gradients, groups_of, loss_of, noise_image, relative_error
 from train_batches import single_thread  # noqa: F401  (autouse fixture)
 from transformers import TrainerCallback
 
@@ -14,7 +14,8 @@ from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.processing_vlm2vec import process_batch
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
 from modeling_vlm2vec.training.lora import prepare_trainable_model
-from modeling_vlm2vec.training.trainer import ContrastiveTrainer
+from modeling_vlm2vec.training.batching import split_group
+from modeling_vlm2vec.training.trainer import ContrastiveTrainer, embed_groups
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 
@@ -110,6 +111,39 @@ def test_accumulated_gradient_is_the_mean_of_micro_batch_gradients(tiny_backbone
     assert relative_error(capture.grads[0], expected) <= 1e-5
     logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
     assert logged == pytest.approx(sum(micro_losses) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llava_next", "qwen2_vl"])
+def test_embed_groups_in_one_forward_or_one_per_group_equals_row_by_row(tiny_backbone_dir, model_type):
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type)).eval()
+    groups = groups_of(Collator(model)(toy_rows()))
+    with torch.no_grad():
+        expected = {name: torch.cat([model(**row).embeddings for row in split_group(group, 1)])
+                    for name, group in groups.items()}  # every row alone, no padding at all
+    pad_token_id = model.config.get_text_config().pad_token_id or 0
+    grads = []
+    for one_forward in (False, True):
+        embeddings = embed_groups(model, groups, one_forward=one_forward, padding_side=model.config.padding_side,
+                                  pad_token_id=pad_token_id)
+        assert list(embeddings) == list(groups)
+        for name in groups:
+            torch.testing.assert_close(embeddings[name].detach(), expected[name], rtol=1e-4, atol=1e-5)
+        loss_of(embeddings).loss.backward()
+        grads.append(gradients(model))
+    assert relative_error(grads[1], grads[0]) <= 1e-5
+
+
+def test_uncached_step_in_one_process_runs_one_forward_per_group(tiny_backbone_dir, tmp_path):
+    model = _model(tiny_backbone_dir("llava_next"))
+    collator = Collator(model)
+    batch = collator(toy_rows())
+    trainer = ContrastiveTrainer(model=model, args=_args(tmp_path), data_collator=collator)
+    shapes = []
+    model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(tuple(kwargs["attention_mask"].shape)),
+                                with_kwargs=True)
+    loss = trainer.compute_loss(model.train(), batch)
+    assert shapes == [tuple(group["attention_mask"].shape) for group in groups_of(batch).values()]
+    assert loss.item() == pytest.approx(full_batch_loss(model, batch).loss.item(), rel=1e-5)
 
 
 def test_eval_loss_and_accuracy(tiny_backbone_dir, tmp_path):

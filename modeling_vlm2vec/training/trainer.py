@@ -10,8 +10,10 @@ hard negatives flattened in row order (any number per row). The loss is :func:`~
 
 Two paths, same loss and gradient:
 
-* **uncached** (``compute_loss``; also the eval loss): one forward of the concatenated query + positive + negative
-  batch (under DDP a single forward per backward is required), then the loss;
+* **uncached** (``compute_loss``; also the eval loss): the groups embedded, then the loss. One forward per group (no
+  row is padded to another group's length), except under a distributed wrapper while training: DDP allows one
+  forward per backward, so there the concatenated query + positive + negative batch runs in one forward
+  (:func:`embed_groups`);
 * **cached** (``training_step``) whenever a GradCache chunk size is smaller than its group: :class:`~.grad_cache.
   GradCache` with ``gc_q_chunk_size`` for queries and ``gc_p_chunk_size`` for positives and negatives.
 
@@ -39,6 +41,21 @@ from .grad_cache import GradCache, needs_grad_cache
 from .losses import ContrastiveLossOutput, contrastive_loss
 
 GROUPS = ("query", "positive", "negative")
+
+
+def embed_groups(model: nn.Module, groups: dict[str, dict[str, torch.Tensor]], *, one_forward: bool,
+                 padding_side: str = "right", pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """``{name: (rows, d) embeddings}`` of processed groups, in the caller's grad mode.
+
+    ``one_forward=False``: one forward per group. ``one_forward=True``: one forward of the groups concatenated
+    (:func:`~.batching.concat_groups`, every row padded to the longest group), split back by rows; the same
+    embeddings at the cost of the padding, for wrappers that allow one forward per backward (DDP).
+    """
+    if not one_forward:
+        return {name: model(**group).embeddings for name, group in groups.items()}
+    batch = concat_groups(list(groups.values()), padding_side, pad_token_id=pad_token_id)
+    embeddings = model(**batch).embeddings  # (sum of group rows, d)
+    return dict(zip(groups, embeddings.split([group_rows(g) for g in groups.values()])))
 
 
 class ContrastiveTrainer(HubPushMixin, Trainer):
@@ -73,14 +90,12 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
-        """Uncached loss: ONE forward of the concatenated groups, split back into query / positive / negative."""
+        """Uncached loss of the batch's groups (see the module docstring for how they are embedded)."""
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
-        text_config = self._config.get_text_config()
-        batch = concat_groups(list(groups.values()), self._config.padding_side,
-                              pad_token_id=text_config.pad_token_id or 0)
-        embeddings = model(**batch).embeddings  # (sum of group rows, d)
-        split = dict(zip(groups, embeddings.split([group_rows(g) for g in groups.values()])))
-        output = self._loss(split)
+        one_forward = torch.is_grad_enabled() and self.accelerator.distributed_type != DistributedType.NO
+        embeddings = embed_groups(model, groups, one_forward=one_forward, padding_side=self._config.padding_side,
+                                  pad_token_id=self._config.get_text_config().pad_token_id or 0)
+        output = self._loss(embeddings)
         self._record_accuracy(output.accuracy)
         return (output.loss, output) if return_outputs else output.loss
 
@@ -186,4 +201,4 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
 
 
-__all__ = ["ContrastiveTrainer"]
+__all__ = ["ContrastiveTrainer", "embed_groups"]

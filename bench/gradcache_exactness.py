@@ -2,7 +2,7 @@
 
 * ``grad_rel_err`` — dropout off (the bench backbone has none): the cached step (``GradCache``, the path
   ``ContrastiveTrainer.training_step`` takes) against the plain step (``ContrastiveTrainer.compute_loss``: one
-  forward of the concatenated batch, loss, backward), all parameters trained.
+  forward per group, loss, backward), all parameters trained.
 * ``dropout_grad_rel_err`` — LoRA adapters with dropout 0.1 (``lora_B`` made non-zero so dropout matters): the
   cached step against the autograd reference that embeds the same chunks in the same order with every graph kept,
   both started from the same seed, so the dropout masks agree only if GradCache replays the RNG exactly.

@@ -3,9 +3,10 @@
 Modes (``--mode``):
 
 * ``paired`` (default): one process, both steps alternated after a warm-up. The cached step is
-  ``ContrastiveTrainer.training_step`` (:class:`GradCache`). The plain step (``--plain``) is ``grouped`` (default:
-  one forward per group, the loss, one backward — the same padding as the cached chunks) or ``trainer`` (the
-  trainer's uncached path: one forward of the concatenated groups padded to the longest row). After every
+  ``ContrastiveTrainer.training_step`` (:class:`GradCache`). The plain step (``--plain``) is ``trainer`` (default:
+  the trainer's uncached step as it runs in one process — one forward per group, the loss, one backward) or
+  ``concatenated`` (that step as it runs under DDP: one forward of the groups concatenated, every row padded to the
+  longest group). After every
   ``--floor-every``-th pair, a no-grad forward of the batch as the plain step embeds it. Reports
   ``time_ratio = median(cached / plain)``, ``floor_ratio = median(1 + no-grad forward / plain of that pair)`` and
   the GradCache phase breakdown (chunking, phase-1 no-grad forward, loss + its backward, replay).
@@ -38,7 +39,7 @@ import torch  # noqa: E402  (common sets the thread count first)
 from modeling_vlm2vec.training import grad_cache  # noqa: E402
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments  # noqa: E402
 from modeling_vlm2vec.training.batching import concat_groups, split_group  # noqa: E402
-from modeling_vlm2vec.training.trainer import ContrastiveTrainer  # noqa: E402
+from modeling_vlm2vec.training.trainer import ContrastiveTrainer, embed_groups  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("embed_without_grad", "embed", "cache_gradients", "replay")  # GradCache's phase methods (those present)
@@ -70,30 +71,30 @@ class PhaseTimer:
 
 
 def padding_stats(batch: dict, chunk: int, padding_side: str) -> dict:
-    """Padded / real tokens of the trainer's plain step (concatenated groups), of the grouped plain step and of the
+    """Padded / real tokens of the plain step per group (one process), of the concatenated groups (DDP) and of the
     cached step's chunks."""
     groups = list(groups_of(batch).values())
     real = sum(int(g["attention_mask"].sum()) for g in groups)
-    plain = concat_groups(groups, padding_side)["attention_mask"].numel()
-    grouped = sum(g["attention_mask"].numel() for g in groups)
+    concatenated = concat_groups(groups, padding_side)["attention_mask"].numel()
+    per_group = sum(g["attention_mask"].numel() for g in groups)
     chunks = sum(c["attention_mask"].numel() for g in groups for c in split_group(g, chunk, padding_side))
-    return {"real_tokens": real, "trainer_plain_padded_over_real": round(plain / real, 3),
-            "grouped_plain_padded_over_real": round(grouped / real, 3),
+    return {"real_tokens": real, "per_group_padded_over_real": round(per_group / real, 3),
+            "concatenated_padded_over_real": round(concatenated / real, 3),
             "chunks_padded_over_real": round(chunks / real, 3)}
 
 
-class GroupedPlainStep:
-    """The plain step without cross-group padding: one forward per group (with grad), the loss, one backward.
+class ConcatenatedPlainStep:
+    """The trainer's uncached step as it runs under DDP (one forward per backward): one forward of the concatenated
+    groups, every row padded to the longest group, then the loss and one backward."""
 
-    The trainer's plain step pads the concatenated query + positive + negative batch to its longest row (one forward
-    per backward, as DDP needs); this variant is the cheapest exact plain step, the fair baseline of GradCache's
-    overhead when groups differ in length."""
-
-    def __init__(self, loss_fn):
-        self.loss_fn = loss_fn
+    def __init__(self, trainer: ContrastiveTrainer):
+        self.trainer = trainer
 
     def training_step(self, model, batch) -> torch.Tensor:
-        loss = self.loss_fn({name: model(**g).embeddings for name, g in groups_of(batch).items()}).loss
+        config = model.config
+        embeddings = embed_groups(model, groups_of(batch), one_forward=True, padding_side=config.padding_side,
+                                  pad_token_id=config.get_text_config().pad_token_id or 0)
+        loss = self.trainer._loss(embeddings).loss
         loss.backward()
         return loss.detach()
 
@@ -103,7 +104,9 @@ def setup(args):
     batch = contrastive_batch(model, args.batch)
     out = tempfile.mkdtemp(prefix="vlm2vec-bench-step-")
     cached = make_trainer(model, args.chunk, out)
-    plain = GroupedPlainStep(cached._loss) if args.plain == "grouped" else make_trainer(model, None, out)
+    plain = make_trainer(model, None, out)
+    if args.plain == "concatenated":
+        plain = ConcatenatedPlainStep(plain)
     return model, batch, {"cached": cached, "plain": plain}
 
 
@@ -124,7 +127,7 @@ def paired(args) -> dict:
     phases = PhaseTimer()
     # the no-grad forward of the batch exactly as the plain step embeds it
     groups = list(groups_of(batch).values())
-    full = groups if args.plain == "grouped" else [concat_groups(groups, model.config.padding_side)]
+    full = [concat_groups(groups, model.config.padding_side)] if args.plain == "concatenated" else groups
     for _ in range(args.warmup):
         for name in ("cached", "plain"):
             run_step(trainers[name], model, batch)
@@ -244,9 +247,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("paired", "single", "fresh", "train"), default="paired")
     parser.add_argument("--variant", choices=("cached", "plain"), default="cached")
-    parser.add_argument("--plain", choices=("trainer", "grouped"), default="grouped",
-                        help="plain step: the trainer's (one forward of the concatenated groups) or one forward per "
-                             "group (no cross-group padding)")
+    parser.add_argument("--plain", choices=("trainer", "concatenated"), default="trainer",
+                        help="plain step: the trainer's uncached step in one process (one forward per group) or as "
+                             "under DDP (one forward of the concatenated groups)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=20)

@@ -97,8 +97,12 @@ def pq_first_image(synthetic) -> str:
     return pq.read_table(synthetic["eval"]["SynT2I"]).column("tgt_img_path")[0].as_py()[0]
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, backbone, synthetic):
-    common = dict(optim="sgd", learning_rate=0.05, max_steps=3, max_grad_norm=0.0, lr_scheduler_type="constant")
+@pytest.mark.parametrize("cached", [True, False])
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, backbone, synthetic, cached):
+    # uncached: one forward per group in one process, one forward of the concatenated groups under DDP
+    chunks = {} if cached else dict(gc_q_chunk_size=None, gc_p_chunk_size=None)
+    common = dict(optim="sgd", learning_rate=0.05, max_steps=3, max_grad_norm=0.0, lr_scheduler_type="constant",
+                  **chunks)
     one = _recipe(tmp_path / "one", backbone, synthetic, per_device_train_batch_size=8, **common)
     two = _recipe(tmp_path / "two", backbone, synthetic, per_device_train_batch_size=4, **common)
     proc = _run([str(one)])

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoConfig
+from transformers.integrations import get_reporting_integration_callbacks
 
 from .data.collator import Vlm2VecCollator
 from .data.sources import load_corpus
 from .data.synthetic import write_synthetic_mmeb
+from .errors import DataError
 from .evaluation import evaluate_mmeb, load_model_for_eval
 from .evaluation.model_loading import parse_dtype
 from .evaluation.distributed import barrier
@@ -105,6 +107,7 @@ class DataArguments:
 def run(model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments,
         training_args: ContrastiveTrainingArguments) -> dict:
     """Train, export and evaluate; return ``{"baseline": summary | None, "final": summary | None}``."""
+    check_reporting(training_args.report_to)
     output_dir = Path(training_args.output_dir)
     with training_args.main_process_first(desc="preparing backbone and data"):
         if training_args.process_index == 0:
@@ -139,6 +142,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArg
         push_checkpoint(output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
                         token=training_args.hub_token)
     return results
+
+
+def check_reporting(report_to: list[str]) -> None:
+    """Raise `DataError` when a ``report_to`` integration cannot start (its package is missing): the Trainer would
+    find out only after the model is loaded and the baseline evaluation has run."""
+    for callback in get_reporting_integration_callbacks(report_to):
+        try:
+            callback()
+        except (ImportError, RuntimeError) as exc:
+            raise DataError(f"report_to {callback.__name__}: {exc} Install the package or drop it from report_to "
+                            f"(report_to: [] logs to the console only).") from exc
 
 
 def build_model(model_args: ModelArguments) -> tuple[Vlm2VecModel, object]:

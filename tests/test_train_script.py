@@ -12,11 +12,15 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import HfArgumentParser
+from transformers.integrations import integration_utils
 
 import train
 from hub_isolation import emit_json_code, last_json_line, run_isolated
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.pipeline import DataArguments, ModelArguments, check_reporting
+from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,6 +179,23 @@ def test_bad_training_data_fails_fast_naming_source_row_and_file(tmp_path, image
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "'Bad'" in err, err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_missing_logging_package_fails_before_any_work(tmp_path, backbone, synthetic, capsys, monkeypatch):
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)  # a machine without it
+    recipe = _recipe(tmp_path, backbone, synthetic, report_to=["tensorboard"], do_eval=True)
+    assert train.main([str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: report_to TensorBoardCallback") and "tensorboard" in err, err
+    assert not (tmp_path / "out" / "eval").exists() and not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_demo_recipe_parses_and_needs_no_logging_package(monkeypatch):
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    parser = HfArgumentParser((ModelArguments, DataArguments, LoraArguments, ContrastiveTrainingArguments))
+    model_args, data_args, _, training_args = parser.parse_yaml_file(str(REPO / "configs" / "demo.yaml"))
+    assert model_args.tiny_backbone and data_args.dataset_config == "synthetic" and training_args.use_cpu
+    check_reporting(training_args.report_to)  # raises DataError for any integration whose package is missing
 
 
 def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, backbone, synthetic):

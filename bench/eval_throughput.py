@@ -7,14 +7,14 @@ candidates per query). Measured in one process, after a warm-up:
   (``encode_eval_set``: image loading, prompts, processor, forward), with a forward hook counting the rows sent to
   the model and the padded vs real tokens of its batches;
 * the ideal: every dataset's unique items processed beforehand one by one, sorted by token count (image and
-  text-only items apart), batched ``--batch-size`` at a time and processed again into batch tensors. Only their forwards are timed
-  (``torch.inference_mode``), right after ``evaluate_mmeb`` has encoded the same dataset (inside the same call), so
-  the two run seconds apart on this noisy host. The preprocessing of those batches (image opening + processor) is
-  timed apart.
+  text-only items apart), batched ``--batch-size`` at a time and processed again into batch tensors. Only their
+  forwards are timed (``torch.inference_mode``), right after ``evaluate_mmeb`` has encoded the same dataset
+  (inside the same call), so the two run seconds apart on this noisy host. The preprocessing of those batches
+  (image opening + processor) is timed apart.
 
 ``ratio`` = median over ``--repeats`` rounds of (encoding time / ideal forward time), each summed over the datasets
-(target <= 1.2). ``encoding_over_preprocess_plus_forward`` is the
-encoding time over the ideal preprocessing + forward time: what ``encode`` adds beyond the unavoidable work.
+(target <= 1.2). ``encoding_over_preprocess_plus_forward`` is the encoding time over the ideal preprocessing +
+forward time: what ``encode`` adds beyond the unavoidable work.
 ``padding_waste`` = padded tokens / real tokens of the batches (encode's, and the ideal ones).
 """
 

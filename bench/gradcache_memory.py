@@ -8,7 +8,8 @@ through ``ContrastiveTrainer.training_step`` and reads ``VmHWM`` (peak RSS) from
 ``rss_ratio`` = median peak RSS of the cached step at ``--large`` rows / at ``--small`` rows (chunk ``--chunk``,
 ``--repeats`` fresh processes each, alternated: single peaks of one configuration differ by tens of MiB between
 processes with glibc's allocator), beside the same ratio of the plain step (the trainer's uncached step, one
-forward of each whole group; one process each). ``growth`` = peak minus the RSS just before the step (what the step itself allocated).
+forward of each whole group; one process each). ``growth`` = peak minus the RSS just before the step (what the
+step itself allocated).
 
 ``--config cached --heap-trace`` (glibc only) also records, after every forward of the step, glibc's heap
 (``mallinfo2``): ``live`` (allocated bytes, heap + mmapped) and ``arena`` (heap size, free blocks included), in MiB.

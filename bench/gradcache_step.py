@@ -6,8 +6,8 @@ Modes (``--mode``):
   ``ContrastiveTrainer.training_step`` (:class:`GradCache`). The plain step (``--plain``) is ``trainer`` (default:
   the trainer's uncached step as it runs in one process — one forward per group, the loss, one backward) or
   ``concatenated`` (that step as it runs under DDP: one forward of the groups concatenated, every row padded to the
-  longest group). After every
-  ``--floor-every``-th pair, a no-grad forward of the batch as the plain step embeds it. Reports
+  longest group). After every ``--floor-every``-th pair, a no-grad forward of the batch as the plain step embeds
+  it. Reports
   ``time_ratio = median(cached / plain)``, ``floor_ratio = median(1 + no-grad forward / plain of that pair)`` and
   the GradCache phase breakdown (chunking, phase-1 no-grad forward, loss + its backward, replay).
 * ``single --variant cached|plain``: one variant alone (what ``fresh`` runs in each subprocess).
@@ -39,7 +39,7 @@ import torch  # noqa: E402  (common sets the thread count first)
 from modeling_vlm2vec.training import grad_cache  # noqa: E402
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments  # noqa: E402
 from modeling_vlm2vec.training.batching import concat_groups, split_group  # noqa: E402
-from modeling_vlm2vec.training.trainer import ContrastiveTrainer, embed_groups  # noqa: E402
+from modeling_vlm2vec.training.trainer import ContrastiveTrainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("embed_without_grad", "embed", "cache_gradients", "replay")  # GradCache's phase methods (those present)
@@ -91,10 +91,7 @@ class ConcatenatedPlainStep:
         self.trainer = trainer
 
     def training_step(self, model, batch) -> torch.Tensor:
-        config = model.config
-        embeddings = embed_groups(model, groups_of(batch), one_forward=True, padding_side=config.padding_side,
-                                  pad_token_id=config.get_text_config().pad_token_id or 0)
-        loss = self.trainer._loss(embeddings).loss
+        loss = self.trainer._loss(self.trainer._embed_groups(model, groups_of(batch), one_forward=True)).loss
         loss.backward()
         return loss.detach()
 
@@ -147,8 +144,8 @@ def paired(args) -> dict:
     breakdown["chunking_and_rest"] = round(median(times["cached"]) - sum(breakdown.values()), 4)
     time_ratio, floor_ratio = median(ratios), median(floors)
     return {
-        "benchmark": "gradcache_step", "mode": "paired", "plain": args.plain, "pairs": args.pairs, "warmup": args.warmup,
-        "floor_samples": len(floors),
+        "benchmark": "gradcache_step", "mode": "paired", "plain": args.plain, "pairs": args.pairs,
+        "warmup": args.warmup, "floor_samples": len(floors),
         "batch": args.batch, "chunk": args.chunk, "groups": describe_batch(batch),
         "parameters": num_parameters(model), "backbone": backbone_spec(args),
         "padding": padding_stats(batch, args.chunk, model.config.padding_side),
@@ -182,8 +179,9 @@ def fresh(args) -> dict:
             runs[variant].append(run_json(base + ["--variant", variant])["median_seconds"])
             print(f"{variant}: {runs[variant][-1]:.3f}s", file=sys.stderr, flush=True)
     ratio = median(runs["cached"]) / median(runs["plain"])
-    return {"benchmark": "gradcache_step", "mode": "fresh", "plain": args.plain, "batch": args.batch, "chunk": args.chunk,
-            "steps_per_process": args.steps, "warmup": args.warmup, "processes_per_variant": args.repeats,
+    return {"benchmark": "gradcache_step", "mode": "fresh", "plain": args.plain, "batch": args.batch,
+            "chunk": args.chunk, "steps_per_process": args.steps, "warmup": args.warmup,
+            "processes_per_variant": args.repeats,
             "backbone": backbone_spec(args), "median_seconds": {k: round(median(v), 4) for k, v in runs.items()},
             "per_process_seconds": {k: [round(x, 4) for x in v] for k, v in runs.items()},
             "fresh_process_ratio": round(ratio, 4), "machine": machine()}

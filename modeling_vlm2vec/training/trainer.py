@@ -88,14 +88,18 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
         return contrastive_loss(embeddings["query"], embeddings["positive"], embeddings.get("negative"),
                                 temperature=self._config.contrastive_temperature, symmetric=self.args.loss_symmetric)
 
+    def _embed_groups(self, model: nn.Module, groups: dict[str, dict[str, torch.Tensor]], *,
+                      one_forward: bool) -> dict[str, torch.Tensor]:
+        """:func:`embed_groups` with the model's padding side and pad token."""
+        return embed_groups(model, groups, one_forward=one_forward, padding_side=self._config.padding_side,
+                            pad_token_id=self._config.get_text_config().pad_token_id or 0)
+
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         """Uncached loss of the batch's groups (see the module docstring for how they are embedded)."""
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
         one_forward = torch.is_grad_enabled() and self.accelerator.distributed_type != DistributedType.NO
-        embeddings = embed_groups(model, groups, one_forward=one_forward, padding_side=self._config.padding_side,
-                                  pad_token_id=self._config.get_text_config().pad_token_id or 0)
-        output = self._loss(embeddings)
+        output = self._loss(self._embed_groups(model, groups, one_forward=one_forward))
         self._record_accuracy(output.accuracy)
         return (output.loss, output) if return_outputs else output.loss
 

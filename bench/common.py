@@ -144,6 +144,21 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def allocator() -> str:
+    """The C allocator serving this process: a preloaded jemalloc / tcmalloc / mimalloc, else the C library's malloc.
+
+    Peak resident memory depends on it (glibc keeps freed heap resident; see BENCHMARKS.md, section 2). Read from the
+    shared objects mapped into the process, so an ``LD_PRELOAD`` shows up here.
+    """
+    mapped = {Path(line.split()[-1]).name for line in Path("/proc/self/maps").read_text().splitlines()
+              if line.rstrip().endswith(".so") or ".so." in line}
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        found = sorted(lib for lib in mapped if name in lib)
+        if found:
+            return f"{name} ({found[0]})"
+    return f"{platform.libc_ver()[0] or 'libc'} malloc"
+
+
 def machine() -> dict:
     """What the figures were measured on."""
     import transformers
@@ -157,6 +172,7 @@ def machine() -> dict:
         pass
     return {"cpu": model_name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "allocator": allocator(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_average": load_average()}
 
 

@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (add_backbone_arguments, backbone_flags, backbone_size, backbone_spec, contrastive_batch,
-                    load_average, load_bench_model, machine, median, report, run_json, timed)
+from common import (add_backbone_arguments, allocator, backbone_flags, backbone_size, backbone_spec,
+                    contrastive_batch, load_average, load_bench_model, machine, median, report, run_json, timed)
 
 import torch  # noqa: E402
 
@@ -77,7 +77,7 @@ def one_config(args) -> dict:
     peak = _status_kib("VmHWM")
     result = {"config": args.config, "batch": args.batch, "chunk": chunk, "rss_before_mib": round(before / 1024, 1),
               "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - before) / 1024, 1),
-              "step_seconds": round(seconds, 3), "load_average": load_average()}
+              "step_seconds": round(seconds, 3), "allocator": allocator(), "load_average": load_average()}
     if trace is not None:
         result["heap_trace"] = trace.rows
     return result

@@ -150,7 +150,10 @@ def allocator() -> str:
     Peak resident memory depends on it (glibc keeps freed heap resident; see BENCHMARKS.md, section 2). Read from the
     shared objects mapped into the process, so an ``LD_PRELOAD`` shows up here.
     """
-    mapped = {Path(line.split()[-1]).name for line in Path("/proc/self/maps").read_text().splitlines()
+    maps = Path("/proc/self/maps")
+    if not maps.exists():  # not Linux
+        return f"{platform.system()} system malloc"
+    mapped = {Path(line.split()[-1]).name for line in maps.read_text().splitlines()
               if line.rstrip().endswith(".so") or ".so." in line}
     for name in ("jemalloc", "tcmalloc", "mimalloc"):
         found = sorted(lib for lib in mapped if name in lib)

@@ -9,7 +9,8 @@ through ``ContrastiveTrainer.training_step`` and reads ``VmHWM`` (peak RSS) from
 ``--repeats`` fresh processes each, alternated: single peaks of one configuration differ by tens of MiB between
 processes with glibc's allocator), beside the same ratio of the plain step (the trainer's uncached step, one
 forward of each whole group; one process each). ``growth`` = peak minus the RSS just before the step (what the
-step itself allocated).
+step itself allocated). The subprocesses inherit the environment, so ``LD_PRELOAD=<allocator>`` measures under
+another C allocator; every result names the allocator its process ran on.
 
 ``--config cached --heap-trace`` (glibc only) also records, after every forward of the step, glibc's heap
 (``mallinfo2``): ``live`` (allocated bytes, heap + mmapped) and ``arena`` (heap size, free blocks included), in MiB.
@@ -65,6 +66,8 @@ class HeapTrace:
 
 
 def one_config(args) -> dict:
+    if args.heap_trace and not allocator().startswith("glibc"):
+        raise SystemExit(f"--heap-trace reads glibc's heap; this process allocates with {allocator()}")
     model = load_bench_model(**backbone_size(args))
     chunk = args.chunk if args.config == "cached" else None
     trainer = make_trainer(model, chunk, tempfile.mkdtemp(prefix="vlm2vec-bench-mem-"))

@@ -66,8 +66,9 @@ class HeapTrace:
 
 
 def one_config(args) -> dict:
-    if args.heap_trace and not allocator().startswith("glibc"):
-        raise SystemExit(f"--heap-trace reads glibc's heap; this process allocates with {allocator()}")
+    malloc = allocator()
+    if args.heap_trace and not malloc.startswith("glibc"):
+        raise SystemExit(f"--heap-trace reads glibc's heap; this process allocates with {malloc}")
     model = load_bench_model(**backbone_size(args))
     chunk = args.chunk if args.config == "cached" else None
     trainer = make_trainer(model, chunk, tempfile.mkdtemp(prefix="vlm2vec-bench-mem-"))
@@ -80,7 +81,7 @@ def one_config(args) -> dict:
     peak = _status_kib("VmHWM")
     result = {"config": args.config, "batch": args.batch, "chunk": chunk, "rss_before_mib": round(before / 1024, 1),
               "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - before) / 1024, 1),
-              "step_seconds": round(seconds, 3), "allocator": allocator(), "load_average": load_average()}
+              "step_seconds": round(seconds, 3), "allocator": malloc, "load_average": load_average()}
     if trace is not None:
         result["heap_trace"] = trace.rows
     return result

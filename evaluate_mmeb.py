@@ -16,7 +16,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from modeling_vlm2vec.cli import parse_dataclasses, run_cli
+from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
 from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, load_model_for_eval, run_evaluation
 
 
@@ -37,12 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
         eval_sets = load_eval_sets(args.dataset_name, args.subsets, args.image_dir)
-        model, processor = load_model_for_eval(args.model_name_or_path, lora_adapter=args.lora_adapter,
-                                               dtype=args.dtype, device=device)
-        run_evaluation(model, processor, eval_sets, output_dir=args.output_dir, batch_size=args.batch_size,
-                       overwrite=args.overwrite, model_name=args.model_name_or_path, dataset_name=args.dataset_name)
+        model, processor = load_model_for_eval(
+            args.model_name_or_path, lora_adapter=args.lora_adapter, dtype=args.dtype, device=device
+        )
+        run_evaluation(
+            model,
+            processor,
+            eval_sets,
+            output_dir=args.output_dir,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            model_name=args.model_name_or_path,
+            dataset_name=args.dataset_name,
+        )
 
     return run_cli(body)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from modeling_vlm2vec.cli import parse_dataclasses, run_cli
+from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
 from modeling_vlm2vec.pipeline import DataArguments, ModelArguments, run
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
 

@@ -33,15 +33,17 @@ THREADS = 2
 torch.set_num_threads(THREADS)
 
 from modeling_vlm2vec import Vlm2VecModel  # noqa: E402
+from modeling_vlm2vec.demo import save_tiny_backbone  # noqa: E402
 from modeling_vlm2vec.processing_vlm2vec import process_batch  # noqa: E402
-from modeling_vlm2vec.testing import save_tiny_backbone  # noqa: E402
 
 #: The bench backbone: LLaVA-Next with a 512-wide, 8-layer Llama (19.5 M parameters), 28 px CLIP tiles.
 BENCH_BACKBONE = {"model_type": "llava_next", "hidden_size": 512, "num_layers": 8, "image_size": 28}
 CACHE_DIR = Path(os.environ.get("VLM2VEC_BENCH_CACHE", Path(tempfile.gettempdir()) / "vlm2vec-bench"))
 
-WORDS = ("red green blue yellow purple orange black white gray circle square triangle cross star on a the background "
-         "shape colour what which image of with").split()
+WORDS = (
+    "red green blue yellow purple orange black white gray circle square triangle cross star on a the background "
+    "shape colour what which image of with"
+).split()
 QUERY_PREFIX = "<|image_1|> Represent the given image with the following question: "
 TEXT_PREFIX = "Find me an everyday image that matches the given caption: "
 
@@ -113,8 +115,11 @@ def contrastive_batch(model: Vlm2VecModel, batch_size: int, negatives_every: int
     def group(items):
         return process_batch(model.processor, model.config, [t for t, _ in items], [img for _, img in items])
 
-    batch = {"query": group(queries), "positive": group(positives),
-             "neg_counts": torch.tensor([int(i in neg_rows) for i in range(batch_size)], dtype=torch.long)}
+    batch = {
+        "query": group(queries),
+        "positive": group(positives),
+        "neg_counts": torch.tensor([int(i in neg_rows) for i in range(batch_size)], dtype=torch.long),
+    }
     if negatives:
         batch["negative"] = group(negatives)
     return batch
@@ -153,8 +158,11 @@ def allocator() -> str:
     maps = Path("/proc/self/maps")
     if not maps.exists():  # not Linux
         return f"{platform.system()} system malloc"
-    mapped = {Path(line.split()[-1]).name for line in maps.read_text().splitlines()
-              if line.rstrip().endswith(".so") or ".so." in line}
+    mapped = {
+        Path(line.split()[-1]).name
+        for line in maps.read_text().splitlines()
+        if line.rstrip().endswith(".so") or ".so." in line
+    }
     for name in ("jemalloc", "tcmalloc", "mimalloc"):
         found = sorted(lib for lib in mapped if name in lib)
         if found:
@@ -173,10 +181,17 @@ def machine() -> dict:
                 model_name = line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
         pass
-    return {"cpu": model_name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "allocator": allocator(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_average": load_average()}
+    return {
+        "cpu": model_name,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "allocator": allocator(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": load_average(),
+    }
 
 
 def num_parameters(model: torch.nn.Module) -> int:
@@ -190,8 +205,14 @@ def report(result: dict) -> None:
 
 def run_json(args: list[str], env: dict | None = None, timeout: float = 600) -> dict:
     """Run ``python <args>`` in a fresh process and return the JSON object its last output line holds."""
-    completed = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                               env={**os.environ, **(env or {})}, check=False)
+    completed = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])

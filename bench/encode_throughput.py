@@ -11,8 +11,18 @@ from __future__ import annotations
 import argparse
 import random
 
-from common import (WORDS, add_backbone_arguments, backbone_size, backbone_spec, load_bench_model, machine, median,
-                    noise_image, report, timed)
+from common import (
+    WORDS,
+    add_backbone_arguments,
+    backbone_size,
+    backbone_spec,
+    load_bench_model,
+    machine,
+    median,
+    noise_image,
+    report,
+    timed,
+)
 
 KINDS = ("text", "image", "image+text")
 BATCH_SIZES = (1, 4, 16, 64)
@@ -25,12 +35,19 @@ def make_items(kind: str, count: int, seed: int = 0) -> list:
         return " ".join(rng.choice(WORDS) for _ in range(n))
 
     if kind == "text":
-        return [f"Find me an everyday image that matches the given caption: {words(rng.randint(6, 16))}"
-                for _ in range(count)]
+        return [
+            f"Find me an everyday image that matches the given caption: {words(rng.randint(6, 16))}"
+            for _ in range(count)
+        ]
     if kind == "image":
         return [noise_image(seed * 10_000 + i) for i in range(count)]
-    return [{"text": f"<|image_1|> Represent the given image with the following question: {words(rng.randint(4, 12))}?",
-             "image": noise_image(seed * 10_000 + i)} for i in range(count)]
+    return [
+        {
+            "text": f"<|image_1|> Represent the given image with the following question: {words(rng.randint(4, 12))}?",
+            "image": noise_image(seed * 10_000 + i),
+        }
+        for i in range(count)
+    ]
 
 
 def main() -> None:
@@ -46,14 +63,24 @@ def main() -> None:
     for kind in KINDS:
         items = make_items(kind, args.items)
         for batch_size in BATCH_SIZES:
-            seconds = [timed(model.encode, items, batch_size=batch_size, show_progress_bar=False)[0]
-                       for _ in range(args.repeats)]
+            seconds = [
+                timed(model.encode, items, batch_size=batch_size, show_progress_bar=False)[0]
+                for _ in range(args.repeats)
+            ]
             results.setdefault(kind, {})[str(batch_size)] = {
                 "items_per_second": round(args.items / min(seconds), 1),
-                "items_per_second_median": round(args.items / median(seconds), 1)}
-    report({"benchmark": "encode_throughput", "items": args.items, "repeats": args.repeats,
+                "items_per_second_median": round(args.items / median(seconds), 1),
+            }
+    report(
+        {
+            "benchmark": "encode_throughput",
+            "items": args.items,
+            "repeats": args.repeats,
             "backbone": backbone_spec(args),
-            "results": results, "machine": machine()})
+            "results": results,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

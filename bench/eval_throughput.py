@@ -24,12 +24,20 @@ import argparse
 import tempfile
 from collections import defaultdict
 
-from common import (CACHE_DIR, add_backbone_arguments, backbone_size, backbone_spec, load_bench_model, machine, median,
-                    report, timed)
-
 import torch  # noqa: E402
+from common import (
+    CACHE_DIR,
+    add_backbone_arguments,
+    backbone_size,
+    backbone_spec,
+    load_bench_model,
+    machine,
+    median,
+    report,
+    timed,
+)
 
-from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb  # noqa: E402
+from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb  # noqa: E402
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_sets, runner  # noqa: E402
 from modeling_vlm2vec.modeling_vlm2vec import _open_image  # noqa: E402
 from modeling_vlm2vec.processing_vlm2vec import process_batch  # noqa: E402
@@ -59,18 +67,25 @@ class ForwardCounter:
 def ideal_order(model, items, batch_size: int) -> list[list]:
     """``items`` in batches of ``batch_size``: image items, then text-only items (never mixed: a text row in an image
     batch would be padded to the image rows' length), each sorted by real token count."""
-    lengths = [int(process_batch(model.processor, model.config, [text], [_open_image(image)])["attention_mask"].sum())
-               for text, image in items]
+    lengths = [
+        int(process_batch(model.processor, model.config, [text], [_open_image(image)])["attention_mask"].sum())
+        for text, image in items
+    ]
     order = sorted(range(len(items)), key=lambda i: lengths[i])
     parts = ([i for i in order if items[i][1] is not None], [i for i in order if items[i][1] is None])
-    return [[items[i] for i in part[start:start + batch_size]] for part in parts
-            for start in range(0, len(part), batch_size)]
+    return [
+        [items[i] for i in part[start : start + batch_size]]
+        for part in parts
+        for start in range(0, len(part), batch_size)
+    ]
 
 
 def preprocess(model, batches: list[list]) -> list[dict]:
     """Open the images and process every batch (the work ``encode`` does besides the forward)."""
-    return [process_batch(model.processor, model.config, [t for t, _ in batch], [_open_image(i) for _, i in batch])
-            for batch in batches]
+    return [
+        process_batch(model.processor, model.config, [t for t, _ in batch], [_open_image(i) for _, i in batch])
+        for batch in batches
+    ]
 
 
 def paired_timing(ideal_forward):
@@ -95,11 +110,19 @@ def main() -> None:
     add_backbone_arguments(parser)
     args = parser.parse_args()
 
-    data = write_synthetic_mmeb(CACHE_DIR / f"synthetic-eval-{args.per_task}", n_train_per_task=3,
-                                n_eval_per_task=args.per_task)
+    data = write_synthetic_mmeb(
+        CACHE_DIR / f"synthetic-eval-{args.per_task}", n_train_per_task=3, n_eval_per_task=args.per_task
+    )
     model = load_bench_model(**backbone_size(args)).eval()
-    eval_kwargs = {"dataset_name": str(data["eval_root"]), "subsets": ["synthetic"], "image_dir": str(data["root"]),
-                   "batch_size": args.batch_size, "overwrite": True, "verbose": False, "show_progress_bar": False}
+    eval_kwargs = {
+        "dataset_name": str(data["eval_root"]),
+        "subsets": ["synthetic"],
+        "image_dir": str(data["root"]),
+        "batch_size": args.batch_size,
+        "overwrite": True,
+        "verbose": False,
+        "show_progress_bar": False,
+    }
     eval_sets = load_eval_sets(eval_kwargs["dataset_name"], eval_kwargs["subsets"], eval_kwargs["image_dir"])
     unique_items = sum(len(s.queries) + len(s.candidates) for s in eval_sets)
     ordered = {s.name: ideal_order(model, s.queries + s.candidates, args.batch_size) for s in eval_sets}
@@ -116,8 +139,9 @@ def main() -> None:
         counter.active = True
         return seconds
 
-    model.encode([{"text": t, "image": i} for t, i in eval_sets[0].queries[:8]], batch_size=4,
-                 show_progress_bar=False)  # warm-up
+    model.encode(
+        [{"text": t, "image": i} for t, i in eval_sets[0].queries[:8]], batch_size=4, show_progress_bar=False
+    )  # warm-up
     for name in batches:
         ideal_forward(name)
     paired = paired_timing(ideal_forward)
@@ -135,22 +159,39 @@ def main() -> None:
         times["ideal_preprocess"].append(timed(preprocess, model, [b for o in ordered.values() for b in o])[0])
     ratios = [e / f for e, f in zip(times["encoding"], times["ideal_forward"])]
     ratio = median(ratios)
-    report({
-        "benchmark": "eval_throughput", "datasets": [s.name for s in eval_sets], "per_task": args.per_task,
-        "batch_size": args.batch_size, "backbone": backbone_spec(args),
-        "unique_items": unique_items, "encoder_rows": encoded[0], "encoder_calls": encoded[1],
-        "median_seconds": {k: round(median(v), 3) for k, v in times.items()},
-        "items_per_second": round(unique_items / median(times["encoding"]), 1),
-        "ratio": round(ratio, 4), "round_ratios": [round(r, 3) for r in ratios],
-        "ratio_evaluate_mmeb_total": round(median(
-            [t / f for t, f in zip(times["evaluate_mmeb"], times["ideal_forward"])]), 4),
-        # what encode costs beyond preprocessing + forwarding the same items ideally batched (its own overhead)
-        "encoding_over_preprocess_plus_forward": round(median(
-            [e / (p + f) for e, p, f in zip(times["encoding"], times["ideal_preprocess"], times["ideal_forward"])]), 4),
-        "padding_waste": round(encoded[2] / encoded[3], 4), "ideal_padding_waste": round(ideal_padded / ideal_real, 4),
-        "targets": {"ratio<=1.2": ratio <= 1.2, "encoder_rows==unique_items": encoded[0] == unique_items},
-        "machine": machine(),
-    })
+    report(
+        {
+            "benchmark": "eval_throughput",
+            "datasets": [s.name for s in eval_sets],
+            "per_task": args.per_task,
+            "batch_size": args.batch_size,
+            "backbone": backbone_spec(args),
+            "unique_items": unique_items,
+            "encoder_rows": encoded[0],
+            "encoder_calls": encoded[1],
+            "median_seconds": {k: round(median(v), 3) for k, v in times.items()},
+            "items_per_second": round(unique_items / median(times["encoding"]), 1),
+            "ratio": round(ratio, 4),
+            "round_ratios": [round(r, 3) for r in ratios],
+            "ratio_evaluate_mmeb_total": round(
+                median([t / f for t, f in zip(times["evaluate_mmeb"], times["ideal_forward"])]), 4
+            ),
+            # what encode costs beyond preprocessing + forwarding the same items ideally batched (its own overhead)
+            "encoding_over_preprocess_plus_forward": round(
+                median(
+                    [
+                        e / (p + f)
+                        for e, p, f in zip(times["encoding"], times["ideal_preprocess"], times["ideal_forward"])
+                    ]
+                ),
+                4,
+            ),
+            "padding_waste": round(encoded[2] / encoded[3], 4),
+            "ideal_padding_waste": round(ideal_padded / ideal_real, 4),
+            "targets": {"ratio<=1.2": ratio <= 1.2, "encoder_rows==unique_items": encoded[0] == unique_items},
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

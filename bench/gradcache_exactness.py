@@ -16,12 +16,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import (add_backbone_arguments, backbone_size, backbone_spec, contrastive_batch, groups_of,
-                    load_bench_model, machine, report)
-
 import torch  # noqa: E402
-
+from common import (
+    add_backbone_arguments,
+    backbone_size,
+    backbone_spec,
+    contrastive_batch,
+    groups_of,
+    load_bench_model,
+    machine,
+    report,
+)
 from gradcache_step import make_trainer  # noqa: E402
+
 from modeling_vlm2vec.training.arguments import LoraArguments  # noqa: E402
 from modeling_vlm2vec.training.batching import split_group  # noqa: E402
 from modeling_vlm2vec.training.grad_cache import GradCache  # noqa: E402
@@ -31,8 +38,11 @@ from modeling_vlm2vec.training.losses import contrastive_loss  # noqa: E402
 
 def gradients(model) -> dict[str, torch.Tensor]:
     """Copies of the trainable parameters' gradients (zeros where none arrived); the model's are cleared."""
-    grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-             for n, p in model.named_parameters() if p.requires_grad}
+    grads = {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     model.zero_grad(set_to_none=True)
     return grads
 
@@ -43,8 +53,9 @@ def relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 
 def loss_of(embeddings: dict[str, torch.Tensor], temperature: float):
-    return contrastive_loss(embeddings["query"], embeddings["positive"], embeddings.get("negative"),
-                            temperature=temperature)
+    return contrastive_loss(
+        embeddings["query"], embeddings["positive"], embeddings.get("negative"), temperature=temperature
+    )
 
 
 def without_dropout(args) -> dict:
@@ -55,8 +66,10 @@ def without_dropout(args) -> dict:
     plain_loss = float(plain.training_step(model, batch))
     expected = gradients(model)
     cached_loss = float(cached.training_step(model, batch))
-    return {"grad_rel_err": relative_error(gradients(model), expected),
-            "loss_rel_err": abs(cached_loss - plain_loss) / abs(plain_loss)}
+    return {
+        "grad_rel_err": relative_error(gradients(model), expected),
+        "loss_rel_err": abs(cached_loss - plain_loss) / abs(plain_loss),
+    }
 
 
 def with_lora_dropout(args) -> dict:
@@ -71,8 +84,10 @@ def with_lora_dropout(args) -> dict:
     groups, chunks = groups_of(batch), {name: args.chunk for name in ("query", "positive", "negative")}
 
     torch.manual_seed(123)
-    reference = loss_of({name: torch.cat([model(**c).embeddings for c in split_group(g, args.chunk)])
-                         for name, g in groups.items()}, temperature)
+    reference = loss_of(
+        {name: torch.cat([model(**c).embeddings for c in split_group(g, args.chunk)]) for name, g in groups.items()},
+        temperature,
+    )
     reference.loss.backward()
     expected = gradients(model)
 
@@ -84,8 +99,11 @@ def with_lora_dropout(args) -> dict:
     output = cached_step(replay_rng=True)
     err = relative_error(gradients(model), expected)
     cached_step(replay_rng=False)
-    return {"dropout_grad_rel_err": err, "dropout_loss_rel_err": abs(float(output.loss - reference.loss)) /
-            abs(float(reference.loss)), "dropout_without_replay_rel_err": relative_error(gradients(model), expected)}
+    return {
+        "dropout_grad_rel_err": err,
+        "dropout_loss_rel_err": abs(float(output.loss - reference.loss)) / abs(float(reference.loss)),
+        "dropout_without_replay_rel_err": relative_error(gradients(model), expected),
+    }
 
 
 def main() -> None:
@@ -94,12 +112,20 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=16)
     add_backbone_arguments(parser)
     args = parser.parse_args()
-    result = {"benchmark": "gradcache_exactness", "batch": args.batch, "chunk": args.chunk, "dtype": "float32",
-              "backbone": backbone_spec(args),
-              **without_dropout(args), **with_lora_dropout(args)}
-    result["targets"] = {"grad_rel_err<=1e-5": result["grad_rel_err"] <= 1e-5,
-                         "dropout_grad_rel_err<=1e-5": result["dropout_grad_rel_err"] <= 1e-5,
-                         "dropout_without_replay_rel_err>1e-3": result["dropout_without_replay_rel_err"] > 1e-3}
+    result = {
+        "benchmark": "gradcache_exactness",
+        "batch": args.batch,
+        "chunk": args.chunk,
+        "dtype": "float32",
+        "backbone": backbone_spec(args),
+        **without_dropout(args),
+        **with_lora_dropout(args),
+    }
+    result["targets"] = {
+        "grad_rel_err<=1e-5": result["grad_rel_err"] <= 1e-5,
+        "dropout_grad_rel_err<=1e-5": result["dropout_grad_rel_err"] <= 1e-5,
+        "dropout_without_replay_rel_err>1e-3": result["dropout_without_replay_rel_err"] > 1e-3,
+    }
     result["machine"] = machine()
     report(result)
 

@@ -25,11 +25,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (add_backbone_arguments, allocator, backbone_flags, backbone_size, backbone_spec,
-                    contrastive_batch, load_average, load_bench_model, machine, median, report, run_json, timed)
-
 import torch  # noqa: E402
-
+from common import (
+    add_backbone_arguments,
+    allocator,
+    backbone_flags,
+    backbone_size,
+    backbone_spec,
+    contrastive_batch,
+    load_average,
+    load_bench_model,
+    machine,
+    median,
+    report,
+    run_json,
+    timed,
+)
 from gradcache_step import make_trainer  # noqa: E402
 
 
@@ -45,9 +56,21 @@ def _reset_peak() -> None:
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 class HeapTrace:
@@ -61,8 +84,13 @@ class HeapTrace:
 
     def __call__(self, module, args, output) -> None:
         info = self.libc.mallinfo2()
-        self.rows.append({"grad": torch.is_grad_enabled(), "live": round((info.uordblks + info.hblkhd) / 2**20, 1),
-                          "arena": round(info.arena / 2**20, 1)})
+        self.rows.append(
+            {
+                "grad": torch.is_grad_enabled(),
+                "live": round((info.uordblks + info.hblkhd) / 2**20, 1),
+                "arena": round(info.arena / 2**20, 1),
+            }
+        )
 
 
 def one_config(args) -> dict:
@@ -79,9 +107,17 @@ def one_config(args) -> dict:
     before = _status_kib("VmRSS")
     seconds, _ = timed(trainer.training_step, model, batch)
     peak = _status_kib("VmHWM")
-    result = {"config": args.config, "batch": args.batch, "chunk": chunk, "rss_before_mib": round(before / 1024, 1),
-              "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - before) / 1024, 1),
-              "step_seconds": round(seconds, 3), "allocator": malloc, "load_average": load_average()}
+    result = {
+        "config": args.config,
+        "batch": args.batch,
+        "chunk": chunk,
+        "rss_before_mib": round(before / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "growth_mib": round((peak - before) / 1024, 1),
+        "step_seconds": round(seconds, 3),
+        "allocator": malloc,
+        "load_average": load_average(),
+    }
     if trace is not None:
         result["heap_trace"] = trace.rows
     return result
@@ -93,23 +129,44 @@ def compare(args) -> dict:
     runs = {}
     plan = [("cached", batch) for _ in range(args.repeats) for batch in (args.small, args.large)]
     for config, batch in plan + [("plain", args.small), ("plain", args.large)]:
-        result = run_json([script, "--config", config, "--batch", str(batch), "--chunk", str(args.chunk), "--small",
-                           str(args.small), *backbone_flags(args)])
+        result = run_json(
+            [
+                script,
+                "--config",
+                config,
+                "--batch",
+                str(batch),
+                "--chunk",
+                str(args.chunk),
+                "--small",
+                str(args.small),
+                *backbone_flags(args),
+            ]
+        )
         runs.setdefault(f"{config}_{batch}", []).append(result)
         print(result, file=sys.stderr, flush=True)
 
     def ratio(config: str, key: str) -> float:
-        return (median([r[key] for r in runs[f"{config}_{args.large}"]])
-                / median([r[key] for r in runs[f"{config}_{args.small}"]]))
+        return median([r[key] for r in runs[f"{config}_{args.large}"]]) / median(
+            [r[key] for r in runs[f"{config}_{args.small}"]]
+        )
 
     rss_ratio = ratio("cached", "peak_rss_mib")
-    return {"benchmark": "gradcache_memory", "small": args.small, "large": args.large, "chunk": args.chunk,
-            "cached_repeats": args.repeats,
-            "backbone": backbone_spec(args),
-            "rss_ratio": round(rss_ratio, 4), "plain_rss_ratio": round(ratio("plain", "peak_rss_mib"), 4),
-            "cached_growth_ratio": round(ratio("cached", "growth_mib"), 4),
-            "plain_growth_ratio": round(ratio("plain", "growth_mib"), 4),
-            "runs": runs, "targets": {"rss_ratio<=1.05": rss_ratio <= 1.05}, "machine": machine()}
+    return {
+        "benchmark": "gradcache_memory",
+        "small": args.small,
+        "large": args.large,
+        "chunk": args.chunk,
+        "cached_repeats": args.repeats,
+        "backbone": backbone_spec(args),
+        "rss_ratio": round(rss_ratio, 4),
+        "plain_rss_ratio": round(ratio("plain", "peak_rss_mib"), 4),
+        "cached_growth_ratio": round(ratio("cached", "growth_mib"), 4),
+        "plain_growth_ratio": round(ratio("plain", "growth_mib"), 4),
+        "runs": runs,
+        "targets": {"rss_ratio<=1.05": rss_ratio <= 1.05},
+        "machine": machine(),
+    }
 
 
 def main() -> None:

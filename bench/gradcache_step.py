@@ -30,11 +30,26 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from common import (THREADS, add_backbone_arguments, backbone_flags, backbone_size, backbone_spec, bench_backbone_dir,
-                    contrastive_batch, describe_batch, groups_of, load_average, load_bench_model, machine, median,
-                    num_parameters, report, run_json, timed)
-
 import torch  # noqa: E402  (common sets the thread count first)
+from common import (
+    THREADS,
+    add_backbone_arguments,
+    backbone_flags,
+    backbone_size,
+    backbone_spec,
+    bench_backbone_dir,
+    contrastive_batch,
+    describe_batch,
+    groups_of,
+    load_average,
+    load_bench_model,
+    machine,
+    median,
+    num_parameters,
+    report,
+    run_json,
+    timed,
+)
 
 from modeling_vlm2vec.training import grad_cache  # noqa: E402
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments  # noqa: E402
@@ -46,8 +61,15 @@ PHASES = ("embed_without_grad", "embed", "cache_gradients", "replay")  # GradCac
 
 
 def make_trainer(model, chunk: int | None, output_dir: str) -> ContrastiveTrainer:
-    args = ContrastiveTrainingArguments(output_dir=output_dir, use_cpu=True, report_to=[], gc_q_chunk_size=chunk,
-                                        gc_p_chunk_size=chunk, per_device_train_batch_size=64, disable_tqdm=True)
+    args = ContrastiveTrainingArguments(
+        output_dir=output_dir,
+        use_cpu=True,
+        report_to=[],
+        gc_q_chunk_size=chunk,
+        gc_p_chunk_size=chunk,
+        per_device_train_batch_size=64,
+        disable_tqdm=True,
+    )
     trainer = ContrastiveTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which the benchmark bypasses
     return trainer
@@ -67,6 +89,7 @@ class PhaseTimer:
             seconds, result = timed(original, cache, *args, **kwargs)
             self.times[name].append(seconds)
             return result
+
         return wrapper
 
 
@@ -78,9 +101,12 @@ def padding_stats(batch: dict, chunk: int, padding_side: str) -> dict:
     concatenated = concat_groups(groups, padding_side)["attention_mask"].numel()
     per_group = sum(g["attention_mask"].numel() for g in groups)
     chunks = sum(c["attention_mask"].numel() for g in groups for c in split_group(g, chunk, padding_side))
-    return {"real_tokens": real, "per_group_padded_over_real": round(per_group / real, 3),
-            "concatenated_padded_over_real": round(concatenated / real, 3),
-            "chunks_padded_over_real": round(chunks / real, 3)}
+    return {
+        "real_tokens": real,
+        "per_group_padded_over_real": round(per_group / real, 3),
+        "concatenated_padded_over_real": round(concatenated / real, 3),
+        "chunks_padded_over_real": round(chunks / real, 3),
+    }
 
 
 class ConcatenatedPlainStep:
@@ -144,14 +170,22 @@ def paired(args) -> dict:
     breakdown["chunking_and_rest"] = round(median(times["cached"]) - sum(breakdown.values()), 4)
     time_ratio, floor_ratio = median(ratios), median(floors)
     return {
-        "benchmark": "gradcache_step", "mode": "paired", "plain": args.plain, "pairs": args.pairs,
-        "warmup": args.warmup, "floor_samples": len(floors),
-        "batch": args.batch, "chunk": args.chunk, "groups": describe_batch(batch),
-        "parameters": num_parameters(model), "backbone": backbone_spec(args),
+        "benchmark": "gradcache_step",
+        "mode": "paired",
+        "plain": args.plain,
+        "pairs": args.pairs,
+        "warmup": args.warmup,
+        "floor_samples": len(floors),
+        "batch": args.batch,
+        "chunk": args.chunk,
+        "groups": describe_batch(batch),
+        "parameters": num_parameters(model),
+        "backbone": backbone_spec(args),
         "padding": padding_stats(batch, args.chunk, model.config.padding_side),
         "median_seconds": {k: round(median(v), 4) for k, v in times.items()},
         "cached_breakdown_seconds": breakdown,
-        "time_ratio": round(time_ratio, 4), "floor_ratio": round(floor_ratio, 4),
+        "time_ratio": round(time_ratio, 4),
+        "floor_ratio": round(floor_ratio, 4),
         "time_ratio_over_floor": round(time_ratio / floor_ratio, 4),
         "ratio_of_medians": round(median(times["cached"]) / median(times["plain"]), 4),
         "targets": {"time_ratio<=1.40": time_ratio <= 1.40, "time_ratio<=1.05*floor": time_ratio <= 1.05 * floor_ratio},
@@ -165,26 +199,52 @@ def single(args) -> dict:
     for _ in range(args.warmup):
         run_step(trainer, model, batch)
     times = [run_step(trainer, model, batch) for _ in range(args.steps)]
-    return {"variant": args.variant, "median_seconds": median(times), "times": [round(t, 4) for t in times],
-            "load_average": load_average()}
+    return {
+        "variant": args.variant,
+        "median_seconds": median(times),
+        "times": [round(t, 4) for t in times],
+        "load_average": load_average(),
+    }
 
 
 def fresh(args) -> dict:
-    base = [str(Path(__file__).resolve()), "--mode", "single", "--batch", str(args.batch), "--chunk", str(args.chunk),
-            *backbone_flags(args), "--warmup", str(args.warmup),
-            "--steps", str(args.steps), "--plain", args.plain]
+    base = [
+        str(Path(__file__).resolve()),
+        "--mode",
+        "single",
+        "--batch",
+        str(args.batch),
+        "--chunk",
+        str(args.chunk),
+        *backbone_flags(args),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--plain",
+        args.plain,
+    ]
     runs = defaultdict(list)
     for i in range(args.repeats):
-        for variant in (("cached", "plain") if i % 2 == 0 else ("plain", "cached")):
+        for variant in ("cached", "plain") if i % 2 == 0 else ("plain", "cached"):
             runs[variant].append(run_json(base + ["--variant", variant])["median_seconds"])
             print(f"{variant}: {runs[variant][-1]:.3f}s", file=sys.stderr, flush=True)
     ratio = median(runs["cached"]) / median(runs["plain"])
-    return {"benchmark": "gradcache_step", "mode": "fresh", "plain": args.plain, "batch": args.batch,
-            "chunk": args.chunk, "steps_per_process": args.steps, "warmup": args.warmup,
-            "processes_per_variant": args.repeats,
-            "backbone": backbone_spec(args), "median_seconds": {k: round(median(v), 4) for k, v in runs.items()},
-            "per_process_seconds": {k: [round(x, 4) for x in v] for k, v in runs.items()},
-            "fresh_process_ratio": round(ratio, 4), "machine": machine()}
+    return {
+        "benchmark": "gradcache_step",
+        "mode": "fresh",
+        "plain": args.plain,
+        "batch": args.batch,
+        "chunk": args.chunk,
+        "steps_per_process": args.steps,
+        "warmup": args.warmup,
+        "processes_per_variant": args.repeats,
+        "backbone": backbone_spec(args),
+        "median_seconds": {k: round(median(v), 4) for k, v in runs.items()},
+        "per_process_seconds": {k: [round(x, 4) for x in v] for k, v in runs.items()},
+        "fresh_process_ratio": round(ratio, 4),
+        "machine": machine(),
+    }
 
 
 TRAIN_YAML = """\
@@ -212,11 +272,24 @@ def train_run(args, chunk: int | None, data: Path, work: Path) -> dict:
     chunks = f"gc_q_chunk_size: {chunk}\ngc_p_chunk_size: {chunk}\n" if chunk else ""
     name = f"chunk{chunk or 'none'}"
     recipe = work / f"{name}.yaml"
-    recipe.write_text(TRAIN_YAML.format(output_dir=work / name, backbone=bench_backbone_dir(
-        **backbone_size(args)), data=data, batch=args.batch, chunks=chunks,
-        steps=args.steps))
-    completed = subprocess.run([sys.executable, str(REPO / "train.py"), str(recipe)], capture_output=True, text=True,
-                               cwd=REPO, check=False, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    recipe.write_text(
+        TRAIN_YAML.format(
+            output_dir=work / name,
+            backbone=bench_backbone_dir(**backbone_size(args)),
+            data=data,
+            batch=args.batch,
+            chunks=chunks,
+            steps=args.steps,
+        )
+    )
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), str(recipe)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+    )
     # the Trainer prints its final metrics when training ends, before export; only that part is needed here
     found = re.findall(r"'train_runtime': '?([0-9.]+)'?", completed.stdout + completed.stderr)
     if not found:
@@ -230,30 +303,46 @@ def train(args) -> dict:
     data = work / "data"
     runs = defaultdict(list)
     for i in range(args.repeats):
-        for chunk in ((args.chunk, None) if i % 2 == 0 else (None, args.chunk)):
+        for chunk in (args.chunk, None) if i % 2 == 0 else (None, args.chunk):
             name = "cached" if chunk else "plain"
             runs[name].append(train_run(args, chunk, data, work)["seconds_per_step"])
             print(f"{name}: {runs[name][-1]:.3f} s/step", file=sys.stderr, flush=True)
     ratio = median(runs["cached"]) / median(runs["plain"])
-    return {"benchmark": "gradcache_step", "mode": "train", "batch": args.batch, "chunk": args.chunk,
-            "steps": args.steps, "runs_per_variant": args.repeats, "backbone": backbone_spec(args),
-            "seconds_per_step": {k: [round(x, 4) for x in v] for k, v in runs.items()},
-            "train_py_ratio": round(ratio, 4), "machine": machine()}
+    return {
+        "benchmark": "gradcache_step",
+        "mode": "train",
+        "batch": args.batch,
+        "chunk": args.chunk,
+        "steps": args.steps,
+        "runs_per_variant": args.repeats,
+        "backbone": backbone_spec(args),
+        "seconds_per_step": {k: [round(x, 4) for x in v] for k, v in runs.items()},
+        "train_py_ratio": round(ratio, 4),
+        "machine": machine(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("paired", "single", "fresh", "train"), default="paired")
     parser.add_argument("--variant", choices=("cached", "plain"), default="cached")
-    parser.add_argument("--plain", choices=("trainer", "concatenated"), default="trainer",
-                        help="plain step: the trainer's uncached step in one process (one forward per group) or as "
-                             "under DDP (one forward of the concatenated groups)")
+    parser.add_argument(
+        "--plain",
+        choices=("trainer", "concatenated"),
+        default="trainer",
+        help="plain step: the trainer's uncached step in one process (one forward per group) or as "
+        "under DDP (one forward of the concatenated groups)",
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--floor-every", type=int, default=2,
-                        help="paired: time the no-grad forward (for floor_ratio) after every K-th pair")
+    parser.add_argument(
+        "--floor-every",
+        type=int,
+        default=2,
+        help="paired: time the no-grad forward (for floor_ratio) after every K-th pair",
+    )
     parser.add_argument("--steps", type=int, default=5, help="steps per process (single, fresh, train)")
     parser.add_argument("--repeats", type=int, default=2, help="processes per variant (fresh, train)")
     add_backbone_arguments(parser)

@@ -81,9 +81,15 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_backbone(cls, backbone_name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
-                      dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
-                      **config_kwargs) -> "Vlm2VecModel":
+    def from_backbone(
+        cls,
+        backbone_name_or_path: str | os.PathLike,
+        *,
+        trust_remote_code: bool = False,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        **config_kwargs,
+    ) -> Vlm2VecModel:
         """Wrap a pretrained VLM (Hub id or local folder) without touching its weights.
 
         `config_kwargs` set `Vlm2VecConfig` fields (pooling, normalize, max_length, resolution policy...).
@@ -113,9 +119,14 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
     def set_input_embeddings(self, value: torch.nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor,
-                pixel_values: torch.Tensor | None = None, num_images: torch.Tensor | None = None,
-                **backbone_inputs) -> Vlm2VecOutput:
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        num_images: torch.Tensor | None = None,
+        **backbone_inputs,
+    ) -> Vlm2VecOutput:
         """Embed a processed batch.
 
         Args:
@@ -128,8 +139,14 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         if pixel_values is not None:
             backbone_inputs["pixel_values"] = pixel_values.to(self.backbone.dtype)
         wants_hidden_states = self.backbone.get_output_embeddings() is not None  # a causal LM, not a base model
-        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                output_hidden_states=wants_hidden_states, return_dict=True, **backbone_inputs)
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=wants_hidden_states,
+            return_dict=True,
+            **backbone_inputs,
+        )
         hidden = outputs.hidden_states[-1] if wants_hidden_states else outputs.last_hidden_state  # (batch, seq, hidden)
         embeddings = pool(hidden, attention_mask, self.config.pooling).float()  # (batch, hidden)
         if self.config.normalize:
@@ -148,9 +165,16 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         self._processor = value
 
     @torch.inference_mode()
-    def encode(self, inputs: list, instruction: str | None = None, batch_size: int = 8,
-               show_progress_bar: bool | None = None, convert_to_numpy: bool = False, processor=None,
-               prefetch: bool | None = None):
+    def encode(
+        self,
+        inputs: list,
+        instruction: str | None = None,
+        batch_size: int = 8,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        processor=None,
+        prefetch: bool | None = None,
+    ):
         """Embed a list of items.
 
         Args:
@@ -232,7 +256,7 @@ def _length_batches(items: list[tuple[str | None, object]], batch_size: int) -> 
     items go to separate batches (a short text padded to an image row's length wastes most of its compute)."""
     order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
     kinds = ([i for i in order if items[i][1] is None], [i for i in order if items[i][1] is not None])
-    return [kind[start:start + batch_size] for kind in kinds for start in range(0, len(kind), batch_size)]
+    return [kind[start : start + batch_size] for kind in kinds for start in range(0, len(kind), batch_size)]
 
 
 def _length_key(item: tuple[str | None, object]) -> tuple[bool, int, int]:

@@ -73,8 +73,9 @@ def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
     return image.resize(new_size, Image.Resampling.BICUBIC)
 
 
-def process_batch(processor, config, texts: list[str | None], images: list[Image.Image | None],
-                  instruction: str | None = None) -> dict[str, torch.Tensor]:
+def process_batch(
+    processor, config, texts: list[str | None], images: list[Image.Image | None], instruction: str | None = None
+) -> dict[str, torch.Tensor]:
     """Tokenize a batch of items into backbone inputs.
 
     Args:
@@ -101,8 +102,12 @@ def process_batch(processor, config, texts: list[str | None], images: list[Image
             lengths = batch["attention_mask"].sum(-1).tolist()
             if max(lengths) <= config.max_length:
                 break
-            prompts = [_shorten_text(processor.tokenizer, p, n - config.max_length, config.image_token)
-                       if n > config.max_length else p for p, n in zip(prompts, lengths)]
+            prompts = [
+                _shorten_text(processor.tokenizer, p, n - config.max_length, config.image_token)
+                if n > config.max_length
+                else p
+                for p, n in zip(prompts, lengths)
+            ]
             batch = _run_processor(processor, config, prompts, pil_images)
         else:
             raise ValueError(f"could not fit inputs into max_length={config.max_length}")
@@ -182,5 +187,12 @@ def _saved_processor_class(path_or_id: str, kwargs: dict) -> str | None:
     return None
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "build_prompt", "apply_resolution_policy", "process_batch", "load_processor",
-           "ImageOnlyQwen2VLProcessor", "ImageOnlyQwen2_5_VLProcessor"]
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "build_prompt",
+    "apply_resolution_policy",
+    "process_batch",
+    "load_processor",
+    "ImageOnlyQwen2VLProcessor",
+    "ImageOnlyQwen2_5_VLProcessor",
+]

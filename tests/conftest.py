@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory):
     """`tiny_backbone_dir(model_type)` -> folder of a tiny random VLM checkpoint, built once per session."""
-    from modeling_vlm2vec.testing import save_tiny_backbone
+    from modeling_vlm2vec.demo import save_tiny_backbone
 
     built = {}
 

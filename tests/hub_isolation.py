@@ -42,11 +42,22 @@ assert "modeling_vlm2vec" not in sys.modules, "the package leaked into the isola
 def run_isolated(code: str, *, cwd: str | os.PathLike | None = None, timeout: float = 600) -> str:
     """Run `code` (after the isolation prelude) in a fresh interpreter; return its stdout, raise on failure."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HOME=tempfile.mkdtemp(prefix="vlm2vec-isolated-hf-"), TOKENIZERS_PARALLELISM="false")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=tempfile.mkdtemp(prefix="vlm2vec-isolated-hf-"),
+        TOKENIZERS_PARALLELISM="false",
+    )
     cwd = cwd or tempfile.mkdtemp(prefix="vlm2vec-isolated-cwd-")
-    proc = subprocess.run([sys.executable, "-c", PRELUDE + code + EPILOGUE], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELUDE + code + EPILOGUE],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise AssertionError(f"isolated process failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc.stdout

@@ -6,8 +6,8 @@ from PIL import Image
 from transformers import AutoConfig
 
 from modeling_vlm2vec import Vlm2VecConfig
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.data.collator import Vlm2VecCollator
-from modeling_vlm2vec.errors import DataError
 from modeling_vlm2vec.processing_vlm2vec import load_processor, process_batch
 
 IMAGE_TARGET = "<|image_1|> Represent the given image."
@@ -24,14 +24,36 @@ def images(tmp_path_factory):
 def _examples(images):
     img = [str(images / f"{i}.png") for i in range(4)]
     return [  # 0, 1 and 2 hard negatives; text, image and mixed items
-        {"qry": "<|image_1|> Represent the given image for classification.", "qry_image": img[0],
-         "pos_text": "red square", "pos_image": None, "neg_texts": [], "neg_images": [], "source": "a", "row": 0},
-        {"qry": "Find me an everyday image that matches the given caption: a green square", "qry_image": None,
-         "pos_text": IMAGE_TARGET, "pos_image": img[1], "neg_texts": [IMAGE_TARGET], "neg_images": [img[2]],
-         "source": "b", "row": 7},
-        {"qry": "<|image_1|> Find an image caption describing the given everyday image.", "qry_image": img[3],
-         "pos_text": "a yellow square", "pos_image": None, "neg_texts": ["a blue square", IMAGE_TARGET],
-         "neg_images": [None, img[0]], "source": "b", "row": 9},
+        {
+            "qry": "<|image_1|> Represent the given image for classification.",
+            "qry_image": img[0],
+            "pos_text": "red square",
+            "pos_image": None,
+            "neg_texts": [],
+            "neg_images": [],
+            "source": "a",
+            "row": 0,
+        },
+        {
+            "qry": "Find me an everyday image that matches the given caption: a green square",
+            "qry_image": None,
+            "pos_text": IMAGE_TARGET,
+            "pos_image": img[1],
+            "neg_texts": [IMAGE_TARGET],
+            "neg_images": [img[2]],
+            "source": "b",
+            "row": 7,
+        },
+        {
+            "qry": "<|image_1|> Find an image caption describing the given everyday image.",
+            "qry_image": img[3],
+            "pos_text": "a yellow square",
+            "pos_image": None,
+            "neg_texts": ["a blue square", IMAGE_TARGET],
+            "neg_images": [None, img[0]],
+            "source": "b",
+            "row": 9,
+        },
     ]
 
 
@@ -54,11 +76,16 @@ def test_groups_equal_process_batch_and_negatives_are_flattened(model_type, tiny
     assert set(batch) == {"query", "positive", "negative", "neg_counts"}
     assert batch["neg_counts"].tolist() == [0, 1, 2] and batch["neg_counts"].dtype == torch.long
     for group, text_key, image_key in [("query", "qry", "qry_image"), ("positive", "pos_text", "pos_image")]:
-        expected = process_batch(processor, config, [e[text_key] for e in examples],
-                                 [_open(e[image_key]) for e in examples])
+        expected = process_batch(
+            processor, config, [e[text_key] for e in examples], [_open(e[image_key]) for e in examples]
+        )
         _assert_same(batch[group], expected)
-    negatives = process_batch(processor, config, [IMAGE_TARGET, "a blue square", IMAGE_TARGET],
-                              [_open(images / "2.png"), None, _open(images / "0.png")])
+    negatives = process_batch(
+        processor,
+        config,
+        [IMAGE_TARGET, "a blue square", IMAGE_TARGET],
+        [_open(images / "2.png"), None, _open(images / "0.png")],
+    )
     _assert_same(batch["negative"], negatives)
     assert batch["negative"]["num_images"].tolist() == [1, 0, 1]
     assert batch["query"]["num_images"].tolist() == [1, 0, 1]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from accelerate import skip_first_batches
 
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.data.sampler import GlobalBatchSampler, build_train_dataloader
-from modeling_vlm2vec.errors import DataError
 
 SIZES = [37, 50, 13]
 OFFSETS = np.cumsum([0] + SIZES)
@@ -27,8 +27,10 @@ def test_global_batches_do_not_depend_on_world_size(mode, sub_batch):
     assert len(reference) == len(GlobalBatchSampler(SIZES, **kwargs)) > 0
     assert all(len(b) == 8 for b in reference)
     for world_size in (2, 4):
-        shards = [_epoch(GlobalBatchSampler(SIZES, world_size=world_size, rank=r, **kwargs), epoch=2)
-                  for r in range(world_size)]
+        shards = [
+            _epoch(GlobalBatchSampler(SIZES, world_size=world_size, rank=r, **kwargs), epoch=2)
+            for r in range(world_size)
+        ]
         assert all(len(s) == len(reference) for s in shards)
         for step, batch in enumerate(reference):
             assert all(len(s[step]) == 8 // world_size for s in shards)
@@ -50,14 +52,15 @@ def test_mixed_mode_is_a_seeded_permutation_per_epoch():
 
 def test_homogeneous_sub_batches_are_single_source_and_follow_weights():
     sizes, weights, sub = [400, 400, 400], [1.0, 2.0, 5.0], 4
-    sampler = GlobalBatchSampler(sizes, global_batch_size=8, mode="homogeneous", homogeneous_sub_batch=sub,
-                                 weights=weights, seed=0)
+    sampler = GlobalBatchSampler(
+        sizes, global_batch_size=8, mode="homogeneous", homogeneous_sub_batch=sub, weights=weights, seed=0
+    )
     offsets = np.cumsum([0] + sizes)
     counts = np.zeros(3)
     n_sub = 0
     for batch in _epoch(sampler, 0):
         for k in range(0, len(batch), sub):
-            part = batch[k: k + sub]
+            part = batch[k : k + sub]
             sources = {int(np.searchsorted(offsets, i, side="right")) - 1 for i in part}
             assert len(sources) == 1 and len(set(part)) == sub  # one source, no repeated example
             counts[sources.pop()] += 1
@@ -78,7 +81,7 @@ def test_homogeneous_whole_global_batch_and_repeat_passes():
     assert len(from_small) > 13 // 4  # more sub-batches than one pass holds
     per_pass = 13 // 4
     for p in range(len(from_small) // per_pass):  # within one pass no example repeats
-        chunk = sum(from_small[p * per_pass:(p + 1) * per_pass], [])
+        chunk = sum(from_small[p * per_pass : (p + 1) * per_pass], [])
         assert len(chunk) == len(set(chunk))
 
 
@@ -112,8 +115,16 @@ def _as_lists(batches):
 @pytest.mark.parametrize("mode", ["mixed", "homogeneous"])
 def test_resume_by_skipping_batches_gives_the_same_remaining_order(mode):
     def loader():
-        return build_train_dataloader(_IndexCorpus(), list, per_device_batch_size=2, world_size=2, rank=1, seed=7,
-                                      mode=mode, homogeneous_sub_batch=2)
+        return build_train_dataloader(
+            _IndexCorpus(),
+            list,
+            per_device_batch_size=2,
+            world_size=2,
+            rank=1,
+            seed=7,
+            mode=mode,
+            homogeneous_sub_batch=2,
+        )
 
     full = loader()
     full.set_epoch(1)
@@ -129,6 +140,7 @@ def test_resume_by_skipping_batches_gives_the_same_remaining_order(mode):
     assert _as_lists(resumed) == uninterrupted[k:]
 
     # The sampler's own start_batch does the same for hand-written loops.
-    own = GlobalBatchSampler(SIZES, global_batch_size=4, world_size=2, rank=1, seed=7, mode=mode,
-                             homogeneous_sub_batch=2, start_batch=k)
+    own = GlobalBatchSampler(
+        SIZES, global_batch_size=4, world_size=2, rank=1, seed=7, mode=mode, homogeneous_sub_batch=2, start_batch=k
+    )
     assert _epoch(own, 1) == uninterrupted[k:] and len(own) == len(uninterrupted) - k

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.data.sources import load_corpus
-from modeling_vlm2vec.errors import DataError
 
 ROWS = [  # (qry, qry_image_path, pos_text, pos_image_path)
     ("<|image_1|> What is it?", "img/a.png", "a cat", ""),
@@ -59,21 +59,44 @@ def test_parquet_jsonl_and_hub_folder_layout_give_the_same_examples(root):
     _parquet(root / "hub" / "Sub" / "original-00000-of-00001.parquet", cols)
     other = _columns([("other split", "", "x", "")])  # a second split in the same folder must not leak in
     _parquet(root / "hub" / "Sub" / "diverse_instruction-00000-of-00001.parquet", other)
-    config = _config(root / "cfg.yaml",  # relative paths resolve against the YAML's folder
-                     {"name": "pq", "path": "data/one.parquet", "image_dir": "."},
-                     {"name": "js", "path": "data/one.jsonl", "image_dir": "."},
-                     {"name": "folder", "path": "hub", "subset": "Sub", "image_dir": ".", "weight": 2.5})
+    config = _config(
+        root / "cfg.yaml",  # relative paths resolve against the YAML's folder
+        {"name": "pq", "path": "data/one.parquet", "image_dir": "."},
+        {"name": "js", "path": "data/one.jsonl", "image_dir": "."},
+        {"name": "folder", "path": "hub", "subset": "Sub", "image_dir": ".", "weight": 2.5},
+    )
     corpus = load_corpus(config)
     assert corpus.names == ["pq", "js", "folder"] and corpus.weights == [1.0, 1.0, 2.5]
     assert corpus.sizes == [3, 3, 3] and len(corpus) == 9
     img = str((root / "img").resolve())
     expected = [
-        {"qry": "<|image_1|> What is it?", "qry_image": f"{img}/a.png", "pos_text": "a cat", "pos_image": None,
-         "neg_texts": [], "neg_images": [], "row": 0},
-        {"qry": "find a dog", "qry_image": None, "pos_text": "<|image_1|> Represent the given image.",
-         "pos_image": f"{img}/b.png", "neg_texts": [], "neg_images": [], "row": 1},
-        {"qry": "text only", "qry_image": None, "pos_text": "text target", "pos_image": None, "neg_texts": [],
-         "neg_images": [], "row": 4},
+        {
+            "qry": "<|image_1|> What is it?",
+            "qry_image": f"{img}/a.png",
+            "pos_text": "a cat",
+            "pos_image": None,
+            "neg_texts": [],
+            "neg_images": [],
+            "row": 0,
+        },
+        {
+            "qry": "find a dog",
+            "qry_image": None,
+            "pos_text": "<|image_1|> Represent the given image.",
+            "pos_image": f"{img}/b.png",
+            "neg_texts": [],
+            "neg_images": [],
+            "row": 1,
+        },
+        {
+            "qry": "text only",
+            "qry_image": None,
+            "pos_text": "text target",
+            "pos_image": None,
+            "neg_texts": [],
+            "neg_images": [],
+            "row": 4,
+        },
     ]
     for s, name in enumerate(corpus.names):
         for i, want in enumerate(expected):
@@ -91,13 +114,22 @@ def test_negatives_are_normalised_to_equal_length_lists(root):
     _parquet(root / "negs.parquet", _columns(rows, neg_text=neg_text, neg_image_path=neg_image))
     scalar = _columns(rows[:3], neg_text=["", "one", ""])  # plain strings, no neg_image_path column
     _parquet(root / "scalar.parquet", scalar)
-    corpus = load_corpus(_config(root / "c.yaml", {"name": "lists", "path": "negs.parquet", "image_dir": "."},
-                                 {"name": "strings", "path": "scalar.parquet", "image_dir": "."}))
+    corpus = load_corpus(
+        _config(
+            root / "c.yaml",
+            {"name": "lists", "path": "negs.parquet", "image_dir": "."},
+            {"name": "strings", "path": "scalar.parquet", "image_dir": "."},
+        )
+    )
     img = str((root / "img").resolve())
     got = [(corpus[(0, i)]["neg_texts"], corpus[(0, i)]["neg_images"]) for i in range(5)]
-    assert got == [(["n1", "n2"], [None, None]), (["", "n3"], [f"{img}/b.png", None]), (["only text"], [None]),
-                   ([], []),
-                   (["<|image_1|> Represent the given image.", ""], [f"{img}/c.png", f"{img}/b.png"])]
+    assert got == [
+        (["n1", "n2"], [None, None]),
+        (["", "n3"], [f"{img}/b.png", None]),
+        (["only text"], [None]),
+        ([], []),
+        (["<|image_1|> Represent the given image.", ""], [f"{img}/c.png", f"{img}/b.png"]),
+    ]
     assert [corpus[(1, i)]["neg_texts"] for i in range(3)] == [[], ["one"], []]
 
 
@@ -149,8 +181,9 @@ def test_missing_image_fails_before_training_naming_source_row_and_path(root):
     assert "row 1" in msg and "gone.png" in msg and "neg_image_path" in msg
 
 
-@pytest.mark.parametrize("path, words", [("../outside.png", "escapes"), ("/etc/passwd", "absolute"),
-                                         ("img/../../x.png", "escapes")])
+@pytest.mark.parametrize(
+    "path, words", [("../outside.png", "escapes"), ("/etc/passwd", "absolute"), ("img/../../x.png", "escapes")]
+)
 def test_image_paths_may_not_leave_image_dir(root, path, words):
     msg = _error(root, [("q", "", "p", path)])
     assert "dataset 'bad'" in msg and "row 0" in msg and path in msg and words in msg
@@ -175,15 +208,18 @@ def test_a_source_without_usable_rows_is_an_error(root):
     assert "dataset 'bad'" in msg and "no usable row among 2" in msg
 
 
-@pytest.mark.parametrize("sources, expected", [
-    ([{"name": "s", "path": "nowhere.parquet", "image_dir": "."}], r"dataset 's'.*c\.yaml.*not found"),
-    ([{"name": "s", "path": "d.parquet", "image_dir": ".", "num_sample": 3}], r"dataset 's'.*c\.yaml.*unknown key"),
-    ([{"name": "s", "path": "d.parquet", "image_dir": "."}] * 2, r"dataset 's'.*c\.yaml.*more than once"),
-    ([{"name": "s", "path": "d.parquet", "image_dir": "no_such_dir"}], r"dataset 's'.*c\.yaml.*not a folder"),
-    ([{"name": "s", "path": "d.parquet", "image_dir": "$VLM2VEC_UNSET_DIR"}], r"'s'.*VLM2VEC_UNSET_DIR"),
-    ([{"name": "s", "path": "d.parquet", "image_dir": ".", "weight": 0}], r"dataset 's'.*weight"),
-    ([{"name": "s", "path": "hub", "subset": "Nope", "image_dir": "."}], r"dataset 's'.*subset folder"),
-])
+@pytest.mark.parametrize(
+    "sources, expected",
+    [
+        ([{"name": "s", "path": "nowhere.parquet", "image_dir": "."}], r"dataset 's'.*c\.yaml.*not found"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": ".", "num_sample": 3}], r"dataset 's'.*c\.yaml.*unknown key"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": "."}] * 2, r"dataset 's'.*c\.yaml.*more than once"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": "no_such_dir"}], r"dataset 's'.*c\.yaml.*not a folder"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": "$VLM2VEC_UNSET_DIR"}], r"'s'.*VLM2VEC_UNSET_DIR"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": ".", "weight": 0}], r"dataset 's'.*weight"),
+        ([{"name": "s", "path": "hub", "subset": "Nope", "image_dir": "."}], r"dataset 's'.*subset folder"),
+    ],
+)
 def test_data_config_errors_name_source_and_config(root, sources, expected, monkeypatch):
     monkeypatch.delenv("VLM2VEC_UNSET_DIR", raising=False)
     _parquet(root / "d.parquet", _columns(ROWS))
@@ -211,13 +247,15 @@ def test_hub_ids_go_through_datasets_load_dataset(root, monkeypatch):
         return datasets.Dataset.from_dict({**_columns(ROWS), "extra": list(range(len(ROWS)))})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    config = _config(root / "c.yaml", {"name": "hub", "path": "TIGER-Lab/MMEB-train", "subset": "Sub",
-                                       "split": "train", "image_dir": "."})
+    config = _config(
+        root / "c.yaml",
+        {"name": "hub", "path": "TIGER-Lab/MMEB-train", "subset": "Sub", "split": "train", "image_dir": "."},
+    )
     corpus = load_corpus(config)
     assert calls == [("TIGER-Lab/MMEB-train", "Sub", "train")]
     assert [corpus[i]["row"] for i in range(len(corpus))] == [0, 1, 4]
-    config = _config(root / "c.yaml", {"name": "hub", "path": "TIGER-Lab/MMEB-train", "subset": "Missing",
-                                       "image_dir": "."})
+    config = _config(
+        root / "c.yaml", {"name": "hub", "path": "TIGER-Lab/MMEB-train", "subset": "Missing", "image_dir": "."}
+    )
     with pytest.raises(DataError, match=r"dataset 'hub'.*neither a local file/folder nor a loadable Hub dataset"):
         load_corpus(config)
-

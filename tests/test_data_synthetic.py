@@ -8,16 +8,23 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.data.images import load_image
 from modeling_vlm2vec.data.sources import load_corpus
-from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
-from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 
 TASKS = ["SynCLS", "SynVQA", "SynT2I", "SynI2T", "SynGround"]
 SETTINGS = dict(seed=0, n_train_per_task=12, n_eval_per_task=6, image_size=48)
 # Independent colour naming by channel level (<80: 0, >160: 2, else 1).
-NAMES = {(2, 0, 0): "red", (0, 2, 0): "green", (0, 0, 2): "blue", (2, 2, 0): "yellow", (0, 0, 0): "black",
-         (2, 2, 2): "white", (1, 1, 1): "gray"}
+NAMES = {
+    (2, 0, 0): "red",
+    (0, 2, 0): "green",
+    (0, 0, 2): "blue",
+    (2, 2, 0): "yellow",
+    (0, 0, 0): "black",
+    (2, 2, 2): "white",
+    (1, 1, 1): "gray",
+}
 
 
 def _name(rgb):
@@ -63,8 +70,13 @@ def test_layout_and_schemas(data):
             assert len(set(zip(row["tgt_text"], row["tgt_img_path"]))) == 10  # distinct candidates
             for rel in [row["qry_img_path"], *row["tgt_img_path"]]:
                 assert rel == "" or (not os.path.isabs(rel) and (root / rel).is_file())
-    negs = {t: [len(r["neg_text"]) if isinstance(r.get("neg_text"), list) else r.get("neg_text")
-                for r in _rows(data["train"][t])] for t in TASKS}
+    negs = {
+        t: [
+            len(r["neg_text"]) if isinstance(r.get("neg_text"), list) else r.get("neg_text")
+            for r in _rows(data["train"][t])
+        ]
+        for t in TASKS
+    }
     assert set(negs["SynCLS"]) == set(negs["SynT2I"]) == {0, 1, 2}
     assert {0, 1, 2} >= set(negs["SynGround"]) >= {0, 1}
     assert all(isinstance(n, str) for n in negs["SynVQA"]) and "" in negs["SynVQA"]
@@ -93,8 +105,10 @@ def test_positives_come_first_and_match_the_pixels(data):
     for row in _rows(data["train"]["SynT2I"]):
         caption = "a {} {} on a {} background".format(*_describe(root / row["pos_image_path"]))
         assert row["qry"].endswith(caption)
-        assert all(not row["qry"].endswith("a {} {} on a {} background".format(*_describe(root / p)))
-                   for p in row["neg_image_path"])
+        assert all(
+            not row["qry"].endswith("a {} {} on a {} background".format(*_describe(root / p)))
+            for p in row["neg_image_path"]
+        )
 
 
 def test_data_config_loads_and_every_image_opens(data):

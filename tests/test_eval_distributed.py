@@ -5,12 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder
 from modeling_vlm2vec.evaluation import evaluate_mmeb
-from modeling_vlm2vec.evaluation.testing import KeyedEncoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_runner import NAMES, _known_suite  # noqa: E402
@@ -20,8 +19,15 @@ def _worker(rank: int, world_size: int, root: str, suite: dict, out: str) -> Non
     dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world_size)
     try:
         encoder = KeyedEncoder(noise=0.5)
-        summary = evaluate_mmeb(encoder, dataset_name=str(suite["data"]), subsets=NAMES, image_dir=suite["images"],
-                                output_dir=out, batch_size=2, verbose=False)
+        summary = evaluate_mmeb(
+            encoder,
+            dataset_name=str(suite["data"]),
+            subsets=NAMES,
+            image_dir=suite["images"],
+            output_dir=out,
+            batch_size=2,
+            verbose=False,
+        )
         report = {"summary": summary, "encoded": [len(call) for call in encoder.calls]}
         Path(root, f"rank{rank}.json").write_text(json.dumps(report))
     finally:
@@ -32,8 +38,15 @@ def _worker(rank: int, world_size: int, root: str, suite: dict, out: str) -> Non
 def test_two_processes_match_one(tmp_path):
     suite = _known_suite(tmp_path)
     single_out, multi_out = tmp_path / "single", tmp_path / "multi"
-    single = evaluate_mmeb(KeyedEncoder(noise=0.5), dataset_name=str(suite["data"]), subsets=NAMES,
-                           image_dir=suite["images"], output_dir=single_out, batch_size=2, verbose=False)
+    single = evaluate_mmeb(
+        KeyedEncoder(noise=0.5),
+        dataset_name=str(suite["data"]),
+        subsets=NAMES,
+        image_dir=suite["images"],
+        output_dir=single_out,
+        batch_size=2,
+        verbose=False,
+    )
     # The noisy encoder gives every item its own embedding, so shards gathered out of order would change scores.
     mp.spawn(_worker, args=(2, str(tmp_path), suite, str(multi_out)), nprocs=2, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

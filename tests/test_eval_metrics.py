@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from modeling_vlm2vec.evaluation import (MMEB_RANKING_METRIC_PATH, metrics_from_ranks, positive_ranks,
-                                         ranking_metrics)
+from modeling_vlm2vec.evaluation import MMEB_RANKING_METRIC_PATH, metrics_from_ranks, positive_ranks, ranking_metrics
 
 KS = (1, 5, 10)
 TREC_MEASURES = {"recip_rank"} | {f"recall_{k}" for k in KS} | {f"ndcg_cut_{k}" for k in KS}
@@ -19,19 +18,28 @@ def trec_metrics(scores: np.ndarray, valid: np.ndarray) -> dict[str, float]:
     against the positive, the convention under test.
     """
     qrels = {f"q{i}": {"a": 1} for i in range(len(scores))}
-    run = {f"q{i}": {("a" if j == 0 else f"b{j}"): float(s) for j, s in enumerate(row) if valid[i, j]}
-           for i, row in enumerate(scores)}
+    run = {
+        f"q{i}": {("a" if j == 0 else f"b{j}"): float(s) for j, s in enumerate(row) if valid[i, j]}
+        for i, row in enumerate(scores)
+    }
     per_query = pytrec_eval.RelevanceEvaluator(qrels, TREC_MEASURES).evaluate(run)
     mean = {m: np.mean([per_query[q][m] for q in qrels]) for m in TREC_MEASURES}
-    return {"mrr": mean["recip_rank"], **{f"recall@{k}": mean[f"recall_{k}"] for k in KS},
-            **{f"ndcg@{k}": mean[f"ndcg_cut_{k}"] for k in KS}}
+    return {
+        "mrr": mean["recip_rank"],
+        **{f"recall@{k}": mean[f"recall_{k}"] for k in KS},
+        **{f"ndcg@{k}": mean[f"ndcg_cut_{k}"] for k in KS},
+    }
 
 
 def test_ranks_hand_made_with_ties_and_padding():
-    scores = np.array([[0.9, 0.1, 0.2, 0.3],    # positive strictly best -> 1
-                       [0.5, 0.5, 0.1, 0.7],    # one higher, one tied -> 3
-                       [0.2, 0.2, 0.2, 0.2],    # everything tied -> last, 4
-                       [0.1, 0.9, 0.9, 0.0]])   # two higher, but column 2 is padding -> 2
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # positive strictly best -> 1
+            [0.5, 0.5, 0.1, 0.7],  # one higher, one tied -> 3
+            [0.2, 0.2, 0.2, 0.2],  # everything tied -> last, 4
+            [0.1, 0.9, 0.9, 0.0],
+        ]
+    )  # two higher, but column 2 is padding -> 2
     valid = np.ones_like(scores, dtype=bool)
     valid[3, 2] = False
     np.testing.assert_array_equal(positive_ranks(scores, valid), [1, 3, 4, 2])

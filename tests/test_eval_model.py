@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set, load_model_for_eval
 from modeling_vlm2vec.evaluation.encoding import model_fingerprint
 from modeling_vlm2vec.processing_vlm2vec import load_processor
@@ -32,15 +32,24 @@ def setup(tmp_path_factory, tiny_backbone_dir):
 
 
 def _evaluate(setup, model, processor, out, subsets=("synthetic",)):
-    return evaluate_mmeb(model, processor, dataset_name=str(setup["data"]["eval_root"]), subsets=subsets,
-                         image_dir=setup["data"]["root"], output_dir=out, batch_size=3, verbose=False)
+    return evaluate_mmeb(
+        model,
+        processor,
+        dataset_name=str(setup["data"]["eval_root"]),
+        subsets=subsets,
+        image_dir=setup["data"]["root"],
+        output_dir=out,
+        batch_size=3,
+        verbose=False,
+    )
 
 
 def test_each_unique_item_goes_through_forward_once(setup):
     model, processor = load_model_for_eval(setup["checkpoint"])
     rows_seen = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]),
-                                    with_kwargs=True)
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     out = setup["root"] / "single"
     summary = _evaluate(setup, model, processor, out)
     records = [json.loads((out / f"{name}_score.json").read_text()) for name in summary["datasets"]]
@@ -62,13 +71,19 @@ def test_lora_adapter_on_raw_backbone_is_merged(setup):
 
     base = Vlm2VecModel.from_backbone(setup["raw"])
     torch.manual_seed(0)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     adapter = setup["root"] / "adapter"
     peft_model.save_pretrained(adapter)
     expected_model = peft_model.merge_and_unload()
-    items = ["a red circle", {"text": "<|image_1|> Represent the given image.",
-                              "image": str(setup["data"]["root"] / "images" / "eval" / "SynCLS" / "00000.png")}]
+    items = [
+        "a red circle",
+        {
+            "text": "<|image_1|> Represent the given image.",
+            "image": str(setup["data"]["root"] / "images" / "eval" / "SynCLS" / "00000.png"),
+        },
+    ]
     processor = load_processor(setup["raw"])
     expected = expected_model.encode(items, processor=processor)
 
@@ -85,13 +100,40 @@ def test_cli_with_two_processes_matches_one(setup):
         model, processor = load_model_for_eval(setup["checkpoint"])
         _evaluate(setup, model, processor, single)
     out = setup["root"] / "multi"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
-           "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "evaluate_mmeb.py"),
-           "--model_name_or_path", str(setup["checkpoint"]), "--dataset_name", str(setup["data"]["eval_root"]),
-           "--image_dir", str(setup["data"]["root"]), "--subset_name", "synthetic", "--output_dir", str(out),
-           "--batch_size", "2"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "evaluate_mmeb.py"),
+        "--model_name_or_path",
+        str(setup["checkpoint"]),
+        "--dataset_name",
+        str(setup["data"]["eval_root"]),
+        "--image_dir",
+        str(setup["data"]["root"]),
+        "--subset_name",
+        "synthetic",
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=setup["root"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "process 2 of 2" in proc.stderr  # really two processes, each encoding a shard

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.evaluation import PAPER_AGGREGATES, REGISTRY, resolve_subsets
 from modeling_vlm2vec.evaluation.registry import aggregate_groups
 
@@ -14,8 +14,12 @@ MMEB = [info for info in REGISTRY.values() if info.suite == "mmeb"]
 
 def test_mmeb_has_36_datasets_in_the_papers_split():
     assert len(MMEB) == 36
-    assert Counter(info.meta_task for info in MMEB) == {"classification": 10, "vqa": 10, "retrieval": 12,
-                                                       "grounding": 4}
+    assert Counter(info.meta_task for info in MMEB) == {
+        "classification": 10,
+        "vqa": 10,
+        "retrieval": 12,
+        "grounding": 4,
+    }
     assert Counter(info.split for info in MMEB) == {"IND": 20, "OOD": 16}
     assert all(info.paper is not None for info in MMEB)
 
@@ -36,8 +40,11 @@ def test_suites_and_names():
     assert len(resolve_subsets(["ind"])) == 20 and len(resolve_subsets(["OOD"])) == 16
     assert resolve_subsets(["synthetic"]) == ["SynCLS", "SynVQA", "SynT2I", "SynI2T", "SynGround"]
     # space separated, repeated, duplicates dropped, registry order kept
-    assert resolve_subsets(["MSCOCO_t2i ImageNet-1K", "ImageNet-1K,RefCOCO"]) == ["ImageNet-1K", "MSCOCO_t2i",
-                                                                                   "RefCOCO"]
+    assert resolve_subsets(["MSCOCO_t2i ImageNet-1K", "ImageNet-1K,RefCOCO"]) == [
+        "ImageNet-1K",
+        "MSCOCO_t2i",
+        "RefCOCO",
+    ]
 
 
 def test_unknown_subset_names_the_culprit():

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import evaluate_mmeb
+from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder, write_eval_dataset, write_image
 from modeling_vlm2vec.evaluation import evaluate_mmeb as run_mmeb
-from modeling_vlm2vec.evaluation.testing import KeyedEncoder, write_eval_dataset, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 IMG_TGT = "<|image_1|> Represent the given image."
@@ -28,33 +28,59 @@ def _known_suite(root: Path) -> dict:
     for key in (1, 2, 3, 1):  # the last row repeats the first query: de-duplicated
         img = f"cls/img[{key}].png"
         write_image(images, img)
-        cls_rows.append({"qry_text": "<|image_1|> Represent the given image for classification.",
-                         "qry_img_path": img, "tgt_text": [f"label [{key}]"] + [t for t in labels if t != labels[key - 1]],
-                         "tgt_img_path": [""] * 4})
+        cls_rows.append(
+            {
+                "qry_text": "<|image_1|> Represent the given image for classification.",
+                "qry_img_path": img,
+                "tgt_text": [f"label [{key}]"] + [t for t in labels if t != labels[key - 1]],
+                "tgt_img_path": [""] * 4,
+            }
+        )
     # The positive's key differs from the query's and a negative shares it: always wrong.
-    news_rows = [{"qry_text": f"<|image_1|> news [{k}]", "qry_img_path": write_image(images, f"news/{k}.png")
-                  .relative_to(images).as_posix(), "tgt_text": [f"domain [{k + 1}]", f"domain [{k}]", "domain [9]"],
-                  "tgt_img_path": ["", "", ""]} for k in (5, 6, 7)]
+    news_rows = [
+        {
+            "qry_text": f"<|image_1|> news [{k}]",
+            "qry_img_path": write_image(images, f"news/{k}.png").relative_to(images).as_posix(),
+            "tgt_text": [f"domain [{k + 1}]", f"domain [{k}]", "domain [9]"],
+            "tgt_img_path": ["", "", ""],
+        }
+        for k in (5, 6, 7)
+    ]
     coco_rows = []
-    for row, (query_key, positive_key) in enumerate([(1, 1), (2, 2), (3, 8), (4, 9)]):  # two right, two wrong
+    for query_key, positive_key in [(1, 1), (2, 2), (3, 8), (4, 9)]:  # two right, two wrong
         cands = [f"coco/c[{positive_key}].png"] + [f"coco/c[{k}].png" for k in (11, 12, 13)]
         for c in cands:
             write_image(images, c)
-        coco_rows.append({"qry_text": f"Find me an everyday image that matches the given caption: cap [{query_key}]",
-                          "qry_img_path": "", "tgt_text": [IMG_TGT] * 4, "tgt_img_path": cands})
+        coco_rows.append(
+            {
+                "qry_text": f"Find me an everyday image that matches the given caption: cap [{query_key}]",
+                "qry_img_path": "",
+                "tgt_text": [IMG_TGT] * 4,
+                "tgt_img_path": cands,
+            }
+        )
     # Every candidate is a different image with the query's key: all scores tie, which never counts as a hit.
     ref_rows = []
     for k in (5, 6):
         crops = [f"ref/crop[{k}]_{j}.png" for j in range(3)]
         for c in crops + [f"ref/scene{k}.png"]:
             write_image(images, c)
-        ref_rows.append({"qry_text": f"<|image_1|> Select the object labeled as [{k}]", "qry_img_path": f"ref/scene{k}.png",
-                         "tgt_text": [IMG_TGT] * 3, "tgt_img_path": crops})
+        ref_rows.append(
+            {
+                "qry_text": f"<|image_1|> Select the object labeled as [{k}]",
+                "qry_img_path": f"ref/scene{k}.png",
+                "tgt_text": [IMG_TGT] * 3,
+                "tgt_img_path": crops,
+            }
+        )
     for name, rows in zip(NAMES, (cls_rows, news_rows, coco_rows, ref_rows)):
         write_eval_dataset(data, name, rows)
-    return {"data": data, "images": images,
-            "hit@1": {"ImageNet-1K": 1.0, "N24News": 0.0, "MSCOCO_t2i": 0.5, "RefCOCO": 0.0},
-            "unique": {"ImageNet-1K": (3, 4), "N24News": (3, 5), "MSCOCO_t2i": (4, 7), "RefCOCO": (2, 6)}}
+    return {
+        "data": data,
+        "images": images,
+        "hit@1": {"ImageNet-1K": 1.0, "N24News": 0.0, "MSCOCO_t2i": 0.5, "RefCOCO": 0.0},
+        "unique": {"ImageNet-1K": (3, 4), "N24News": (3, 5), "MSCOCO_t2i": (4, 7), "RefCOCO": (2, 6)},
+    }
 
 
 @pytest.fixture
@@ -63,8 +89,16 @@ def suite(tmp_path):
 
 
 def _run(suite, out, encoder, subsets=NAMES, **kw):
-    return run_mmeb(encoder, dataset_name=str(suite["data"]), subsets=subsets, image_dir=suite["images"],
-                    output_dir=out, batch_size=2, verbose=False, **kw)
+    return run_mmeb(
+        encoder,
+        dataset_name=str(suite["data"]),
+        subsets=subsets,
+        image_dir=suite["images"],
+        output_dir=out,
+        batch_size=2,
+        verbose=False,
+        **kw,
+    )
 
 
 def test_known_answers_counts_aggregates_and_report(suite, tmp_path):
@@ -101,10 +135,16 @@ def test_synthetic_suite_is_complete_in_its_own_universe(tmp_path):
     rows = [{"qry_text": "q [1]", "qry_img_path": "", "tgt_text": ["a [1]", "b [2]"], "tgt_img_path": ["", ""]}]
     for name in ("SynCLS", "SynVQA", "SynT2I", "SynI2T", "SynGround"):
         write_eval_dataset(root, name, rows)
-    summary = run_mmeb(KeyedEncoder(), dataset_name=str(root), subsets=["synthetic"], output_dir=tmp_path / "o",
-                       verbose=False)
-    assert summary["aggregates"]["Overall"] == {"hit@1": 1.0, "n": 5, "N": 5, "datasets": list(summary["datasets"]),
-                                                "paper_hit@1": None}
+    summary = run_mmeb(
+        KeyedEncoder(), dataset_name=str(root), subsets=["synthetic"], output_dir=tmp_path / "o", verbose=False
+    )
+    assert summary["aggregates"]["Overall"] == {
+        "hit@1": 1.0,
+        "n": 5,
+        "N": 5,
+        "datasets": list(summary["datasets"]),
+        "paper_hit@1": None,
+    }
     assert summary["aggregates"]["retrieval"]["n"] == 2
 
 
@@ -138,7 +178,7 @@ def test_resume_after_crash_skips_finished_datasets(suite, tmp_path):
 
 def _bad_case(kind: str, suite) -> tuple[list[str], str]:
     """Damage the suite; return (subsets to request, pattern the error must show)."""
-    data, images = suite["data"], suite["images"]
+    data = suite["data"]
     good = {"qry_text": "x [1]", "qry_img_path": "", "tgt_text": ["a [1]", "b"], "tgt_img_path": ["", ""]}
     if kind == "unknown_subset":
         return ["ImageNet-1K", "NotADataset"], "unknown subset name 'NotADataset'"
@@ -166,12 +206,32 @@ def _bad_case(kind: str, suite) -> tuple[list[str], str]:
 
 
 def _cli_args(suite, out, subsets):
-    return ["--model_name_or_path", "/nonexistent-model", "--dataset_name", str(suite["data"]), "--image_dir",
-            str(suite["images"]), "--output_dir", str(out), "--subset_name", *subsets]
+    return [
+        "--model_name_or_path",
+        "/nonexistent-model",
+        "--dataset_name",
+        str(suite["data"]),
+        "--image_dir",
+        str(suite["images"]),
+        "--output_dir",
+        str(out),
+        "--subset_name",
+        *subsets,
+    ]
 
 
-@pytest.mark.parametrize("kind", ["unknown_subset", "missing_folder", "missing_column", "length_mismatch",
-                                  "empty_candidates", "missing_image", "escaping_image"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "unknown_subset",
+        "missing_folder",
+        "missing_column",
+        "length_mismatch",
+        "empty_candidates",
+        "missing_image",
+        "escaping_image",
+    ],
+)
 def test_bad_input_is_reported_before_anything_is_written(kind, suite, tmp_path, capsys):
     subsets, pattern = _bad_case(kind, suite)
     out = tmp_path / "out"
@@ -188,8 +248,13 @@ def test_cli_subprocess_exits_2(kind, suite, tmp_path):
     subsets, pattern = _bad_case(kind, suite)
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "evaluate_mmeb.py"), *_cli_args(suite, out, subsets)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate_mmeb.py"), *_cli_args(suite, out, subsets)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert re.search(pattern, proc.stderr) and "Traceback" not in proc.stderr
     assert not out.exists()
@@ -198,8 +263,10 @@ def test_cli_subprocess_exits_2(kind, suite, tmp_path):
 @pytest.mark.parametrize("subsets", ["[ImageNet-1K, Nope]", "ImageNet-1K Nope"])
 def test_yaml_config_is_accepted(subsets, suite, tmp_path, capsys):
     config = tmp_path / "eval.yaml"
-    config.write_text(f"model_name_or_path: /nonexistent-model\ndataset_name: {suite['data']}\n"
-                      f"output_dir: {tmp_path / 'out'}\nsubset_name: {subsets}\n")
+    config.write_text(
+        f"model_name_or_path: /nonexistent-model\ndataset_name: {suite['data']}\n"
+        f"output_dir: {tmp_path / 'out'}\nsubset_name: {subsets}\n"
+    )
     assert evaluate_mmeb.main([str(config)]) == 2
     assert "unknown subset name 'Nope'" in capsys.readouterr().err
 
@@ -224,7 +291,7 @@ def test_hub_dataset_goes_through_load_dataset(suite, monkeypatch):
     import datasets
     import pyarrow.parquet as pq
 
-    from modeling_vlm2vec.errors import DataError
+    from modeling_vlm2vec.common.errors import DataError
     from modeling_vlm2vec.evaluation import load_eval_set
 
     calls = []
@@ -247,12 +314,23 @@ def test_hub_dataset_goes_through_load_dataset(suite, monkeypatch):
 
 def test_a_repeated_positive_is_not_a_tie(tmp_path):
     # The same (text, image) as the positive, listed again, is the same item: it must not push the positive down.
-    rows = [{"qry_text": "q [1]", "qry_img_path": "", "tgt_text": ["a [1]", "b [2]", "a [1]"],
-             "tgt_img_path": ["", "", ""]},
-            {"qry_text": "q [1]", "qry_img_path": "", "tgt_text": ["a [1]", "c [1]", "b [2]"],
-             "tgt_img_path": ["", "", ""]}]  # a different item with the same embedding is a tie, counted against
+    rows = [
+        {
+            "qry_text": "q [1]",
+            "qry_img_path": "",
+            "tgt_text": ["a [1]", "b [2]", "a [1]"],
+            "tgt_img_path": ["", "", ""],
+        },
+        {
+            "qry_text": "q [1]",
+            "qry_img_path": "",
+            "tgt_text": ["a [1]", "c [1]", "b [2]"],
+            "tgt_img_path": ["", "", ""],
+        },
+    ]  # a different item with the same embedding is a tie, counted against
     write_eval_dataset(tmp_path / "d", "SynCLS", rows)
-    summary = run_mmeb(KeyedEncoder(), dataset_name=str(tmp_path / "d"), subsets=["SynCLS"],
-                       output_dir=tmp_path / "o", verbose=False)
+    summary = run_mmeb(
+        KeyedEncoder(), dataset_name=str(tmp_path / "d"), subsets=["SynCLS"], output_dir=tmp_path / "o", verbose=False
+    )
     assert summary["datasets"]["SynCLS"]["hit@1"] == 0.5
     assert summary["datasets"]["SynCLS"]["mrr"] == pytest.approx((1 + 1 / 2) / 2)

@@ -29,8 +29,17 @@ CONTEXT = {
 
 
 def _score(name, hit):
-    return {"dataset": name, "meta_task": "classification", "split": "IND", "hit@1": hit, "recall@5": 1.0,
-            "mrr": 0.8, "ndcg@10": 0.9, "num_queries": 4, "fingerprint": "x"}
+    return {
+        "dataset": name,
+        "meta_task": "classification",
+        "split": "IND",
+        "hit@1": hit,
+        "recall@5": 1.0,
+        "mrr": 0.8,
+        "ndcg@10": 0.9,
+        "num_queries": 4,
+        "fingerprint": "x",
+    }
 
 
 def _write_scores(eval_dir):
@@ -68,8 +77,13 @@ def test_card_metadata_training_and_scores_from_score_files(llava_dir, tmp_path)
     assert {"vlm2vec", "mmeb", "custom_code", "llava_next", "demo"} <= set(meta["tags"])
     results = {r["dataset"]["name"]: r["metrics"][0]["value"] for r in meta["model-index"][0]["results"]}
     # hand-computed: classification / IND / Overall = mean(50, 25)
-    assert results == {"MMEB Classification": 37.5, "MMEB IND": 37.5, "MMEB Overall": 37.5,
-                       "MMEB ImageNet-1K": 50.0, "MMEB N24News": 25.0}
+    assert results == {
+        "MMEB Classification": 37.5,
+        "MMEB IND": 37.5,
+        "MMEB Overall": 37.5,
+        "MMEB ImageNet-1K": 50.0,
+        "MMEB N24News": 25.0,
+    }
     assert "| Overall | 2/36 | 37.5 | 77.4 |" in text  # paper: mean of 74.5 and 80.3 over the same datasets
     assert "| ImageNet-1K | classification | IND | 50.0 | 74.5 |" in text
     assert "| ImageNet_1K | 1000 |" in text and "Data (1500 pairs)" in text
@@ -86,13 +100,19 @@ def test_card_metadata_training_and_scores_from_score_files(llava_dir, tmp_path)
 def _card_with_summary(llava_dir, tmp_path, *, dataset_name: str, overall: float) -> tuple[str, Path]:
     """Export with an eval folder holding score files and a summary.json that disagrees with them."""
     _write_scores(tmp_path / "eval")
-    summary = {"metric": "hit@1", "model": "m", "dataset_name": dataset_name,
-               "datasets": {"ImageNet-1K": {**_score("ImageNet-1K", 0.5), "paper_hit@1": 0.745}},
-               "aggregates": {"Overall": {"hit@1": overall, "n": 1, "N": 36, "datasets": ["ImageNet-1K"],
-                                          "paper_hit@1": None}}}
+    summary = {
+        "metric": "hit@1",
+        "model": "m",
+        "dataset_name": dataset_name,
+        "datasets": {"ImageNet-1K": {**_score("ImageNet-1K", 0.5), "paper_hit@1": 0.745}},
+        "aggregates": {
+            "Overall": {"hit@1": overall, "n": 1, "N": 36, "datasets": ["ImageNet-1K"], "paper_hit@1": None}
+        },
+    }
     (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
-    out = export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out",
-                            card_context={"eval_dir": str(tmp_path / "eval")})
+    out = export_checkpoint(
+        Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out", card_context={"eval_dir": str(tmp_path / "eval")}
+    )
     return (out / "README.md").read_text(), out
 
 
@@ -122,17 +142,25 @@ def test_card_snippets_run_without_the_package(llava_dir, tmp_path):
     base = Vlm2VecModel.from_backbone(llava_dir)
     base_dir = export_checkpoint(base, tmp_path / "base", card_context={"repo_id": "someone/tiny-base"})
     peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
-    adapter_dir = export_checkpoint(peft_model, tmp_path / "adapter", adapter_only=True, base_model=str(base_dir),
-                                    card_context={"repo_id": "someone/tiny-adapter"})
+    adapter_dir = export_checkpoint(
+        peft_model,
+        tmp_path / "adapter",
+        adapter_only=True,
+        base_model=str(base_dir),
+        card_context={"repo_id": "someone/tiny-adapter"},
+    )
     merged_snippet = _python_block((base_dir / "README.md").read_text())
     adapter_card = (adapter_dir / "README.md").read_text()
     assert _front_matter(adapter_card)["library_name"] == "peft"
     adapter_snippet = _python_block(adapter_card)
     assert f'AutoModel.from_pretrained("{base_dir}"' in adapter_snippet
-    code = "\n".join([
-        merged_snippet.replace('"someone/tiny-base"', repr(str(base_dir))),
-        "assert scores.shape == (1, 2) and pairs.shape == (1, model.config.hidden_size)",
-        adapter_snippet.replace('"someone/tiny-adapter"', repr(str(adapter_dir))),
-        "assert scores.shape == (1, 2)",
-        "print('snippets ran')"])
+    code = "\n".join(
+        [
+            merged_snippet.replace('"someone/tiny-base"', repr(str(base_dir))),
+            "assert scores.shape == (1, 2) and pairs.shape == (1, model.config.hidden_size)",
+            adapter_snippet.replace('"someone/tiny-adapter"', repr(str(adapter_dir))),
+            "assert scores.shape == (1, 2)",
+            "print('snippets ran')",
+        ]
+    )
     assert "snippets ran" in run_isolated(code)

@@ -11,17 +11,21 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.hub.convert_official import convert_official_checkpoint
 from modeling_vlm2vec.processing_vlm2vec import process_batch
 
 # transformers-5 raw-model prefixes -> the transformers-4 names the official releases were saved with
 V4_NAMES = {
-    "qwen2_vl": [("base_model.model.model.language_model.", "base_model.model.model."),
-                 ("base_model.model.model.visual.", "base_model.model.visual.")],
-    "llava_next": [("base_model.model.model.language_model.", "base_model.model.language_model.model."),
-                   ("base_model.model.model.vision_tower.", "base_model.model.vision_tower."),
-                   ("base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector.")],
+    "qwen2_vl": [
+        ("base_model.model.model.language_model.", "base_model.model.model."),
+        ("base_model.model.model.visual.", "base_model.model.visual."),
+    ],
+    "llava_next": [
+        ("base_model.model.model.language_model.", "base_model.model.language_model.model."),
+        ("base_model.model.model.vision_tower.", "base_model.model.vision_tower."),
+        ("base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector."),
+    ],
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]  # the official V1 suffix list (LLM + CLIP attention)
 TEXTS = ["<|image_1|> Represent the given image for classification.", "a red circle on a white background"]
@@ -41,7 +45,7 @@ def _official_release(raw_dir, folder, model_type, *, layout="v4"):
         for key, tensor in weights.items():
             for new, old in V4_NAMES[model_type]:
                 if key.startswith(new):
-                    key = old + key[len(new):]
+                    key = old + key[len(new) :]
                     break
             renamed[key] = tensor
         assert renamed.keys() != weights.keys()
@@ -80,8 +84,10 @@ def test_pickled_or_foreign_adapters_are_refused(tiny_backbone_dir, tmp_path):
     _official_release(raw_dir, tmp_path / "release", "qwen2_vl")
     weights = load_file(tmp_path / "release" / "adapter_model.safetensors")
     key = next(iter(weights))
-    save_file({**weights, "base_model.model.lm_head.lora_A.weight": weights[key].clone()},
-              tmp_path / "release" / "adapter_model.safetensors")
+    save_file(
+        {**weights, "base_model.model.lm_head.lora_A.weight": weights[key].clone()},
+        tmp_path / "release" / "adapter_model.safetensors",
+    )
     with pytest.raises(DataError, match="LM head"):
         convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "out")
     (tmp_path / "release" / "adapter_model.safetensors").unlink()

@@ -30,14 +30,18 @@ def model(request, tiny_backbone_dir):
 def items(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "green.png"
     _picture("green", (36, 28)).save(path)
-    return ["a red circle on a white background",
-            _picture("red", (40, 30)),
-            {"text": "<|image_1|> Represent the given image with the following question: What colour is it?",
-             "image": _picture("blue", (24, 48))},
-            {"text": "<|image_1|> Represent the given image for classification.", "image": str(path)},
-            {"text": "what shape is it"},
-            "blue",
-            {"image": str(path)}]
+    return [
+        "a red circle on a white background",
+        _picture("red", (40, 30)),
+        {
+            "text": "<|image_1|> Represent the given image with the following question: What colour is it?",
+            "image": _picture("blue", (24, 48)),
+        },
+        {"text": "<|image_1|> Represent the given image for classification.", "image": str(path)},
+        {"text": "what shape is it"},
+        "blue",
+        {"image": str(path)},
+    ]
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -45,12 +49,12 @@ def test_batched_mixed_inputs_equal_one_by_one_for_every_batch_size(model, items
     single = torch.cat([model.encode([item], prefetch=False) for item in items])  # (n, hidden)
     assert single.shape == (len(items), model.config.hidden_size)
     for batch_size in range(1, len(items) + 1):
-        torch.testing.assert_close(model.encode(items, batch_size=batch_size, prefetch=prefetch), single,
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            model.encode(items, batch_size=batch_size, prefetch=prefetch), single, rtol=0, atol=1e-5
+        )
     # order follows the input, whatever the internal length sorting does
     order = [3, 0, 6, 2, 5, 1, 4]
-    torch.testing.assert_close(model.encode([items[i] for i in order], batch_size=3), single[order],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.encode([items[i] for i in order], batch_size=3), single[order], rtol=0, atol=1e-5)
 
 
 def test_outputs_are_unit_norm_and_numpy_on_request(model, items):
@@ -66,8 +70,9 @@ def test_instruction_equals_prompt_built_by_hand(model):
     text = "a red circle on a white background"
     image = _picture("red", (40, 30))
     by_hand = [f"{INSTRUCTION} {text}", {"text": "<|image_1|> Represent the given image.", "image": image}]
-    via_argument = torch.cat([model.encode([text], instruction=INSTRUCTION),
-                              model.encode([image], instruction="Represent the given image.")])
+    via_argument = torch.cat(
+        [model.encode([text], instruction=INSTRUCTION), model.encode([image], instruction="Represent the given image.")]
+    )
     torch.testing.assert_close(via_argument, model.encode(by_hand), rtol=0, atol=1e-6)
     assert (model.encode([text]) - via_argument[:1]).abs().max() > 1e-3  # the instruction changes the input
     # the hand-built strings are what the one prompt builder produces
@@ -96,9 +101,15 @@ def test_bf16_model_encodes_to_finite_unit_float32_close_to_fp32(model, items):
 def test_length_batches_keep_text_and_image_items_apart_and_sort_images_by_pixels(tmp_path):
     path = tmp_path / "wide.png"
     _picture("red", (80, 40)).save(path)
-    items = [("a long caption " * 5, None), (None, _picture("red", (20, 20))), ("short", None),
-             ("q", str(path)), ("<|image_1|> what", _picture("blue", (30, 30))), ("mid length text", None),
-             ("x", _picture("red", (20, 20)))]
+    items = [
+        ("a long caption " * 5, None),
+        (None, _picture("red", (20, 20))),
+        ("short", None),
+        ("q", str(path)),
+        ("<|image_1|> what", _picture("blue", (30, 30))),
+        ("mid length text", None),
+        ("x", _picture("red", (20, 20))),
+    ]
     batches = _length_batches(items, batch_size=2)
     assert sorted(i for b in batches for i in b) == list(range(len(items)))
     assert all(1 <= len(b) <= 2 for b in batches)

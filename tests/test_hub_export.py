@@ -14,20 +14,37 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.hub.export import export_checkpoint, main
 
-ITEMS = ["a red circle", Image.new("RGB", (30, 20), "red"),
-         {"text": "<|image_1|> What colour is the shape?", "image": Image.new("RGB", (20, 40), "blue")}]
-EXPECTED_FILES = {"config.json", "configuration_vlm2vec.py", "modeling_vlm2vec.py", "processing_vlm2vec.py",
-                  "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"}
+ITEMS = [
+    "a red circle",
+    Image.new("RGB", (30, 20), "red"),
+    {"text": "<|image_1|> What colour is the shape?", "image": Image.new("RGB", (20, 40), "blue")},
+]
+EXPECTED_FILES = {
+    "config.json",
+    "configuration_vlm2vec.py",
+    "modeling_vlm2vec.py",
+    "processing_vlm2vec.py",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+}
 
 
 def _lora(model, seed=1):
     torch.manual_seed(seed)
     # init_lora_weights=False: B is random too, so the adapter changes the embeddings
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q|v|down)_proj",
-                        init_lora_weights=False, task_type="FEATURE_EXTRACTION")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=r".*language_model.*\.(q|v|down)_proj",
+        init_lora_weights=False,
+        task_type="FEATURE_EXTRACTION",
+    )
     return get_peft_model(model, config)
 
 
@@ -45,8 +62,10 @@ def test_merged_export_from_model_has_every_file_and_same_embeddings(raw_dir, tm
     out = export_checkpoint(model, tmp_path / "out")
     assert EXPECTED_FILES <= set(os.listdir(out))
     config = json.loads((out / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_vlm2vec.Vlm2VecConfig",
-                                  "AutoModel": "modeling_vlm2vec.Vlm2VecModel"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_vlm2vec.Vlm2VecConfig",
+        "AutoModel": "modeling_vlm2vec.Vlm2VecModel",
+    }
     assert config["image_max_pixels"] == 1000  # the resolution policy travels in config.json
     reloaded = AutoModel.from_pretrained(out)
     torch.testing.assert_close(_encode(reloaded), _encode(model), rtol=0, atol=1e-6)
@@ -103,8 +122,9 @@ def test_base_model_override_and_missing_base_error(raw_dir, tmp_path, capsys):
     assert len(error_lines) == 1 and "adapter base '/nonexistent/base' cannot be found" in error_lines[0]
     assert not (tmp_path / "bad").exists()
     assert main([str(ckpt), str(tmp_path / "good"), "--base_model", str(raw_dir)]) == 0
-    torch.testing.assert_close(_encode(AutoModel.from_pretrained(tmp_path / "good")), _encode(peft_model),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        _encode(AutoModel.from_pretrained(tmp_path / "good")), _encode(peft_model), rtol=0, atol=1e-5
+    )
 
 
 def test_adapter_only_export_loads_from_other_cwd_and_equals_merged(raw_dir, tmp_path, monkeypatch):
@@ -160,8 +180,10 @@ def test_checkpoint_errors(raw_dir, tmp_path):
     with pytest.raises(DataError, match="pickle"):
         export_checkpoint(ckpt, tmp_path / "o4")
     # an adapter in another key layout does not silently load as a no-op
-    save_file({k.replace("backbone.language_model.", "model.layers_v4."): v for k, v in weights.items()},
-              ckpt / "adapter_model.safetensors")
+    save_file(
+        {k.replace("backbone.language_model.", "model.layers_v4."): v for k, v in weights.items()},
+        ckpt / "adapter_model.safetensors",
+    )
     with pytest.raises(DataError, match="do not match"):
         export_checkpoint(ckpt, tmp_path / "o5")
     assert not any(p.name.startswith(("o", ".")) for p in tmp_path.iterdir())
@@ -185,8 +207,12 @@ def test_failed_export_leaves_nothing_and_overwrite_replaces(raw_dir, tmp_path):
 
 
 def test_command_line_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "modeling_vlm2vec.hub.export", str(tmp_path), str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeling_vlm2vec.hub.export", str(tmp_path), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "not a checkpoint" in error_lines[0]

@@ -10,16 +10,35 @@ from huggingface_hub import ModelCard
 from transformers import Trainer, TrainingArguments
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.errors import DataError
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.hub import push as push_module
 from modeling_vlm2vec.hub.export import export_checkpoint
 from modeling_vlm2vec.hub.push import HubPushMixin, files_to_push, prepare_checkpoint_for_push, push_checkpoint
 
-TRAINING_STATE = ["optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_1.pth", "scaler.pt",
-                  "trainer_state.json", "training_args.bin", "checkpoint-5/model.safetensors",
-                  "eval/cache/abc/SynCLS.safetensors", ".partial.tmp", "_private.json"]
-HUB_FILES = {"README.md", "config.json", "configuration_vlm2vec.py", "modeling_vlm2vec.py", "processing_vlm2vec.py",
-             "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"}
+TRAINING_STATE = [
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "rng_state_1.pth",
+    "scaler.pt",
+    "trainer_state.json",
+    "training_args.bin",
+    "checkpoint-5/model.safetensors",
+    "eval/cache/abc/SynCLS.safetensors",
+    ".partial.tmp",
+    "_private.json",
+]
+HUB_FILES = {
+    "README.md",
+    "config.json",
+    "configuration_vlm2vec.py",
+    "modeling_vlm2vec.py",
+    "processing_vlm2vec.py",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +69,10 @@ def test_push_creates_repo_and_uploads_with_same_filter(exported, tmp_path, monk
     monkeypatch.setattr(push_module, "create_repo", lambda repo_id, **kw: calls.setdefault("create", (repo_id, kw)))
     monkeypatch.setattr(push_module, "upload_folder", lambda **kw: calls.setdefault("upload", kw))
     files = push_checkpoint(folder, "someone/model", private=True, commit_message="v1")
-    assert calls["create"] == ("someone/model", {"token": None, "private": True, "repo_type": "model",
-                                                 "exist_ok": True})
+    assert calls["create"] == (
+        "someone/model",
+        {"token": None, "private": True, "repo_type": "model", "exist_ok": True},
+    )
     upload = calls["upload"]
     assert upload["repo_id"] == "someone/model" and upload["commit_message"] == "v1"
     assert upload["folder_path"] == str(folder)
@@ -85,8 +106,9 @@ class HubTrainer(HubPushMixin, Trainer):
 def test_trainer_mixin_pushes_complete_folders_and_keeps_our_card(exported, tmp_path, monkeypatch):
     model, _ = exported
     output_dir = tmp_path / "run"
-    args = TrainingArguments(output_dir=str(output_dir), report_to=[], use_cpu=True, learning_rate=3e-5,
-                             hub_model_id="someone/model")
+    args = TrainingArguments(
+        output_dir=str(output_dir), report_to=[], use_cpu=True, learning_rate=3e-5, hub_model_id="someone/model"
+    )
     trainer = HubTrainer(model=model, args=args)
     checkpoint = output_dir / "checkpoint-1"
     trainer.save_model(str(checkpoint))

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.demo import TINY_MODEL_TYPES
 from modeling_vlm2vec.processing_vlm2vec import process_batch
-from modeling_vlm2vec.testing import TINY_MODEL_TYPES
 
 TEXTS = [
     "<|image_1|> Represent the given image for classification.",
@@ -18,8 +18,13 @@ TEXTS = [
 
 
 def _images():
-    return [Image.new("RGB", (40, 56), (250, 10, 10)), None, Image.new("RGB", (64, 48), (10, 10, 250)), None,
-            Image.new("RGB", (30, 30), (10, 200, 10))]
+    return [
+        Image.new("RGB", (40, 56), (250, 10, 10)),
+        None,
+        Image.new("RGB", (64, 48), (10, 10, 250)),
+        None,
+        Image.new("RGB", (30, 30), (10, 200, 10)),
+    ]
 
 
 @pytest.fixture(scope="module", params=TINY_MODEL_TYPES)

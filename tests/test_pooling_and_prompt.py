@@ -18,12 +18,14 @@ def _hidden(batch, seq, dim=3):
 
 def test_last_token_pooling_left_right_and_length_one():
     hidden = _hidden(4, 5)
-    mask = torch.tensor([
-        [1, 1, 1, 0, 0],   # right padding: last real token at 2
-        [0, 0, 1, 1, 1],   # left padding: last real token at 4
-        [1, 0, 0, 0, 0],   # length-1 row, right padded
-        [0, 0, 0, 0, 1],   # length-1 row, left padded
-    ])
+    mask = torch.tensor(
+        [
+            [1, 1, 1, 0, 0],  # right padding: last real token at 2
+            [0, 0, 1, 1, 1],  # left padding: last real token at 4
+            [1, 0, 0, 0, 0],  # length-1 row, right padded
+            [0, 0, 0, 0, 1],  # length-1 row, left padded
+        ]
+    )
     pooled = pool(hidden, mask, "last")
     assert pooled[:, 1].tolist() == [2.0, 4.0, 0.0, 4.0]
     assert pooled[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
@@ -39,7 +41,9 @@ def test_mean_pooling_ignores_padding():
 
 def test_prompt_builder_official_raw_format():
     # MMEB text keeps its instruction; only the placeholder changes
-    assert build_prompt("<|image_1|> Represent the given image.", True, "<image>") == "<image> Represent the given image."
+    assert (
+        build_prompt("<|image_1|> Represent the given image.", True, "<image>") == "<image> Represent the given image."
+    )
     assert build_prompt("<|image_1|> Find a caption.", True, "<|image_pad|>") == "<|image_pad|> Find a caption."
     # an image item without a placeholder gets it first; instruction and text joined by one space
     assert build_prompt("a dog", True, "<image>", instruction="Represent this:") == "<image> Represent this: a dog"

@@ -10,7 +10,7 @@ from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image, ImageDraw
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.testing import TINY_MODEL_TYPES
+from modeling_vlm2vec.demo import TINY_MODEL_TYPES
 
 TEXT = "Find me an everyday image that matches the given caption: a red circle on a white background"
 PAIR_TEXT = "<|image_1|> Represent the given image with the following question: What colour is the shape?"

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
-from train_batches import contrastive_batch
-from train_batches import single_thread  # noqa: F401  (autouse fixture)
+from train_batches import (
+    contrastive_batch,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.processing_vlm2vec import process_batch
@@ -29,8 +31,9 @@ def _pad_id(model):
     return model.config.get_text_config().pad_token_id or 0
 
 
-@pytest.mark.parametrize("model_type, padding_side",
-                         [(b, "right") for b in BACKBONES] + [("llava_next", "left"), ("qwen2_vl", "left")])
+@pytest.mark.parametrize(
+    "model_type, padding_side", [(b, "right") for b in BACKBONES] + [("llava_next", "left"), ("qwen2_vl", "left")]
+)
 def test_chunk_embeddings_equal_full_batch(models, model_type, padding_side):
     model = models(model_type, padding_side)
     batch = contrastive_batch(model, [0, 1, 2, 1, 0, 1, 0])  # 7 rows: images on rows 0, 2, 4, 6
@@ -54,8 +57,9 @@ def test_chunk_embeddings_equal_full_batch(models, model_type, padding_side):
 def test_concat_groups_is_one_batch_of_all_rows(models, model_type):
     model = models(model_type)
     batch = contrastive_batch(model, [1, 0, 2, 0], seed=3)
-    text_only = process_batch(model.processor, model.config, ["a red circle", "blue square on a white star"],
-                              [None, None])
+    text_only = process_batch(
+        model.processor, model.config, ["a red circle", "blue square on a white star"], [None, None]
+    )
     groups = [text_only, batch["query"], batch["positive"], batch["negative"]]
     with torch.no_grad():
         separate = torch.cat([model(**g).embeddings for g in groups])

@@ -1,4 +1,5 @@
-"""Two gloo processes with B/2 rows each == one process with B rows: same loss and gradients, one all-reduce per step."""
+"""Two gloo processes with B/2 rows each == one process with B rows: same loss and gradients, one all-reduce per
+step."""
 
 import os
 import warnings
@@ -7,8 +8,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
-from train_batches import contrastive_batch, full_batch_loss, gradients, groups_of, loss_of, relative_error
-from train_batches import single_thread  # noqa: F401  (autouse fixture)
+from train_batches import (
+    contrastive_batch,
+    full_batch_loss,
+    gradients,
+    groups_of,
+    loss_of,
+    relative_error,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.training.grad_cache import GradCache
@@ -69,7 +77,7 @@ def _worker(rank, init_file, backbone_dir, out_dir):
 
 
 def _subset(results, prefix):
-    return {k[len(prefix):]: v for k, v in results.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in results.items() if k.startswith(prefix)}
 
 
 def test_two_processes_equal_one_process(tiny_backbone_dir, tmp_path):

@@ -2,8 +2,16 @@
 
 import pytest
 import torch
-from train_batches import single_thread  # noqa: F401  (autouse fixture)
-from train_batches import chunked_loss, contrastive_batch, full_batch_loss, gradients, groups_of, loss_of, relative_error
+from train_batches import (
+    chunked_loss,
+    contrastive_batch,
+    full_batch_loss,
+    gradients,
+    groups_of,
+    loss_of,
+    relative_error,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.training.arguments import LoraArguments

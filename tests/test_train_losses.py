@@ -35,8 +35,7 @@ def _embeddings(seed, batch, counts, dim=8):
     g = torch.Generator().manual_seed(seed)
     q = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1)
     p = F.normalize(q + 0.7 * torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1)
-    negs = [[F.normalize(torch.randn(dim, generator=g, dtype=torch.float64), dim=0) for _ in range(k)]
-            for k in counts]
+    negs = [[F.normalize(torch.randn(dim, generator=g, dtype=torch.float64), dim=0) for _ in range(k)] for k in counts]
     return q, p, negs
 
 
@@ -45,12 +44,16 @@ def _embeddings(seed, batch, counts, dim=8):
 def test_loss_value_gradient_and_accuracy_match_naive_loops(counts, symmetric):
     q, p, negs = _embeddings(0, len(counts), counts)
     flat = torch.stack([n for row in negs for n in row]) if sum(counts) else None
-    leaves = [t.clone().requires_grad_() for t in (q, p)] + ([flat.clone().requires_grad_()] if flat is not None else [])
-    out = contrastive_loss(leaves[0], leaves[1], leaves[2] if flat is not None else None, temperature=TAU,
-                           symmetric=symmetric)
+    leaves = [t.clone().requires_grad_() for t in (q, p)] + (
+        [flat.clone().requires_grad_()] if flat is not None else []
+    )
+    out = contrastive_loss(
+        leaves[0], leaves[1], leaves[2] if flat is not None else None, temperature=TAU, symmetric=symmetric
+    )
 
     ref_leaves = [t.clone().requires_grad_() for t in (q, p)] + (
-        [flat.clone().requires_grad_()] if flat is not None else [])
+        [flat.clone().requires_grad_()] if flat is not None else []
+    )
     ref_negs, start = [], 0
     for k in counts:
         ref_negs.append([ref_leaves[2][start + j] for j in range(k)])

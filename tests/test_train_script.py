@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 from transformers.integrations import integration_utils
 
 import train
-from hub_isolation import emit_json_code, last_json_line, run_isolated
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.pipeline import DataArguments, ModelArguments, check_reporting
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
 
@@ -37,11 +37,22 @@ def backbone(tiny_backbone_dir):
 
 def _recipe(tmp_path, backbone, synthetic, **overrides) -> Path:
     recipe = {
-        "output_dir": str(tmp_path / "out"), "model_name_or_path": str(backbone),
-        "dataset_config": str(synthetic["data_config"]), "per_device_train_batch_size": 8,
-        "gc_q_chunk_size": 3, "gc_p_chunk_size": 3, "learning_rate": 1e-3, "max_steps": 3, "save_steps": 100,
-        "logging_steps": 1, "use_cpu": True, "report_to": [], "do_eval": False, "seed": 0,
-        "dataloader_num_workers": 0, "disable_tqdm": True,
+        "output_dir": str(tmp_path / "out"),
+        "model_name_or_path": str(backbone),
+        "dataset_config": str(synthetic["data_config"]),
+        "per_device_train_batch_size": 8,
+        "gc_q_chunk_size": 3,
+        "gc_p_chunk_size": 3,
+        "learning_rate": 1e-3,
+        "max_steps": 3,
+        "save_steps": 100,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "report_to": [],
+        "do_eval": False,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
     }
     recipe.update(overrides)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -67,14 +78,29 @@ def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
 
 
 def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path, backbone, synthetic):
-    recipe = _recipe(tmp_path, backbone, synthetic, do_eval=True, eval_dataset_name=str(synthetic["eval_root"]),
-                     eval_image_dir=str(synthetic["root"]), eval_subset_name=["SynCLS", "SynT2I"])
+    recipe = _recipe(
+        tmp_path,
+        backbone,
+        synthetic,
+        do_eval=True,
+        eval_dataset_name=str(synthetic["eval_root"]),
+        eval_image_dir=str(synthetic["root"]),
+        eval_subset_name=["SynCLS", "SynT2I"],
+    )
     proc = _run([str(recipe)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "out"
-    for name in ("config.json", "configuration_vlm2vec.py", "modeling_vlm2vec.py", "processing_vlm2vec.py",
-                 "model.safetensors", "README.md", "eval/summary.json", "eval/SynCLS_score.json",
-                 "eval/baseline/summary.json"):
+    for name in (
+        "config.json",
+        "configuration_vlm2vec.py",
+        "modeling_vlm2vec.py",
+        "processing_vlm2vec.py",
+        "model.safetensors",
+        "README.md",
+        "eval/summary.json",
+        "eval/SynCLS_score.json",
+        "eval/baseline/summary.json",
+    ):
         assert (out / name).is_file(), name
     assert "| SynCLS |" in proc.stdout and "before" in proc.stdout  # the before/after table
     assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_vlm2vec.Vlm2VecModel"
@@ -85,13 +111,16 @@ def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path
     assert not torch.equal(trained.state_dict()[name], untrained.state_dict()[name])
 
     image = str(synthetic["root"] / pq_first_image(synthetic))
-    items = [{"text": "Find me an everyday image that matches the given caption: a red circle"},
-             {"text": "<|image_1|> Represent the given image.", "image": image}]
+    items = [
+        {"text": "Find me an everyday image that matches the given caption: a red circle"},
+        {"text": "<|image_1|> Represent the given image.", "image": image},
+    ]
     local = trained.encode(items).numpy()
     stdout = run_isolated(
         "import json\nfrom transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
-        f"e = m.encode({items!r})\n" + emit_json_code("e.tolist()"))
+        f"e = m.encode({items!r})\n" + emit_json_code("e.tolist()")
+    )
     np.testing.assert_allclose(np.array(last_json_line(stdout)), local, atol=1e-6, rtol=0)
 
 
@@ -105,14 +134,27 @@ def pq_first_image(synthetic) -> str:
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, backbone, synthetic, cached):
     # uncached: one forward per group in one process, one forward of the concatenated groups under DDP
     chunks = {} if cached else dict(gc_q_chunk_size=None, gc_p_chunk_size=None)
-    common = dict(optim="sgd", learning_rate=0.05, max_steps=3, max_grad_norm=0.0, lr_scheduler_type="constant",
-                  **chunks)
+    common = dict(
+        optim="sgd", learning_rate=0.05, max_steps=3, max_grad_norm=0.0, lr_scheduler_type="constant", **chunks
+    )
     one = _recipe(tmp_path / "one", backbone, synthetic, per_device_train_batch_size=8, **common)
     two = _recipe(tmp_path / "two", backbone, synthetic, per_device_train_batch_size=4, **common)
     proc = _run([str(one)])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     proc = _run([str(two)], launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "World size (processes): 2" in (tmp_path / "two" / "out" / "README.md").read_text()
@@ -134,8 +176,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, back
     for item in out_b.iterdir():
         if item.name != "checkpoint-2":
             subprocess.run(["rm", "-rf", str(item)], check=True)
-    resumed = _recipe(tmp_path / "b", backbone, synthetic, resume_from_checkpoint=str(out_b / "checkpoint-2"),
-                      **common)
+    resumed = _recipe(tmp_path / "b", backbone, synthetic, resume_from_checkpoint=str(out_b / "checkpoint-2"), **common)
     proc = _run([str(resumed)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     _assert_same_weights(_weights(tmp_path / "a" / "out"), _weights(out_b), atol=1e-6)
@@ -150,8 +191,12 @@ def _bad_source(tmp_path, rows: list[dict], image_dir: Path, name: str = "Bad") 
 
 
 def _row(**kw):
-    row = {"qry": "<|image_1|> Represent the given image.", "qry_image_path": "img.png", "pos_text": "a red circle",
-           "pos_image_path": ""}
+    row = {
+        "qry": "<|image_1|> Represent the given image.",
+        "qry_image_path": "img.png",
+        "pos_text": "a red circle",
+        "pos_image_path": "",
+    }
     row.update(kw)
     return row
 
@@ -165,14 +210,18 @@ def image_dir(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("case, rows, message", [
-    ("missing column", [{"qry": "q", "qry_image_path": "", "pos_text": "p"}], "pos_image_path"),
-    ("missing image", [_row(qry_image_path="nope.png")], "not found"),
-    ("escaping path", [_row(qry_image_path="../outside.png")], "escapes"),
-    ("only empty query rows", [_row(qry="", qry_image_path="")], "no usable row"),
-])
-def test_bad_training_data_fails_fast_naming_source_row_and_file(tmp_path, image_dir, backbone, synthetic, capsys,
-                                                                 case, rows, message):
+@pytest.mark.parametrize(
+    "case, rows, message",
+    [
+        ("missing column", [{"qry": "q", "qry_image_path": "", "pos_text": "p"}], "pos_image_path"),
+        ("missing image", [_row(qry_image_path="nope.png")], "not found"),
+        ("escaping path", [_row(qry_image_path="../outside.png")], "escapes"),
+        ("only empty query rows", [_row(qry="", qry_image_path="")], "no usable row"),
+    ],
+)
+def test_bad_training_data_fails_fast_naming_source_row_and_file(
+    tmp_path, image_dir, backbone, synthetic, capsys, case, rows, message
+):
     config = _bad_source(tmp_path, rows, image_dir)
     recipe = _recipe(tmp_path, backbone, synthetic, dataset_config=str(config))
     assert train.main([str(recipe)]) == 2
@@ -200,8 +249,11 @@ def test_demo_recipe_parses_and_needs_no_logging_package(monkeypatch):
 
 def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, backbone, synthetic):
     missing = tmp_path / "missing.yaml"
-    missing.write_text(yaml.safe_dump({"sources": [{"name": "Ghost", "path": str(tmp_path / "ghost.parquet"),
-                                                    "image_dir": str(image_dir)}]}))
+    missing.write_text(
+        yaml.safe_dump(
+            {"sources": [{"name": "Ghost", "path": str(tmp_path / "ghost.parquet"), "image_dir": str(image_dir)}]}
+        )
+    )
     proc = _run([str(_recipe(tmp_path, backbone, synthetic, dataset_config=str(missing)))])
     assert proc.returncode == 2 and "Ghost" in proc.stderr and "error:" in proc.stderr, proc.stderr[-2000:]
 

@@ -2,19 +2,27 @@
 
 import pytest
 import torch
-from train_batches import copy_gradients, full_batch_loss, gradients, groups_of, loss_of, noise_image, relative_error
-from train_batches import single_thread  # noqa: F401  (autouse fixture)
+from train_batches import (
+    copy_gradients,
+    full_batch_loss,
+    gradients,
+    groups_of,
+    loss_of,
+    noise_image,
+    relative_error,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from transformers import TrainerCallback
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.data.collator import Vlm2VecCollator
 from modeling_vlm2vec.data.sampler import GlobalBatchSampler
 from modeling_vlm2vec.data.sources import load_corpus
-from modeling_vlm2vec.data.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.processing_vlm2vec import process_batch
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
-from modeling_vlm2vec.training.lora import prepare_trainable_model
 from modeling_vlm2vec.training.batching import split_group
+from modeling_vlm2vec.training.lora import prepare_trainable_model
 from modeling_vlm2vec.training.trainer import ContrastiveTrainer, embed_groups
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
@@ -25,8 +33,13 @@ def toy_rows(n_negatives=(0, 1, 2, 0, 1, 0, 0, 1)):
     rows = []
     for i, colour in enumerate(COLOURS):
         negatives = [(f"a {COLOURS[(i + j + 1) % 8]} square", None) for j in range(n_negatives[i])]
-        rows.append({"query": ("<|image_1|> Represent the given image for classification.", noise_image(i)),
-                     "positive": (f"a {colour} circle on a white background", None), "negatives": negatives})
+        rows.append(
+            {
+                "query": ("<|image_1|> Represent the given image for classification.", noise_image(i)),
+                "positive": (f"a {colour} circle on a white background", None),
+                "negatives": negatives,
+            }
+        )
     return rows
 
 
@@ -40,9 +53,11 @@ class Collator:
         return process_batch(self.processor, self.config, [t for t, _ in items], [img for _, img in items])
 
     def __call__(self, rows):
-        batch = {"query": self._group([r["query"] for r in rows]),
-                 "positive": self._group([r["positive"] for r in rows]),
-                 "neg_counts": torch.tensor([len(r["negatives"]) for r in rows])}
+        batch = {
+            "query": self._group([r["query"] for r in rows]),
+            "positive": self._group([r["positive"] for r in rows]),
+            "neg_counts": torch.tensor([len(r["negatives"]) for r in rows]),
+        }
         negatives = [n for r in rows for n in r["negatives"]]
         if negatives:
             batch["negative"] = self._group(negatives)
@@ -65,8 +80,17 @@ def _model(backbone_dir, lora=False):
 
 
 def _args(tmp_path, **overrides):
-    defaults = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
-                    per_device_train_batch_size=4, learning_rate=2e-3, seed=0, disable_tqdm=True)
+    defaults = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=2e-3,
+        seed=0,
+        disable_tqdm=True,
+    )
     return ContrastiveTrainingArguments(**{**defaults, **overrides})
 
 
@@ -88,10 +112,12 @@ def test_accumulated_gradient_is_the_mean_of_micro_batch_gradients(tiny_backbone
     model = _model(backbone_dir, lora)
     collator, capture = Collator(model), GradientCapture()
     chunks = dict(gc_q_chunk_size=2, gc_p_chunk_size=2) if cached else {}
-    args = _args(tmp_path, gradient_accumulation_steps=2, max_steps=1, max_grad_norm=0.0,
-                 activation_checkpointing=lora, **chunks)
-    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=toy_rows(), data_collator=collator,
-                                 callbacks=[capture])
+    args = _args(
+        tmp_path, gradient_accumulation_steps=2, max_steps=1, max_grad_norm=0.0, activation_checkpointing=lora, **chunks
+    )
+    trainer = ContrastiveTrainer(
+        model=model, args=args, train_dataset=toy_rows(), data_collator=collator, callbacks=[capture]
+    )
     uncached_calls = []
     compute_loss = trainer.compute_loss
     trainer.compute_loss = lambda *a, **k: uncached_calls.append(1) or compute_loss(*a, **k)
@@ -118,13 +144,16 @@ def test_embed_groups_in_one_forward_or_one_per_group_equals_row_by_row(tiny_bac
     model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type)).eval()
     groups = groups_of(Collator(model)(toy_rows()))
     with torch.no_grad():
-        expected = {name: torch.cat([model(**row).embeddings for row in split_group(group, 1)])
-                    for name, group in groups.items()}  # every row alone, no padding at all
+        expected = {
+            name: torch.cat([model(**row).embeddings for row in split_group(group, 1)])
+            for name, group in groups.items()
+        }  # every row alone, no padding at all
     pad_token_id = model.config.get_text_config().pad_token_id or 0
     grads = []
     for one_forward in (False, True):
-        embeddings = embed_groups(model, groups, one_forward=one_forward, padding_side=model.config.padding_side,
-                                  pad_token_id=pad_token_id)
+        embeddings = embed_groups(
+            model, groups, one_forward=one_forward, padding_side=model.config.padding_side, pad_token_id=pad_token_id
+        )
         assert list(embeddings) == list(groups)
         for name in groups:
             torch.testing.assert_close(embeddings[name].detach(), expected[name], rtol=1e-4, atol=1e-5)
@@ -139,8 +168,9 @@ def test_uncached_step_in_one_process_runs_one_forward_per_group(tiny_backbone_d
     batch = collator(toy_rows())
     trainer = ContrastiveTrainer(model=model, args=_args(tmp_path), data_collator=collator)
     shapes = []
-    model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(tuple(kwargs["attention_mask"].shape)),
-                                with_kwargs=True)
+    model.register_forward_hook(
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["attention_mask"].shape)), with_kwargs=True
+    )
     loss = trainer.compute_loss(model.train(), batch)
     assert shapes == [tuple(group["attention_mask"].shape) for group in groups_of(batch).values()]
     assert loss.item() == pytest.approx(full_batch_loss(model, batch).loss.item(), rel=1e-5)
@@ -178,8 +208,15 @@ def test_corpus_uses_the_global_batch_sampler_and_resumes_in_order(tiny_backbone
     def run(max_steps, output, resume=None):
         model = _model(backbone_dir)
         collator = RowRecorder(model.processor, model.config)
-        args = _args(output, max_steps=max_steps, save_strategy="steps", save_steps=2, seed=3,
-                     gc_q_chunk_size=2, gc_p_chunk_size=2)
+        args = _args(
+            output,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=2,
+            seed=3,
+            gc_q_chunk_size=2,
+            gc_p_chunk_size=2,
+        )
         trainer = ContrastiveTrainer(model=model, args=args, train_dataset=corpus, data_collator=collator)
         trainer.train(resume_from_checkpoint=resume)
         return trainer, collator.rows

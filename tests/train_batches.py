@@ -13,6 +13,7 @@ from modeling_vlm2vec.processing_vlm2vec import process_batch
 from modeling_vlm2vec.training.batching import split_group
 from modeling_vlm2vec.training.losses import contrastive_loss
 
+
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine threads spin against each
@@ -45,16 +46,21 @@ def contrastive_batch(model, neg_counts: list[int], seed: int = 0, rows: slice |
     n = len(neg_counts)
     queries = [_item(rng, i % 2 == 0, seed * 1000 + i) for i in range(n)]
     positives = [_item(rng, i % 3 == 1, seed * 1000 + 100 + i) for i in range(n)]
-    negatives = [[_item(rng, (i + j) % 2 == 1, seed * 1000 + 200 + 10 * i + j) for j in range(k)]
-                 for i, k in enumerate(neg_counts)]
+    negatives = [
+        [_item(rng, (i + j) % 2 == 1, seed * 1000 + 200 + 10 * i + j) for j in range(k)]
+        for i, k in enumerate(neg_counts)
+    ]
     rows = rows or slice(0, n)
     processor, config = model.processor, model.config
 
     def group(items):
         return process_batch(processor, config, [t for t, _ in items], [img for _, img in items])
 
-    batch = {"query": group(queries[rows]), "positive": group(positives[rows]),
-             "neg_counts": torch.tensor(neg_counts[rows], dtype=torch.long)}
+    batch = {
+        "query": group(queries[rows]),
+        "positive": group(positives[rows]),
+        "neg_counts": torch.tensor(neg_counts[rows], dtype=torch.long),
+    }
     flat_negatives = [item for per_row in negatives[rows] for item in per_row]
     if flat_negatives:
         batch["negative"] = group(flat_negatives)
@@ -66,8 +72,13 @@ def groups_of(batch: dict) -> dict:
 
 
 def loss_of(embeddings: dict, temperature: float = 0.02, symmetric: bool = False):
-    return contrastive_loss(embeddings["query"], embeddings["positive"], embeddings.get("negative"),
-                            temperature=temperature, symmetric=symmetric)
+    return contrastive_loss(
+        embeddings["query"],
+        embeddings["positive"],
+        embeddings.get("negative"),
+        temperature=temperature,
+        symmetric=symmetric,
+    )
 
 
 def full_batch_loss(model, batch: dict, **loss_kwargs):
@@ -77,15 +88,20 @@ def full_batch_loss(model, batch: dict, **loss_kwargs):
 
 def chunked_loss(model, batch: dict, chunk_sizes: dict, **loss_kwargs):
     """The loss of the chunked forward with every chunk's graph kept (chunks embedded in GradCache order)."""
-    embeddings = {name: torch.cat([model(**chunk).embeddings for chunk in split_group(g, chunk_sizes[name])])
-                  for name, g in groups_of(batch).items()}
+    embeddings = {
+        name: torch.cat([model(**chunk).embeddings for chunk in split_group(g, chunk_sizes[name])])
+        for name, g in groups_of(batch).items()
+    }
     return loss_of(embeddings, **loss_kwargs)
 
 
 def copy_gradients(model) -> dict[str, torch.Tensor]:
     """Copies of the trainable parameters' gradients (zeros where no gradient reached)."""
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def gradients(model) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ Format::
 
 Relative ``path`` and ``image_dir`` values are resolved against the folder of the YAML file; ``$VAR`` / ``${VAR}``
 are expanded from the environment (an unset variable is an error, so a placeholder never passes silently).
-Every problem raises :class:`~modeling_vlm2vec.errors.DataError` naming the source and the config file.
+Every problem raises :class:`~modeling_vlm2vec.common.errors.DataError` naming the source and the config file.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import DataError
+from ..common.errors import DataError
 
 DEFAULT_SPLIT = "original"
 _REQUIRED_KEYS = ("name", "path", "image_dir")
@@ -50,8 +50,9 @@ class SourceSpec:
 def _expand(value: str, *, key: str, source: str, config_file: str) -> str:
     missing = [a or b for a, b in _ENV_VAR.findall(value) if (a or b) not in os.environ]
     if missing:
-        raise DataError(f"{key} {value!r} uses unset environment variable(s) {', '.join(missing)}",
-                        dataset=source, file=config_file)
+        raise DataError(
+            f"{key} {value!r} uses unset environment variable(s) {', '.join(missing)}", dataset=source, file=config_file
+        )
     return os.path.expandvars(value)
 
 
@@ -63,8 +64,11 @@ def _parse_source(entry: object, index: int, base: Path, config_file: str) -> So
         raise DataError(f"sources[{index}] needs a non-empty string 'name'", file=config_file)
     unknown = sorted(set(entry) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
     if unknown:
-        raise DataError(f"unknown key(s) {unknown}; allowed: {list(_REQUIRED_KEYS + _OPTIONAL_KEYS)}",
-                        dataset=name, file=config_file)
+        raise DataError(
+            f"unknown key(s) {unknown}; allowed: {list(_REQUIRED_KEYS + _OPTIONAL_KEYS)}",
+            dataset=name,
+            file=config_file,
+        )
     for key in _REQUIRED_KEYS[1:]:
         if not isinstance(entry.get(key), str) or not entry[key].strip():
             raise DataError(f"needs a non-empty string {key!r}", dataset=name, file=config_file)
@@ -72,10 +76,10 @@ def _parse_source(entry: object, index: int, base: Path, config_file: str) -> So
         if entry.get(key) is not None and not isinstance(entry[key], str):
             raise DataError(f"{key!r} must be a string", dataset=name, file=config_file)
     num_samples = entry.get("num_samples")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                    or num_samples < 1):
-        raise DataError(f"num_samples must be a positive integer, got {num_samples!r}", dataset=name,
-                        file=config_file)
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise DataError(f"num_samples must be a positive integer, got {num_samples!r}", dataset=name, file=config_file)
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
         raise DataError(f"weight must be a positive number, got {weight!r}", dataset=name, file=config_file)
@@ -90,9 +94,16 @@ def _parse_source(entry: object, index: int, base: Path, config_file: str) -> So
     image_dir = image_dir if image_dir.is_absolute() else base / image_dir
     if not image_dir.is_dir():
         raise DataError(f"image_dir {str(image_dir)!r} is not a folder", dataset=name, file=config_file)
-    return SourceSpec(name=name, path=path, image_dir=image_dir, subset=entry.get("subset"),
-                      split=entry.get("split") or DEFAULT_SPLIT, num_samples=num_samples, weight=float(weight),
-                      config_file=config_file)
+    return SourceSpec(
+        name=name,
+        path=path,
+        image_dir=image_dir,
+        subset=entry.get("subset"),
+        split=entry.get("split") or DEFAULT_SPLIT,
+        num_samples=num_samples,
+        weight=float(weight),
+        config_file=config_file,
+    )
 
 
 def load_data_config(config_path: str | os.PathLike) -> list[SourceSpec]:
@@ -108,8 +119,9 @@ def load_data_config(config_path: str | os.PathLike) -> list[SourceSpec]:
     if not isinstance(config, dict) or not isinstance(config.get("sources"), list) or not config["sources"]:
         raise DataError("data config must be a mapping with a non-empty 'sources' list", file=config_file)
     if set(config) != {"sources"}:
-        raise DataError(f"unknown top-level key(s) {sorted(set(config) - {'sources'})}; only 'sources' is allowed",
-                        file=config_file)
+        raise DataError(
+            f"unknown top-level key(s) {sorted(set(config) - {'sources'})}; only 'sources' is allowed", file=config_file
+        )
     base = Path(config_path).resolve().parent
     specs: list[SourceSpec] = []
     for index, entry in enumerate(config["sources"]):

@@ -2,7 +2,7 @@
 
 Image paths in MMEB rows are relative to an image root. They are resolved under that root only: absolute paths and
 paths that escape the root (``..``, symlinks pointing outside) are rejected. Pillow's decompression-bomb guard stays
-on. Every failure raises :class:`~modeling_vlm2vec.errors.DataError` naming the dataset, the row and the path.
+on. Every failure raises :class:`~modeling_vlm2vec.common.errors.DataError` naming the dataset, the row and the path.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import DataError
+from ..common.errors import DataError
 
 
 def resolve_image_path(image_dir: str | os.PathLike, rel_path: str, *, dataset: str, row: int | None) -> Path:
     """Return the real path of ``rel_path`` inside ``image_dir``; raise ``DataError`` if it is absolute or escapes."""
     if os.path.isabs(rel_path) or rel_path.startswith(("\\", "/")) or (len(rel_path) > 1 and rel_path[1] == ":"):
-        raise DataError(f"image path must be relative to image_dir {str(image_dir)!r}, got an absolute path",
-                        dataset=dataset, row=row, file=rel_path)
+        raise DataError(
+            f"image path must be relative to image_dir {str(image_dir)!r}, got an absolute path",
+            dataset=dataset,
+            row=row,
+            file=rel_path,
+        )
     root = Path(image_dir).resolve()
     full = (root / rel_path).resolve()
     if full != root and root not in full.parents:
@@ -40,5 +44,6 @@ def load_image(path: str | os.PathLike, *, dataset: str, row: int | None) -> Ima
                 img.load()
                 return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"cannot read image ({type(exc).__name__}: {exc})", dataset=dataset, row=row,
-                        file=str(path)) from exc
+        raise DataError(
+            f"cannot read image ({type(exc).__name__}: {exc})", dataset=dataset, row=row, file=str(path)
+        ) from exc

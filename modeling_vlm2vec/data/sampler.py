@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..errors import DataError
+from ..common.errors import DataError
 from .sources import TrainingCorpus
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,20 @@ class GlobalBatchSampler(Sampler[list[int]]):
     that order, as in :class:`~modeling_vlm2vec.data.sources.TrainingCorpus`.
     """
 
-    def __init__(self, source_sizes: Sequence[int], *, global_batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, mode: str = "mixed", weights: Sequence[float] | None = None,
-                 homogeneous_sub_batch: int | None = None, source_names: Sequence[str] | None = None,
-                 start_batch: int = 0):
+    def __init__(
+        self,
+        source_sizes: Sequence[int],
+        *,
+        global_batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        mode: str = "mixed",
+        weights: Sequence[float] | None = None,
+        homogeneous_sub_batch: int | None = None,
+        source_names: Sequence[str] | None = None,
+        start_batch: int = 0,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if global_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -61,11 +71,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
             raise ValueError(f"global batch size {global_batch_size} is not divisible by world size {world_size}")
         sub_batch = homogeneous_sub_batch or global_batch_size
         if mode == "homogeneous" and global_batch_size % sub_batch:
-            raise ValueError(f"global batch size {global_batch_size} is not a multiple of homogeneous_sub_batch "
-                             f"{sub_batch}")
+            raise ValueError(
+                f"global batch size {global_batch_size} is not a multiple of homogeneous_sub_batch {sub_batch}"
+            )
         self.sizes = [int(n) for n in source_sizes]
-        self.names = list(source_names) if source_names is not None else [f"source {i}" for i in
-                                                                          range(len(self.sizes))]
+        self.names = list(source_names) if source_names is not None else [f"source {i}" for i in range(len(self.sizes))]
         self.weights = np.asarray(weights if weights is not None else [1.0] * len(self.sizes), dtype=np.float64)
         if len(self.weights) != len(self.sizes) or len(self.names) != len(self.sizes) or not self.sizes:
             raise ValueError("source_sizes, weights and source_names must be non-empty and of equal length")
@@ -74,8 +84,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
         if mode == "homogeneous":
             for name, size in zip(self.names, self.sizes):
                 if size < sub_batch:
-                    raise DataError(f"has {size} examples, fewer than one homogeneous sub-batch of {sub_batch}",
-                                    dataset=name)
+                    raise DataError(
+                        f"has {size} examples, fewer than one homogeneous sub-batch of {sub_batch}", dataset=name
+                    )
         self.global_batch_size, self.world_size, self.rank = global_batch_size, world_size, rank
         self.local_batch_size = global_batch_size // world_size
         self.seed, self.mode, self.sub_batch = seed, mode, sub_batch
@@ -116,8 +127,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         lo = self.rank * self.local_batch_size
-        for batch in self.global_batches()[self.start_batch:]:
-            yield batch[lo: lo + self.local_batch_size].tolist()
+        for batch in self.global_batches()[self.start_batch :]:
+            yield batch[lo : lo + self.local_batch_size].tolist()
 
     def __len__(self) -> int:
         if self.mode == "mixed":
@@ -134,17 +145,39 @@ class TrainDataLoader(DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
-def build_train_dataloader(corpus: TrainingCorpus, collator: Callable[[list[dict]], dict], *,
-                           per_device_batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                           mode: str = "mixed", homogeneous_sub_batch: int | None = None, num_workers: int = 0,
-                           pin_memory: bool = False) -> TrainDataLoader:
+def build_train_dataloader(
+    corpus: TrainingCorpus,
+    collator: Callable[[list[dict]], dict],
+    *,
+    per_device_batch_size: int,
+    world_size: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+    mode: str = "mixed",
+    homogeneous_sub_batch: int | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> TrainDataLoader:
     """This rank's training dataloader: ``per_device_batch_size`` examples per step, already sharded.
 
     The global batch is ``per_device_batch_size * world_size``. Do not pass the result to ``accelerator.prepare``.
     """
-    sampler = GlobalBatchSampler(corpus.sizes, global_batch_size=per_device_batch_size * world_size,
-                                 world_size=world_size, rank=rank, seed=seed, mode=mode, weights=corpus.weights,
-                                 homogeneous_sub_batch=homogeneous_sub_batch, source_names=corpus.names)
-    return TrainDataLoader(corpus, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers,
-                           pin_memory=pin_memory and torch.cuda.is_available(),
-                           persistent_workers=num_workers > 0)
+    sampler = GlobalBatchSampler(
+        corpus.sizes,
+        global_batch_size=per_device_batch_size * world_size,
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
+        mode=mode,
+        weights=corpus.weights,
+        homogeneous_sub_batch=homogeneous_sub_batch,
+        source_names=corpus.names,
+    )
+    return TrainDataLoader(
+        corpus,
+        batch_sampler=sampler,
+        collate_fn=collator,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )

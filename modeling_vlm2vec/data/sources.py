@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..errors import DataError
+from ..common.errors import DataError
+from ..common.locations import is_hub_id
 from .data_config import SourceSpec, load_data_config
 from .images import resolve_image_path
 
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 NEGATIVE_COLUMNS = ("neg_text", "neg_image_path")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD_FILE = re.compile(r"^(.+)-\d{5}-of-\d{5}\.parquet$")  # Hub shard naming: <split>-00000-of-00001.parquet
 
 
@@ -51,8 +51,9 @@ def _parquet_files(folder: Path, spec: SourceSpec) -> list[Path]:
     others = sorted(folder.glob("*.parquet"))
     splits = sorted({m.group(1) for f in others if (m := _SHARD_FILE.match(f.name))})
     if splits:
-        raise DataError(f"no parquet file for split {spec.split!r} (found splits {splits})", dataset=spec.name,
-                        file=str(folder))
+        raise DataError(
+            f"no parquet file for split {spec.split!r} (found splits {splits})", dataset=spec.name, file=str(folder)
+        )
     if not others:
         raise DataError("no .parquet file in folder", dataset=spec.name, file=str(folder))
     return others
@@ -67,11 +68,11 @@ def _read_jsonl(path: Path, name: str) -> pa.Table:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"line {line_no} is not valid JSON ({exc.msg})", dataset=name, row=len(records),
-                                file=str(path)) from exc
+                raise DataError(
+                    f"line {line_no} is not valid JSON ({exc.msg})", dataset=name, row=len(records), file=str(path)
+                ) from exc
             if not isinstance(record, dict):
-                raise DataError(f"line {line_no} is not a JSON object", dataset=name, row=len(records),
-                                file=str(path))
+                raise DataError(f"line {line_no} is not a JSON object", dataset=name, row=len(records), file=str(path))
             records.append(record)
     columns = {}
     for column in REQUIRED_COLUMNS + NEGATIVE_COLUMNS:
@@ -83,8 +84,7 @@ def _read_jsonl(path: Path, name: str) -> pa.Table:
     try:
         return pa.table(columns)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataError(f"values of one column have incompatible types ({exc})", dataset=name,
-                        file=str(path)) from exc
+        raise DataError(f"values of one column have incompatible types ({exc})", dataset=name, file=str(path)) from exc
 
 
 def _read_hub(spec: SourceSpec) -> pa.Table:
@@ -93,9 +93,12 @@ def _read_hub(spec: SourceSpec) -> pa.Table:
     try:
         ds = datasets.load_dataset(spec.path, spec.subset, split=spec.split)
     except Exception as exc:  # any failure (offline, unknown repo/config/split) becomes one clear message
-        raise DataError(f"{spec.path!r} is neither a local file/folder nor a loadable Hub dataset "
-                        f"(subset {spec.subset!r}, split {spec.split!r}): {type(exc).__name__}: {exc}",
-                        dataset=spec.name, file=spec.config_file) from exc
+        raise DataError(
+            f"{spec.path!r} is neither a local file/folder nor a loadable Hub dataset "
+            f"(subset {spec.subset!r}, split {spec.split!r}): {type(exc).__name__}: {exc}",
+            dataset=spec.name,
+            file=spec.config_file,
+        ) from exc
     wanted = [c for c in REQUIRED_COLUMNS + NEGATIVE_COLUMNS if c in ds.column_names]
     return ds.select_columns(wanted).with_format("arrow")[:]
 
@@ -112,14 +115,21 @@ def _read_table(spec: SourceSpec) -> tuple[pa.Table, str]:
     elif path.is_dir():
         folder = path / spec.subset if spec.subset else path
         if not folder.is_dir():
-            raise DataError(f"subset folder {str(folder)!r} not found (data config {spec.config_file!r})",
-                            dataset=spec.name, file=str(path))
+            raise DataError(
+                f"subset folder {str(folder)!r} not found (data config {spec.config_file!r})",
+                dataset=spec.name,
+                file=str(path),
+            )
         files, path = _parquet_files(folder, spec), folder
-    elif _HUB_ID.match(spec.path):
+    elif is_hub_id(spec.path):
         return _read_hub(spec), spec.path
     else:
-        raise DataError(f"path {spec.path!r} not found (neither a file/folder relative to the config's folder nor a "
-                        f"Hub dataset id)", dataset=spec.name, file=spec.config_file)
+        raise DataError(
+            f"path {spec.path!r} not found (neither a file/folder relative to the config's folder nor a "
+            f"Hub dataset id)",
+            dataset=spec.name,
+            file=spec.config_file,
+        )
     try:
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive"), str(path)
     except (pa.ArrowException, OSError) as exc:
@@ -130,8 +140,9 @@ def _text(value: object, column: str, *, name: str, row: int, file: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"column {column!r} must be a string, got {type(value).__name__}", dataset=name, row=row,
-                        file=file)
+        raise DataError(
+            f"column {column!r} must be a string, got {type(value).__name__}", dataset=name, row=row, file=file
+        )
     return value
 
 
@@ -142,12 +153,17 @@ def _text_list(value: object, column: str, *, name: str, row: int, file: str) ->
         return [value]
     if isinstance(value, (list, tuple)):
         return [_text(v, column, name=name, row=row, file=file) for v in value]
-    raise DataError(f"column {column!r} must be a string or a list of strings, got {type(value).__name__}",
-                    dataset=name, row=row, file=file)
+    raise DataError(
+        f"column {column!r} must be a string or a list of strings, got {type(value).__name__}",
+        dataset=name,
+        row=row,
+        file=file,
+    )
 
 
-def normalize_negatives(neg_text: object, neg_image_path: object, *, name: str, row: int,
-                        file: str) -> tuple[list[str], list[str]]:
+def normalize_negatives(
+    neg_text: object, neg_image_path: object, *, name: str, row: int, file: str
+) -> tuple[list[str], list[str]]:
     """Return the row's hard negatives as two equal-length lists (text, image path), empty pairs removed.
 
     A side that is absent or all ``""`` stretches to the other side's length; two lists of different lengths with
@@ -161,8 +177,12 @@ def normalize_negatives(neg_text: object, neg_image_path: object, *, name: str, 
         elif not any(p.strip() for p in images):
             images = [""] * len(texts)
         else:
-            raise DataError(f"neg_text and neg_image_path have different lengths ({len(texts)} vs {len(images)})",
-                            dataset=name, row=row, file=file)
+            raise DataError(
+                f"neg_text and neg_image_path have different lengths ({len(texts)} vs {len(images)})",
+                dataset=name,
+                row=row,
+                file=file,
+            )
     pairs = [(t, p.strip()) for t, p in zip(texts, images) if t.strip() or p.strip()]
     return [t for t, _ in pairs], [p for _, p in pairs]
 
@@ -201,8 +221,10 @@ class SourceRows:
     def example(self, i: int) -> dict:
         """Row ``i`` of the kept rows as a training example with resolved (absolute) image paths or None."""
         row = int(self.rows[i])
-        raw = {c: self.table.column(c)[i].as_py() if c in self.table.column_names else None
-               for c in REQUIRED_COLUMNS + NEGATIVE_COLUMNS}
+        raw = {
+            c: self.table.column(c)[i].as_py() if c in self.table.column_names else None
+            for c in REQUIRED_COLUMNS + NEGATIVE_COLUMNS
+        }
         at = {"name": self.name, "row": row, "file": self.file}
         neg_texts, neg_images = normalize_negatives(raw["neg_text"], raw["neg_image_path"], **at)
         return {
@@ -233,31 +255,50 @@ def load_source(spec: SourceSpec, *, seed: int = 0) -> SourceRows:
     table, file = _read_table(spec)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        raise DataError(f"missing required column(s) {missing}; found {table.column_names}", dataset=spec.name,
-                        file=file)
+        raise DataError(
+            f"missing required column(s) {missing}; found {table.column_names}", dataset=spec.name, file=file
+        )
     table = table.select([c for c in REQUIRED_COLUMNS + NEGATIVE_COLUMNS if c in table.column_names])
     keep = _usable_rows(table, spec.name, file)
     if keep.size == 0:
-        raise DataError(f"no usable row among {table.num_rows} (each row needs a query and a positive, text or "
-                        f"image)", dataset=spec.name, file=file)
+        raise DataError(
+            f"no usable row among {table.num_rows} (each row needs a query and a positive, text or image)",
+            dataset=spec.name,
+            file=file,
+        )
     n_usable = int(keep.size)
     if spec.num_samples is not None and spec.num_samples < n_usable:
         # Seeded per source name, so adding or reordering sources does not change another source's sample.
         rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
         keep = np.sort(rng.choice(keep, size=spec.num_samples, replace=False))
-    source = SourceRows(spec=spec, table=table.take(keep).combine_chunks(), rows=keep, total_rows=table.num_rows,
-                        dropped_empty=table.num_rows - n_usable, file=file)
+    source = SourceRows(
+        spec=spec,
+        table=table.take(keep).combine_chunks(),
+        rows=keep,
+        total_rows=table.num_rows,
+        dropped_empty=table.num_rows - n_usable,
+        file=file,
+    )
     for i in range(len(source)):
         example = source.example(i)  # resolves every image path: absolute or escaping paths raise here
         images = [("qry_image_path", example["qry_image"]), ("pos_image_path", example["pos_image"])]
         images += [("neg_image_path", p) for p in example["neg_images"]]
         for column, image in images:
             if image is not None and not os.path.isfile(image):
-                raise DataError(f"image file not found (column {column}, image_dir {str(spec.image_dir)!r})",
-                                dataset=spec.name, row=example["row"], file=image)
-    logger.info("source %r: %d of %d rows kept (%d dropped: empty query or positive%s)", spec.name, len(source),
-                source.total_rows, source.dropped_empty,
-                f"; random sample of {len(source)} of {n_usable} usable rows" if len(source) < n_usable else "")
+                raise DataError(
+                    f"image file not found (column {column}, image_dir {str(spec.image_dir)!r})",
+                    dataset=spec.name,
+                    row=example["row"],
+                    file=image,
+                )
+    logger.info(
+        "source %r: %d of %d rows kept (%d dropped: empty query or positive%s)",
+        spec.name,
+        len(source),
+        source.total_rows,
+        source.dropped_empty,
+        f"; random sample of {len(source)} of {n_usable} usable rows" if len(source) < n_usable else "",
+    )
     return source
 
 

@@ -15,7 +15,22 @@ from .runner import evaluate_mmeb, load_eval_sets, run_evaluation, score_eval_se
 #: Local `evaluate` metric module: ``evaluate.load(MMEB_RANKING_METRIC_PATH)``.
 MMEB_RANKING_METRIC_PATH = str(Path(__file__).parent / "mmeb_ranking" / "mmeb_ranking.py")
 
-__all__ = ["EvalArguments", "EvalSet", "EvalDatasetInfo", "META_TASKS", "MMEB_RANKING_METRIC_PATH",
-           "PAPER_AGGREGATES", "REGISTRY", "evaluate_mmeb", "load_eval_set", "load_eval_sets",
-           "load_model_for_eval", "metrics_from_ranks", "positive_ranks", "ranking_metrics", "resolve_subsets",
-           "run_evaluation", "score_eval_set"]
+__all__ = [
+    "EvalArguments",
+    "EvalSet",
+    "EvalDatasetInfo",
+    "META_TASKS",
+    "MMEB_RANKING_METRIC_PATH",
+    "PAPER_AGGREGATES",
+    "REGISTRY",
+    "evaluate_mmeb",
+    "load_eval_set",
+    "load_eval_sets",
+    "load_model_for_eval",
+    "metrics_from_ranks",
+    "positive_ranks",
+    "ranking_metrics",
+    "resolve_subsets",
+    "run_evaluation",
+    "score_eval_set",
+]

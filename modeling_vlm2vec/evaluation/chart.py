@@ -19,8 +19,10 @@ def _bars(summary: dict) -> list[tuple[str, float, float | None]]:
     """(label, ours, paper-or-None) per bar group, hit@1 as fractions: datasets then aggregates."""
     metric = summary["metric"]
     groups = [(name, row[metric], row[f"paper_{metric}"]) for name, row in summary["datasets"].items()]
-    groups += [(f"{group} {agg['n']}/{agg['N']}", agg[metric], agg[f"paper_{metric}"])
-               for group, agg in summary["aggregates"].items()]
+    groups += [
+        (f"{group} {agg['n']}/{agg['N']}", agg[metric], agg[f"paper_{metric}"])
+        for group, agg in summary["aggregates"].items()
+    ]
     return groups
 
 

@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
-from .distributed import gather_rows, rank_and_world, shard_bounds
-from .files import write_bytes_atomic
+from ..common.distributed import gather_rows, rank_and_world, shard_bounds
+from ..common.files import write_bytes_atomic
 from .loading import EvalSet, Item
 
 #: Bumped when the meaning of cached embeddings or scores changes, so old caches are not reused.
@@ -80,13 +80,21 @@ def load_cached(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] |
 
 
 def save_cached(path: Path, fingerprint: str, queries: np.ndarray, candidates: np.ndarray) -> None:
-    data = safetensors_bytes({"queries": np.ascontiguousarray(queries), "candidates": np.ascontiguousarray(candidates)},
-                             metadata={"fingerprint": fingerprint})
+    data = safetensors_bytes(
+        {"queries": np.ascontiguousarray(queries), "candidates": np.ascontiguousarray(candidates)},
+        metadata={"fingerprint": fingerprint},
+    )
     write_bytes_atomic(path, data)
 
 
-def encode_items(model: torch.nn.Module, processor: object, items: list[Item], *, batch_size: int,
-                 show_progress_bar: bool | None = None) -> np.ndarray:
+def encode_items(
+    model: torch.nn.Module,
+    processor: object,
+    items: list[Item],
+    *,
+    batch_size: int,
+    show_progress_bar: bool | None = None,
+) -> np.ndarray:
     """Embed ``items`` -> (len(items), dim) float32, every process encoding its contiguous shard.
 
     Calls ``model.encode([{"text": ..., "image": abs path or None}, ...], batch_size=..., show_progress_bar=...,
@@ -105,8 +113,14 @@ def encode_items(model: torch.nn.Module, processor: object, items: list[Item], *
     return gather_rows(local.astype(np.float32, copy=False), len(items))
 
 
-def encode_eval_set(model: torch.nn.Module, processor: object, eval_set: EvalSet, *, batch_size: int,
-                    show_progress_bar: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_eval_set(
+    model: torch.nn.Module,
+    processor: object,
+    eval_set: EvalSet,
+    *,
+    batch_size: int,
+    show_progress_bar: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(queries, candidates) embeddings of a dataset's unique items: one ``encode`` call per process."""
     items = eval_set.queries + eval_set.candidates
     embeddings = encode_items(model, processor, items, batch_size=batch_size, show_progress_bar=show_progress_bar)

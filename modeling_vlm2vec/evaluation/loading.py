@@ -7,22 +7,22 @@ the positive candidate at index 0. Image paths are relative to ``image_dir``.
 
 Everything is checked while loading (columns, types, list lengths, empty lists, image paths inside ``image_dir``
 and present on disk), so a run can validate every requested dataset before it writes a single file. Problems raise
-:class:`~modeling_vlm2vec.errors.DataError` naming the dataset, the row and the file.
+:class:`~modeling_vlm2vec.common.errors.DataError` naming the dataset, the row and the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from ..common.errors import DataError
+from ..common.locations import is_hub_id
 from ..data.images import resolve_image_path
-from ..errors import DataError
 
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 
@@ -52,19 +52,14 @@ class EvalSet:
         return len(self.query_index)
 
 
-def is_local_source(dataset_name: str) -> bool:
-    """A folder on disk (existing, or written as a path) rather than a Hub dataset id ``owner/name``."""
-    return (os.path.isdir(dataset_name) or os.path.isabs(dataset_name) or dataset_name.startswith((".", "~"))
-            or dataset_name.count("/") != 1)
-
-
 def _local_chunks(root: str, name: str) -> Iterator[tuple[str, dict[str, list]]]:
     import pyarrow.parquet as pq
 
     folder = Path(root).expanduser() / name
     if not folder.is_dir():
-        raise DataError(f"dataset folder not found (expected <dataset_name>/{name}/*.parquet)", dataset=name,
-                        file=str(folder))
+        raise DataError(
+            f"dataset folder not found (expected <dataset_name>/{name}/*.parquet)", dataset=name, file=str(folder)
+        )
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise DataError("no parquet files in the dataset folder", dataset=name, file=str(folder))
@@ -82,8 +77,11 @@ def _hub_chunks(dataset_name: str, name: str) -> Iterator[tuple[str, dict[str, l
     try:
         ds = datasets.load_dataset(dataset_name, name, split="test")
     except Exception as exc:  # offline, unknown config, ... -> one clear message instead of a traceback
-        raise DataError(f"not a local folder, and cannot load it from the Hub ({type(exc).__name__}: {exc})",
-                        dataset=name, file=label) from exc
+        raise DataError(
+            f"not a local folder, and cannot load it from the Hub ({type(exc).__name__}: {exc})",
+            dataset=name,
+            file=label,
+        ) from exc
     missing = [col for col in COLUMNS if col not in ds.column_names]
     if missing:
         raise DataError(f"missing column(s) {', '.join(missing)}", dataset=name, file=label)
@@ -109,12 +107,14 @@ class _Deduper:
     def _resolve(self, rel: str, row: int, file: str) -> str:
         if rel not in self._paths:
             if self.image_dir is None:
-                raise DataError(f"row references image {rel!r} but no image_dir was given", dataset=self.dataset,
-                                row=row, file=file)
+                raise DataError(
+                    f"row references image {rel!r} but no image_dir was given", dataset=self.dataset, row=row, file=file
+                )
             path = resolve_image_path(self.image_dir, rel, dataset=self.dataset, row=row)
             if not path.is_file():
-                raise DataError(f"image file not found (referenced in {file})", dataset=self.dataset, row=row,
-                                file=str(path))
+                raise DataError(
+                    f"image file not found (referenced in {file})", dataset=self.dataset, row=row, file=str(path)
+                )
             self._paths[rel] = str(path)
         return self._paths[rel]
 
@@ -129,7 +129,7 @@ def _text(value: object, what: str, *, dataset: str, row: int, file: str, allow_
 
 def load_eval_set(dataset_name: str, name: str, image_dir: str | None) -> EvalSet:
     """Load dataset ``name`` from ``dataset_name`` (Hub id or local root), validate it and de-duplicate its items."""
-    chunks = _local_chunks(dataset_name, name) if is_local_source(dataset_name) else _hub_chunks(dataset_name, name)
+    chunks = _hub_chunks(dataset_name, name) if is_hub_id(dataset_name) else _local_chunks(dataset_name, name)
     queries, candidates = _Deduper(image_dir, name), _Deduper(image_dir, name)
     query_index: list[int] = []
     candidate_lists: list[list[int]] = []
@@ -143,8 +143,9 @@ def load_eval_set(dataset_name: str, name: str, image_dir: str | None) -> EvalSe
             if not isinstance(tgt_texts, list) or not isinstance(tgt_imgs, list):
                 raise DataError("tgt_text and tgt_img_path must be lists", **where)
             if len(tgt_texts) != len(tgt_imgs):
-                raise DataError(f"tgt_text has {len(tgt_texts)} candidates but tgt_img_path has {len(tgt_imgs)}",
-                                **where)
+                raise DataError(
+                    f"tgt_text has {len(tgt_texts)} candidates but tgt_img_path has {len(tgt_imgs)}", **where
+                )
             if not tgt_texts:
                 raise DataError("empty candidate list (the positive must be at index 0)", **where)
             if not qry_text and not qry_img:
@@ -162,5 +163,11 @@ def load_eval_set(dataset_name: str, name: str, image_dir: str | None) -> EvalSe
     candidate_index = np.full((row, max(map(len, candidate_lists))), -1, dtype=np.int64)
     for i, cands in enumerate(candidate_lists):
         candidate_index[i, : len(cands)] = cands
-    return EvalSet(name, queries.items, candidates.items, np.asarray(query_index, dtype=np.int64), candidate_index,
-                   digest.hexdigest())
+    return EvalSet(
+        name,
+        queries.items,
+        candidates.items,
+        np.asarray(query_index, dtype=np.int64),
+        candidate_index,
+        digest.hexdigest(),
+    )

@@ -33,7 +33,9 @@ def positive_ranks(scores: np.ndarray, valid: np.ndarray | None = None) -> np.nd
     """
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] == 0:
-        raise ValueError(f"scores must be (num_queries, num_candidates) with at least one candidate, got {scores.shape}")
+        raise ValueError(
+            f"scores must be (num_queries, num_candidates) with at least one candidate, got {scores.shape}"
+        )
     valid = np.ones(scores.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if not valid[:, 0].all():
         raise ValueError("column 0 (the positive) must be valid in every row")

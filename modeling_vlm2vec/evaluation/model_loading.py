@@ -18,26 +18,19 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel
 
-from ..errors import DataError
+from ..common.dtypes import parse_dtype
+from ..common.errors import DataError
 from ..hub.checkpoint import PROCESSOR_FILES
 from ..processing_vlm2vec import load_processor
 
-_DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
-
-def parse_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
-    """``"auto"`` (the checkpoint's dtype), a torch dtype, or one of float32/bfloat16/float16 (fp32/bf16/fp16)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype or "auto"
-    if dtype not in _DTYPES:
-        raise DataError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def load_model_for_eval(model_name_or_path: str | os.PathLike, *, lora_adapter: str | os.PathLike | None = None,
-                        dtype: str | torch.dtype | None = "auto",
-                        device: str | torch.device | None = None) -> tuple[torch.nn.Module, object]:
+def load_model_for_eval(
+    model_name_or_path: str | os.PathLike,
+    *,
+    lora_adapter: str | os.PathLike | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = None,
+) -> tuple[torch.nn.Module, object]:
     """Return ``(model, processor)`` ready for :func:`~modeling_vlm2vec.evaluation.evaluate_mmeb` (eval mode)."""
     torch_dtype = parse_dtype(dtype)
     path = str(model_name_or_path)

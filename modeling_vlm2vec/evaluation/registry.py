@@ -11,10 +11,10 @@ IND/OOD datasets, Overall the mean over all datasets (dataset-weighted, not the 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from ..errors import DataError
+from ..common.errors import DataError
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 SPLITS = ("IND", "OOD")
@@ -36,15 +36,36 @@ def _mmeb(meta_task: str, split: str, scores: dict[str, float]) -> list[EvalData
 
 
 _DATASETS: list[EvalDatasetInfo] = [
-    *_mmeb("classification", "IND", {"ImageNet-1K": 74.5, "N24News": 80.3, "HatefulMemes": 67.9, "VOC2007": 91.5,
-                                     "SUN397": 75.8}),
-    *_mmeb("classification", "OOD", {"Place365": 44.0, "ImageNet-A": 43.6, "ImageNet-R": 79.8, "ObjectNet": 39.6,
-                                     "Country211": 14.7}),
-    *_mmeb("vqa", "IND", {"OK-VQA": 69.0, "A-OKVQA": 54.4, "DocVQA": 52.0, "InfographicsVQA": 30.7, "ChartQA": 34.8,
-                          "Visual7W": 49.8}),
+    *_mmeb(
+        "classification",
+        "IND",
+        {"ImageNet-1K": 74.5, "N24News": 80.3, "HatefulMemes": 67.9, "VOC2007": 91.5, "SUN397": 75.8},
+    ),
+    *_mmeb(
+        "classification",
+        "OOD",
+        {"Place365": 44.0, "ImageNet-A": 43.6, "ImageNet-R": 79.8, "ObjectNet": 39.6, "Country211": 14.7},
+    ),
+    *_mmeb(
+        "vqa",
+        "IND",
+        {"OK-VQA": 69.0, "A-OKVQA": 54.4, "DocVQA": 52.0, "InfographicsVQA": 30.7, "ChartQA": 34.8, "Visual7W": 49.8},
+    ),
     *_mmeb("vqa", "OOD", {"ScienceQA": 42.1, "VizWiz": 43.0, "GQA": 61.2, "TextVQA": 62.0}),
-    *_mmeb("retrieval", "IND", {"VisDial": 80.9, "CIRR": 49.9, "VisualNews_t2i": 75.4, "VisualNews_i2t": 80.0,
-                                "MSCOCO_t2i": 75.7, "MSCOCO_i2t": 73.1, "NIGHTS": 65.5, "WebQA": 87.6}),
+    *_mmeb(
+        "retrieval",
+        "IND",
+        {
+            "VisDial": 80.9,
+            "CIRR": 49.9,
+            "VisualNews_t2i": 75.4,
+            "VisualNews_i2t": 80.0,
+            "MSCOCO_t2i": 75.7,
+            "MSCOCO_i2t": 73.1,
+            "NIGHTS": 65.5,
+            "WebQA": 87.6,
+        },
+    ),
     *_mmeb("retrieval", "OOD", {"FashionIQ": 16.2, "Wiki-SS-NQ": 60.2, "OVEN": 56.5, "EDIS": 87.8}),
     *_mmeb("grounding", "IND", {"MSCOCO": 80.6}),
     *_mmeb("grounding", "OOD", {"RefCOCO": 88.7, "RefCOCO-Matching": 84.0, "Visual7W-Pointing": 90.9}),
@@ -59,8 +80,15 @@ _DATASETS: list[EvalDatasetInfo] = [
 REGISTRY: dict[str, EvalDatasetInfo] = {info.name: info for info in _DATASETS}
 
 #: Paper Table 2, VLM2Vec LLaVA-1.6 LoRA high-res, Precision@1 x 100.
-PAPER_AGGREGATES: dict[str, float] = {"classification": 61.2, "vqa": 49.9, "retrieval": 67.4, "grounding": 86.1,
-                                      "IND": 67.5, "OOD": 57.1, "Overall": 62.9}
+PAPER_AGGREGATES: dict[str, float] = {
+    "classification": 61.2,
+    "vqa": 49.9,
+    "retrieval": 67.4,
+    "grounding": 86.1,
+    "IND": 67.5,
+    "OOD": 57.1,
+    "Overall": 62.9,
+}
 
 _SUITES = {
     "all": lambda info: info.suite == "mmeb",
@@ -88,8 +116,10 @@ def resolve_subsets(names: Iterable[str]) -> list[str]:
         else:
             close = difflib.get_close_matches(tok, list(REGISTRY) + list(_SUITES), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise DataError(f"unknown subset name {tok!r}{hint}; known: suites {', '.join(_SUITES)} and the "
-                            f"dataset names listed in modeling_vlm2vec.evaluation.registry")
+            raise DataError(
+                f"unknown subset name {tok!r}{hint}; known: suites {', '.join(_SUITES)} and the "
+                f"dataset names listed in modeling_vlm2vec.evaluation.registry"
+            )
     return [name for name in REGISTRY if name in wanted]
 
 

@@ -12,14 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .chart import render_chart
-from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .registry import PAPER_AGGREGATES, REGISTRY, aggregate_groups
 
 METRIC = "hit@1"
 _RECORD_ONLY_KEYS = ("dataset", "fingerprint")
-_GROUP_TITLES = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval",
-                 "grounding": "Grounding", "IND": "IND", "OOD": "OOD", "Overall": "Overall"}
+#: Display title of each aggregate group (reports and model cards).
+GROUP_TITLES = {
+    "classification": "Classification",
+    "vqa": "VQA",
+    "retrieval": "Retrieval",
+    "grounding": "Grounding",
+    "IND": "IND",
+    "OOD": "OOD",
+    "Overall": "Overall",
+}
 
 
 def _paper(name: str) -> float | None:
@@ -35,9 +43,14 @@ def build_summary(records: list[dict], *, model: str, model_fingerprint: str, da
     ``datasets``, ``paper_hit@1``}; groups with no evaluated dataset are absent.
     """
     by_name = {record["dataset"]: record for record in records}
-    datasets = {name: {**{k: v for k, v in by_name[name].items() if k not in _RECORD_ONLY_KEYS},
-                       f"paper_{METRIC}": _paper(name)}
-                for name in REGISTRY if name in by_name}
+    datasets = {
+        name: {
+            **{k: v for k, v in by_name[name].items() if k not in _RECORD_ONLY_KEYS},
+            f"paper_{METRIC}": _paper(name),
+        }
+        for name in REGISTRY
+        if name in by_name
+    }
     aggregates = {}
     for group, (members, total) in aggregate_groups(by_name).items():
         papers = [_paper(name) for name in members]
@@ -45,33 +58,57 @@ def build_summary(records: list[dict], *, model: str, model_fingerprint: str, da
             paper = PAPER_AGGREGATES[group] / 100.0
         else:
             paper = None if None in papers else float(np.mean(papers))
-        aggregates[group] = {METRIC: float(np.mean([by_name[name][METRIC] for name in members])),
-                             "n": len(members), "N": total, "datasets": members, f"paper_{METRIC}": paper}
-    return {"metric": METRIC, "model": model, "model_fingerprint": model_fingerprint, "dataset_name": dataset_name,
-            "datasets": datasets, "aggregates": aggregates}
+        aggregates[group] = {
+            METRIC: float(np.mean([by_name[name][METRIC] for name in members])),
+            "n": len(members),
+            "N": total,
+            "datasets": members,
+            f"paper_{METRIC}": paper,
+        }
+    return {
+        "metric": METRIC,
+        "model": model,
+        "model_fingerprint": model_fingerprint,
+        "dataset_name": dataset_name,
+        "datasets": datasets,
+        "aggregates": aggregates,
+    }
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100.0 * value:.1f}"
+def format_percent(value: float | None) -> str:
+    """A fraction as a percentage with one decimal (``0.1234`` -> ``"12.3"``); ``"–"`` for None."""
+    return "–" if value is None else f"{100.0 * float(value):.1f}"
 
 
 def render_markdown(summary: dict) -> str:
     """Markdown: per-dataset table (ours beside the paper's) then the aggregates table, in percent."""
-    lines = [f"# MMEB results: {summary['model']}", "",
-             f"Metric: {METRIC} (= precision@1), percent. Paper: VLM2Vec LLaVA-1.6 LoRA high-res (Tables 6 and 2).",
-             "", "| Dataset | Meta-task | Split | hit@1 | Paper | recall@5 | MRR | NDCG@10 | Queries |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# MMEB results: {summary['model']}",
+        "",
+        f"Metric: {METRIC} (= precision@1), percent. Paper: VLM2Vec LLaVA-1.6 LoRA high-res (Tables 6 and 2).",
+        "",
+        "| Dataset | Meta-task | Split | hit@1 | Paper | recall@5 | MRR | NDCG@10 | Queries |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in summary["datasets"].items():
-        lines.append(f"| {name} | {row['meta_task']} | {row['split']} | {_pct(row[METRIC])} | "
-                     f"{_pct(row[f'paper_{METRIC}'])} | {_pct(row['recall@5'])} | {_pct(row['mrr'])} | "
-                     f"{_pct(row['ndcg@10'])} | {row['num_queries']} |")
+        lines.append(
+            f"| {name} | {row['meta_task']} | {row['split']} | {format_percent(row[METRIC])} | "
+            f"{format_percent(row[f'paper_{METRIC}'])} | {format_percent(row['recall@5'])} | "
+            f"{format_percent(row['mrr'])} | "
+            f"{format_percent(row['ndcg@10'])} | {row['num_queries']} |"
+        )
     lines += ["", "| Aggregate | Datasets | hit@1 | Paper |", "|---|---:|---:|---:|"]
     for group, agg in summary["aggregates"].items():
         partial = "" if agg["n"] == agg["N"] else " (partial)"
-        lines.append(f"| {_GROUP_TITLES[group]}{partial} | {agg['n']}/{agg['N']} | {_pct(agg[METRIC])} | "
-                     f"{_pct(agg[f'paper_{METRIC}'])} |")
-    lines += ["", "Aggregates are unweighted means over the evaluated datasets of each group; Overall is the mean "
-              "over all evaluated datasets. A partial group's paper value is the paper's mean over the same datasets."]
+        lines.append(
+            f"| {GROUP_TITLES[group]}{partial} | {agg['n']}/{agg['N']} | {format_percent(agg[METRIC])} | "
+            f"{format_percent(agg[f'paper_{METRIC}'])} |"
+        )
+    lines += [
+        "",
+        "Aggregates are unweighted means over the evaluated datasets of each group; Overall is the mean "
+        "over all evaluated datasets. A partial group's paper value is the paper's mean over the same datasets.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 
-from .distributed import all_true, barrier, rank_and_world
+from ..common.distributed import all_true, barrier, rank_and_world
+from ..common.files import read_json_if_complete, write_json_atomic
+from ..common.locations import MMEB_EVAL_DATASET
 from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, model_fingerprint, save_cached
-from .files import read_json, write_json_atomic
 from .loading import EvalSet, load_eval_set
 from .metrics import ranking_metrics
 from .registry import REGISTRY, resolve_subsets
@@ -27,7 +28,6 @@ from .report import build_summary, write_report
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET = "TIGER-Lab/MMEB-eval"
 _SCORE_CHUNK_ROWS = 64  # rows scored at once: bounds the (rows, unique candidates) block in memory
 
 
@@ -54,18 +54,36 @@ def score_eval_set(eval_set: EvalSet, queries: np.ndarray, candidates: np.ndarra
 def _score_record(eval_set: EvalSet, metrics: dict[str, float], fingerprint: str, dim: int) -> dict:
     info = REGISTRY[eval_set.name]
     lengths = (eval_set.candidate_index >= 0).sum(axis=1)
-    return {"dataset": info.name, "meta_task": info.meta_task, "split": info.split, **metrics,
-            "num_queries": eval_set.num_rows, "num_unique_queries": len(eval_set.queries),
-            "num_unique_candidates": len(eval_set.candidates), "min_candidates_per_query": int(lengths.min()),
-            "max_candidates_per_query": int(lengths.max()), "embedding_dim": dim, "fingerprint": fingerprint}
+    return {
+        "dataset": info.name,
+        "meta_task": info.meta_task,
+        "split": info.split,
+        **metrics,
+        "num_queries": eval_set.num_rows,
+        "num_unique_queries": len(eval_set.queries),
+        "num_unique_candidates": len(eval_set.candidates),
+        "min_candidates_per_query": int(lengths.min()),
+        "max_candidates_per_query": int(lengths.max()),
+        "embedding_dim": dim,
+        "fingerprint": fingerprint,
+    }
 
 
-def _evaluate_one(model: torch.nn.Module, processor: object, eval_set: EvalSet, model_fp: str, output_dir: Path, *,
-                  batch_size: int, show_progress_bar: bool | None, overwrite: bool) -> dict:
+def _evaluate_one(
+    model: torch.nn.Module,
+    processor: object,
+    eval_set: EvalSet,
+    model_fp: str,
+    output_dir: Path,
+    *,
+    batch_size: int,
+    show_progress_bar: bool | None,
+    overwrite: bool,
+) -> dict:
     rank, world_size = rank_and_world()
     fingerprint = dataset_fingerprint(model_fp, eval_set)
     score_file = output_dir / f"{eval_set.name}_score.json"
-    previous = None if overwrite else read_json(score_file)
+    previous = None if overwrite else read_json_if_complete(score_file)
     if all_true(isinstance(previous, dict) and previous.get("fingerprint") == fingerprint):
         logger.info("%s: already scored with this model, skipping", eval_set.name)
         return previous
@@ -75,10 +93,17 @@ def _evaluate_one(model: torch.nn.Module, processor: object, eval_set: EvalSet, 
         logger.info("%s: reusing cached embeddings", eval_set.name)
         queries, candidates = cached
     else:
-        logger.info("%s: encoding %d queries and %d candidates (process %d of %d encodes its shard)", eval_set.name,
-                    len(eval_set.queries), len(eval_set.candidates), rank + 1, world_size)
-        queries, candidates = encode_eval_set(model, processor, eval_set, batch_size=batch_size,
-                                              show_progress_bar=show_progress_bar)
+        logger.info(
+            "%s: encoding %d queries and %d candidates (process %d of %d encodes its shard)",
+            eval_set.name,
+            len(eval_set.queries),
+            len(eval_set.candidates),
+            rank + 1,
+            world_size,
+        )
+        queries, candidates = encode_eval_set(
+            model, processor, eval_set, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
         if rank == 0:
             save_cached(cache_file, fingerprint, queries, candidates)
     try:
@@ -93,21 +118,43 @@ def _evaluate_one(model: torch.nn.Module, processor: object, eval_set: EvalSet, 
 
 def load_eval_sets(dataset_name: str, subsets: Iterable[str], image_dir: str | os.PathLike | None) -> list[EvalSet]:
     """Resolve ``subsets`` (names and/or suites) and load + validate every dataset; raises ``DataError``."""
-    return [load_eval_set(dataset_name, name, None if image_dir is None else str(image_dir))
-            for name in resolve_subsets(subsets)]
+    return [
+        load_eval_set(dataset_name, name, None if image_dir is None else str(image_dir))
+        for name in resolve_subsets(subsets)
+    ]
 
 
-def run_evaluation(model: torch.nn.Module, processor: object, eval_sets: list[EvalSet], *,
-                   output_dir: str | os.PathLike, batch_size: int = 16, show_progress_bar: bool | None = None,
-                   overwrite: bool = False, model_name: str | None = None, dataset_name: str = DEFAULT_DATASET,
-                   verbose: bool = True) -> dict:
+def run_evaluation(
+    model: torch.nn.Module,
+    processor: object,
+    eval_sets: list[EvalSet],
+    *,
+    output_dir: str | os.PathLike,
+    batch_size: int = 16,
+    show_progress_bar: bool | None = None,
+    overwrite: bool = False,
+    model_name: str | None = None,
+    dataset_name: str = MMEB_EVAL_DATASET,
+    verbose: bool = True,
+) -> dict:
     """Score already validated datasets (see :func:`evaluate_mmeb` for the arguments) and write the report."""
     output_dir = Path(output_dir)
     if processor is None and hasattr(model, "processor"):
         processor = model.processor
     model_fp = model_fingerprint(model, processor)
-    records = [_evaluate_one(model, processor, eval_set, model_fp, output_dir, batch_size=batch_size,
-                             show_progress_bar=show_progress_bar, overwrite=overwrite) for eval_set in eval_sets]
+    records = [
+        _evaluate_one(
+            model,
+            processor,
+            eval_set,
+            model_fp,
+            output_dir,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            overwrite=overwrite,
+        )
+        for eval_set in eval_sets
+    ]
     label = model_name or str(getattr(model, "name_or_path", "") or type(model).__name__)
     summary = build_summary(records, model=label, model_fingerprint=model_fp, dataset_name=str(dataset_name))
     if rank_and_world()[0] == 0:
@@ -118,10 +165,20 @@ def run_evaluation(model: torch.nn.Module, processor: object, eval_sets: list[Ev
     return summary
 
 
-def evaluate_mmeb(model: torch.nn.Module, processor: object = None, *, dataset_name: str = DEFAULT_DATASET,
-                  subsets: Iterable[str] = ("all",), image_dir: str | os.PathLike | None = None,
-                  output_dir: str | os.PathLike, batch_size: int = 16, show_progress_bar: bool | None = None,
-                  overwrite: bool = False, model_name: str | None = None, verbose: bool = True) -> dict:
+def evaluate_mmeb(
+    model: torch.nn.Module,
+    processor: object = None,
+    *,
+    dataset_name: str = MMEB_EVAL_DATASET,
+    subsets: Iterable[str] = ("all",),
+    image_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike,
+    batch_size: int = 16,
+    show_progress_bar: bool | None = None,
+    overwrite: bool = False,
+    model_name: str | None = None,
+    verbose: bool = True,
+) -> dict:
     """Evaluate ``model`` on MMEB datasets and write the score files, summary and report to ``output_dir``.
 
     Args:
@@ -146,6 +203,15 @@ def evaluate_mmeb(model: torch.nn.Module, processor: object = None, *, dataset_n
         DataError: bad subset name, missing dataset/column/image, malformed rows -- before anything is written.
     """
     eval_sets = load_eval_sets(dataset_name, subsets, image_dir)
-    return run_evaluation(model, processor, eval_sets, output_dir=output_dir, batch_size=batch_size,
-                          show_progress_bar=show_progress_bar, overwrite=overwrite, model_name=model_name,
-                          dataset_name=dataset_name, verbose=verbose)
+    return run_evaluation(
+        model,
+        processor,
+        eval_sets,
+        output_dir=output_dir,
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        overwrite=overwrite,
+        model_name=model_name,
+        dataset_name=dataset_name,
+        verbose=verbose,
+    )

@@ -18,24 +18,26 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..errors import DataError
-from .checkpoint import read_json
+from ..common.errors import DataError
+from ..common.files import read_json, write_text_atomic
+from ..common.locations import MMEB_EVAL_DATASET, is_hub_id
+from ..configuration_vlm2vec import Vlm2VecConfig
+from ..evaluation.report import GROUP_TITLES, build_summary, format_percent
 
 _TEMPLATE_NAME = "vlm2vec_card.md"
 # The template lives in the repository's model_cards/; a non-editable install puts it under <prefix>/share/vlm2vec.
 _REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / _TEMPLATE_NAME
-TEMPLATE_PATH = _REPO_TEMPLATE if _REPO_TEMPLATE.is_file() else Path(sys.prefix) / "share" / "vlm2vec" / \
-    "model_cards" / _TEMPLATE_NAME
+TEMPLATE_PATH = (
+    _REPO_TEMPLATE
+    if _REPO_TEMPLATE.is_file()
+    else Path(sys.prefix) / "share" / "vlm2vec" / "model_cards" / _TEMPLATE_NAME
+)
 BASE_TAGS = ["vlm2vec", "mmeb", "custom_code", "multimodal-embedding", "sentence-similarity"]
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_GROUP_TITLES = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval",
-                 "grounding": "Grounding", "IND": "IND", "OOD": "OOD", "Overall": "Overall"}
 _VERSIONED_PACKAGES = ("vlm2vec", "torch", "transformers", "peft", "huggingface_hub", "accelerate")
 
 
@@ -53,23 +55,31 @@ def load_eval_summary(eval_dir: str | os.PathLike | None) -> dict | None:
     records = [read_json(path) for path in sorted(eval_dir.glob("*_score.json"))]
     if not records:
         return None
-    from ..evaluation.report import build_summary
-
     return build_summary(records, model=eval_dir.name, model_fingerprint="", dataset_name=None)
-
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{100.0 * float(value):.1f}"
 
 
 def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
     metric = summary.get("metric", "hit@1")
-    aggregates = [{"name": _GROUP_TITLES.get(group, group), "n": agg.get("n"), "N": agg.get("N"),
-                   "score": _pct(agg.get(metric)), "paper": _pct(agg.get(f"paper_{metric}"))}
-                  for group, agg in summary.get("aggregates", {}).items()]
-    datasets = [{"name": name, "meta_task": row.get("meta_task", ""), "split": row.get("split", ""),
-                 "score": _pct(row.get(metric)), "paper": _pct(row.get(f"paper_{metric}"))}
-                for name, row in summary.get("datasets", {}).items()]
+    aggregates = [
+        {
+            "name": GROUP_TITLES.get(group, group),
+            "n": agg.get("n"),
+            "N": agg.get("N"),
+            "score": format_percent(agg.get(metric)),
+            "paper": format_percent(agg.get(f"paper_{metric}")),
+        }
+        for group, agg in summary.get("aggregates", {}).items()
+    ]
+    datasets = [
+        {
+            "name": name,
+            "meta_task": row.get("meta_task", ""),
+            "split": row.get("split", ""),
+            "score": format_percent(row.get(metric)),
+            "paper": format_percent(row.get(f"paper_{metric}")),
+        }
+        for name, row in summary.get("datasets", {}).items()
+    ]
     return aggregates, datasets
 
 
@@ -80,17 +90,29 @@ def _eval_results(summary: dict) -> list[EvalResult]:
     as results on a Hub dataset. They still appear in the card's table.
     """
     metric = summary.get("metric", "hit@1")
-    dataset_type = str(summary.get("dataset_name") or "TIGER-Lab/MMEB-eval")
-    if not _HUB_ID.match(dataset_type) or os.path.exists(dataset_type):
+    dataset_type = str(summary.get("dataset_name") or MMEB_EVAL_DATASET)
+    if not is_hub_id(dataset_type):
         return []
-    entries = [(f"MMEB {_GROUP_TITLES.get(group, group)}", group, agg.get(metric))
-               for group, agg in summary.get("aggregates", {}).items()]
+    entries = [
+        (f"MMEB {GROUP_TITLES.get(group, group)}", group, agg.get(metric))
+        for group, agg in summary.get("aggregates", {}).items()
+    ]
     entries += [(f"MMEB {name}", name, row.get(metric)) for name, row in summary.get("datasets", {}).items()]
-    return [EvalResult(task_type="feature-extraction", task_name="Multimodal embedding", dataset_type=dataset_type,
-                       dataset_name=title, dataset_config=config, dataset_split="test",
-                       metric_type="precision_at_1", metric_name="Precision@1 (hit@1, %)",
-                       metric_value=round(100.0 * float(value), 2))
-            for title, config, value in entries if value is not None]
+    return [
+        EvalResult(
+            task_type="feature-extraction",
+            task_name="Multimodal embedding",
+            dataset_type=dataset_type,
+            dataset_name=title,
+            dataset_config=config,
+            dataset_split="test",
+            metric_type="precision_at_1",
+            metric_name="Precision@1 (hit@1, %)",
+            metric_value=round(100.0 * float(value), 2),
+        )
+        for title, config, value in entries
+        if value is not None
+    ]
 
 
 def framework_versions() -> dict[str, str]:
@@ -106,15 +128,20 @@ def framework_versions() -> dict[str, str]:
 def _resolution_text(config) -> str:
     if config.image_fixed_size is not None:
         return f"resize to exactly {config.image_fixed_size[0]}x{config.image_fixed_size[1]} pixels"
-    bounds = [f"at most {config.image_max_pixels} pixels" if config.image_max_pixels else None,
-              f"at least {config.image_min_pixels} pixels" if config.image_min_pixels else None]
+    bounds = [
+        f"at most {config.image_max_pixels} pixels" if config.image_max_pixels else None,
+        f"at least {config.image_min_pixels} pixels" if config.image_min_pixels else None,
+    ]
     bounds = [b for b in bounds if b]
     return (" and ".join(bounds) + " (aspect ratio kept)") if bounds else "the processor's own defaults"
 
 
 def _pooling_text(config) -> str:
-    pooled = ("the final hidden state of the last token" if config.pooling == "last"
-              else "the mean of the final hidden states")
+    pooled = (
+        "the final hidden state of the last token"
+        if config.pooling == "last"
+        else "the mean of the final hidden states"
+    )
     return f"{pooled}, L2-normalised," if config.normalize else pooled
 
 
@@ -123,41 +150,67 @@ def _base_model_id(config, context: dict) -> str | None:
     if context.get("base_model"):
         return context["base_model"]
     origin = str(getattr(config.backbone_config, "_name_or_path", "") or "")
-    return origin if _HUB_ID.match(origin) and not os.path.exists(origin) else None
+    return origin if is_hub_id(origin) else None
 
 
-def render_model_card(config, *, card_context: dict | None = None, repo_id: str | None = None,
-                      adapter_only: bool = False, base_reference: str | None = None,
-                      template_path: str | os.PathLike = TEMPLATE_PATH) -> ModelCard:
+def render_model_card(
+    config,
+    *,
+    card_context: dict | None = None,
+    repo_id: str | None = None,
+    adapter_only: bool = False,
+    base_reference: str | None = None,
+    template_path: str | os.PathLike = TEMPLATE_PATH,
+) -> ModelCard:
     """Render the card of a checkpoint whose `Vlm2VecConfig` is `config` (see the module doc for `card_context`)."""
     context = dict(card_context or {})
     repo_id = repo_id or context.get("repo_id") or "your-username/vlm2vec-model"
     model_name = context.get("model_name") or repo_id.split("/")[-1]
     summary = load_eval_summary(context.get("eval_dir"))
     base_model = backbone = _base_model_id(config, context)
-    if adapter_only and base_reference and _HUB_ID.match(base_reference) and not os.path.exists(base_reference):
+    if adapter_only and base_reference and is_hub_id(base_reference):
         base_model = base_reference
     data_sources = context.get("data_sources") or []
     counts = [s.get("count") for s in data_sources]
     card_data = ModelCardData(
-        library_name="peft" if adapter_only else "transformers", pipeline_tag="feature-extraction",
-        license=context.get("license", "apache-2.0"), base_model=base_model, datasets=context.get("datasets"),
+        library_name="peft" if adapter_only else "transformers",
+        pipeline_tag="feature-extraction",
+        license=context.get("license", "apache-2.0"),
+        base_model=base_model,
+        datasets=context.get("datasets"),
         tags=BASE_TAGS + [config.backbone_type] + [t for t in context.get("tags", []) if t not in BASE_TAGS],
-        model_name=model_name, eval_results=(_eval_results(summary) or None) if summary else None)
+        model_name=model_name,
+        eval_results=(_eval_results(summary) or None) if summary else None,
+    )
     aggregates, datasets = _eval_rows(summary) if summary else ([], [])
     return ModelCard.from_template(
-        card_data, template_path=str(template_path), model_name=model_name, repo_id=repo_id,
-        backbone=backbone or config.backbone_type, backbone_type=config.backbone_type,
-        hidden_size=config.hidden_size, pooling_text=_pooling_text(config),
-        image_token=config.image_token, padding_side=config.padding_side, max_length=config.max_length,
-        resolution=_resolution_text(config), temperature=config.contrastive_temperature,
-        adapter_only=adapter_only, base_reference=base_reference,
-        training=context.get("training"), data_sources=data_sources,
-        total_rows=sum(counts) if counts and None not in counts else None, grad_cache=context.get("grad_cache"),
-        world_size=context.get("world_size"), lora=context.get("lora"),
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        repo_id=repo_id,
+        backbone=backbone or config.backbone_type,
+        backbone_type=config.backbone_type,
+        hidden_size=config.hidden_size,
+        pooling_text=_pooling_text(config),
+        image_token=config.image_token,
+        padding_side=config.padding_side,
+        max_length=config.max_length,
+        resolution=_resolution_text(config),
+        temperature=config.contrastive_temperature,
+        adapter_only=adapter_only,
+        base_reference=base_reference,
+        training=context.get("training"),
+        data_sources=data_sources,
+        total_rows=sum(counts) if counts and None not in counts else None,
+        grad_cache=context.get("grad_cache"),
+        world_size=context.get("world_size"),
+        lora=context.get("lora"),
         hard_negatives=context.get("hard_negatives", False),
-        eval_aggregates=aggregates, eval_datasets=datasets,
-        eval_dataset=(summary or {}).get("dataset_name", "TIGER-Lab/MMEB-eval"), versions=framework_versions())
+        eval_aggregates=aggregates,
+        eval_datasets=datasets,
+        eval_dataset=(summary or {}).get("dataset_name", MMEB_EVAL_DATASET),
+        versions=framework_versions(),
+    )
 
 
 def write_model_card(folder: str | os.PathLike, config=None, **render_kwargs) -> Path:
@@ -165,12 +218,8 @@ def write_model_card(folder: str | os.PathLike, config=None, **render_kwargs) ->
 
     `config` defaults to the folder's ``config.json`` (for adapter-only folders pass the base model's config).
     """
-    from ..evaluation.files import write_text_atomic
-
     folder = Path(folder)
     if config is None:
-        from ..configuration_vlm2vec import Vlm2VecConfig
-
         if not (folder / "config.json").is_file():
             raise DataError("no config.json to describe; pass config=", file=str(folder))
         config = Vlm2VecConfig.from_pretrained(folder)
@@ -179,5 +228,11 @@ def write_model_card(folder: str | os.PathLike, config=None, **render_kwargs) ->
     return folder / "README.md"
 
 
-__all__ = ["BASE_TAGS", "TEMPLATE_PATH", "framework_versions", "load_eval_summary", "render_model_card",
-           "write_model_card"]
+__all__ = [
+    "BASE_TAGS",
+    "TEMPLATE_PATH",
+    "framework_versions",
+    "load_eval_summary",
+    "render_model_card",
+    "write_model_card",
+]

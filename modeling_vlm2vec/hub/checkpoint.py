@@ -13,7 +13,6 @@ Nothing is unpickled: ``*.bin`` weights are refused. Every problem raises :class
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, PreTrainedConfig
 
+from ..common.errors import DataError
+from ..common.files import read_json
 from ..configuration_vlm2vec import Vlm2VecConfig
-from ..errors import DataError
 from ..modeling_vlm2vec import Vlm2VecModel
 from ..processing_vlm2vec import load_processor
 
@@ -32,9 +32,11 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokeniz
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Fields a Vlm2VecConfig adds to PreTrainedConfig, minus the backbone: what a raw VLM needs to become this model.
-WRAPPER_FIELDS = tuple(f.name for f in dataclasses.fields(Vlm2VecConfig)
-                       if f.name not in {g.name for g in dataclasses.fields(PreTrainedConfig)}
-                       and f.name != "backbone_config")
+WRAPPER_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Vlm2VecConfig)
+    if f.name not in {g.name for g in dataclasses.fields(PreTrainedConfig)} and f.name != "backbone_config"
+)
 
 
 @dataclass
@@ -51,18 +53,6 @@ class ExportSource:
     folder: Path | None = None
     base_reference: str | None = None
     owned: bool = False
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    """Parse a JSON object file; `DataError` if it is unreadable or not an object."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read JSON ({exc})", file=str(path)) from exc
-    if not isinstance(data, dict):
-        raise DataError("expected a JSON object", file=str(path))
-    return data
 
 
 def is_peft_model(model: object) -> bool:
@@ -99,21 +89,27 @@ def load_source(source: str | os.PathLike | torch.nn.Module, *, base_model: str 
         return _load_adapter_checkpoint(folder, base_model)
     if (folder / "config.json").is_file():
         return ExportSource(model=_load_full_checkpoint(folder), folder=folder, owned=True)
-    raise DataError("not a checkpoint: no config.json (full model) or adapter_config.json (PEFT adapter)",
-                    file=str(folder))
+    raise DataError(
+        "not a checkpoint: no config.json (full model) or adapter_config.json (PEFT adapter)", file=str(folder)
+    )
 
 
 def check_remote_code(folder: Path) -> dict:
     """Return the folder's vlm2vec config.json; `DataError` unless its auto_map and remote-code files are complete."""
     config = read_json(folder / "config.json")
     if config.get("model_type") != "vlm2vec":
-        raise DataError(f"config.json has model_type {config.get('model_type')!r}, not 'vlm2vec'; wrap a raw VLM "
-                        f"with Vlm2VecModel.from_backbone(...) first", file=str(folder / "config.json"))
+        raise DataError(
+            f"config.json has model_type {config.get('model_type')!r}, not 'vlm2vec'; wrap a raw VLM "
+            f"with Vlm2VecModel.from_backbone(...) first",
+            file=str(folder / "config.json"),
+        )
     auto_map = config.get("auto_map") or {}
     missing = [name for name in ("AutoConfig", "AutoModel") if name not in auto_map]
     if missing:
-        raise DataError(f"config.json auto_map lacks {missing}; the checkpoint cannot load with "
-                        f"trust_remote_code=True", file=str(folder / "config.json"))
+        raise DataError(
+            f"config.json auto_map lacks {missing}; the checkpoint cannot load with trust_remote_code=True",
+            file=str(folder / "config.json"),
+        )
     modules = {f"{ref.split('.')[0]}.py" for ref in auto_map.values()} | set(REMOTE_CODE_FILES)
     absent = sorted(name for name in modules if not (folder / name).is_file())
     if absent:
@@ -139,8 +135,12 @@ def _load_full_checkpoint(folder: Path) -> Vlm2VecModel:
 def resolve_base(reference: str, checkpoint: Path | None = None) -> str:
     """Absolute folder (tried as given, then beside the checkpoint and its parents) or a loadable Hub id."""
     path = Path(reference).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path] + (
-        [checkpoint / path, checkpoint.parent / path, checkpoint.parent.parent / path] if checkpoint else [])
+    candidates = (
+        [path]
+        if path.is_absolute()
+        else [Path.cwd() / path]
+        + ([checkpoint / path, checkpoint.parent / path, checkpoint.parent.parent / path] if checkpoint else [])
+    )
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return str(candidate.resolve())
@@ -148,8 +148,10 @@ def resolve_base(reference: str, checkpoint: Path | None = None) -> str:
         AutoConfig.from_pretrained(reference)
     except (OSError, ValueError) as exc:
         where = f" (looked in {', '.join(str(c) for c in candidates)} and the Hub cache)"
-        raise DataError(f"adapter base {reference!r} cannot be found{where}; pass --base_model <folder or Hub id>",
-                        file=str(checkpoint / ADAPTER_CONFIG) if checkpoint else None) from exc
+        raise DataError(
+            f"adapter base {reference!r} cannot be found{where}; pass --base_model <folder or Hub id>",
+            file=str(checkpoint / ADAPTER_CONFIG) if checkpoint else None,
+        ) from exc
     return reference
 
 
@@ -183,9 +185,12 @@ def attach_adapter(base: Vlm2VecModel, peft_config, weights: dict[str, torch.Ten
     missing = sorted(k for k in result.missing_keys if "lora_" in k)
     if unexpected or missing:
         example = (unexpected or missing)[0]
-        raise DataError(f"adapter weights do not match the model ({len(unexpected)} unexpected, {len(missing)} "
-                        f"missing, e.g. {example!r}); an adapter saved on a raw VLM in another key layout needs "
-                        f"convert_official_checkpoint", file=file)
+        raise DataError(
+            f"adapter weights do not match the model ({len(unexpected)} unexpected, {len(missing)} "
+            f"missing, e.g. {example!r}); an adapter saved on a raw VLM in another key layout needs "
+            f"convert_official_checkpoint",
+            file=file,
+        )
     model.eval()
     return model
 
@@ -196,8 +201,10 @@ def read_adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
     if not weights.is_file():
         hint = ""
         if (folder / "adapter_model.bin").exists():
-            hint = (" (adapter_model.bin is a pickle and is not loaded; convert it once with torch.load(..., "
-                    "weights_only=True) and safetensors.torch.save_file)")
+            hint = (
+                " (adapter_model.bin is a pickle and is not loaded; convert it once with torch.load(..., "
+                "weights_only=True) and safetensors.torch.save_file)"
+            )
         raise DataError(f"{ADAPTER_WEIGHTS} missing{hint}", file=str(folder))
     return load_file(weights)
 
@@ -208,8 +215,9 @@ def _load_adapter_checkpoint(folder: Path, base_model: str | None) -> ExportSour
     adapter_config = read_json(folder / ADAPTER_CONFIG)
     reference = base_model or adapter_config.get("base_model_name_or_path")
     if not reference:
-        raise DataError("adapter_config.json names no base_model_name_or_path; pass --base_model",
-                        file=str(folder / ADAPTER_CONFIG))
+        raise DataError(
+            "adapter_config.json names no base_model_name_or_path; pass --base_model", file=str(folder / ADAPTER_CONFIG)
+        )
     base_ref = resolve_base(reference, folder)
     weights = read_adapter_weights(folder)
     wrapper_config = None
@@ -234,12 +242,28 @@ def load_export_processor(source: ExportSource, processor=None):
             return load_processor(candidate)
         except (OSError, ValueError, TypeError) as exc:
             errors.append(f"{candidate}: {exc}")
-    raise DataError("no processor found beside the checkpoint or its base; pass processor=... "
-                    f"({'; '.join(errors) or 'no candidate folder'})",
-                    file=str(source.folder) if source.folder else None)
+    raise DataError(
+        "no processor found beside the checkpoint or its base; pass processor=... "
+        f"({'; '.join(errors) or 'no candidate folder'})",
+        file=str(source.folder) if source.folder else None,
+    )
 
 
-__all__ = ["ExportSource", "REMOTE_CODE_FILES", "PROCESSOR_FILES", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS",
-           "WRAPPER_FIELDS", "attach_adapter", "check_remote_code", "is_peft_model", "is_vlm2vec_base", "load_base",
-           "load_export_processor", "load_source", "read_adapter_weights", "read_json", "resolve_base",
-           "unwrap_vlm2vec"]
+__all__ = [
+    "ExportSource",
+    "REMOTE_CODE_FILES",
+    "PROCESSOR_FILES",
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "WRAPPER_FIELDS",
+    "attach_adapter",
+    "check_remote_code",
+    "is_peft_model",
+    "is_vlm2vec_base",
+    "load_base",
+    "load_export_processor",
+    "load_source",
+    "read_adapter_weights",
+    "resolve_base",
+    "unwrap_vlm2vec",
+]

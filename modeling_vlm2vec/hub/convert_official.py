@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from ..cli import run_cli
-from ..errors import DataError
+from ..common.cli import run_cli
+from ..common.errors import DataError
+from ..common.files import read_json
 from ..modeling_vlm2vec import Vlm2VecModel
 from ..processing_vlm2vec import load_processor
-from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, attach_adapter, read_adapter_weights,
-                         read_json)
+from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, attach_adapter, read_adapter_weights
 from .export import export_checkpoint
 
 PEFT_PREFIX = "base_model.model."
@@ -61,40 +61,53 @@ KEY_RULES = {
 }
 
 
-def rename_official_keys(weights: dict[str, torch.Tensor], backbone_type: str, *,
-                         file: str | None = None) -> dict[str, torch.Tensor]:
+def rename_official_keys(
+    weights: dict[str, torch.Tensor], backbone_type: str, *, file: str | None = None
+) -> dict[str, torch.Tensor]:
     """Map PEFT adapter keys saved on a raw VLM (transformers 4 or 5) to the `Vlm2VecModel` layout."""
     if backbone_type not in KEY_RULES:
-        raise DataError(f"no official key layout known for backbone type {backbone_type!r} "
-                        f"(supported: {', '.join(KEY_RULES)})", file=file)
+        raise DataError(
+            f"no official key layout known for backbone type {backbone_type!r} (supported: {', '.join(KEY_RULES)})",
+            file=file,
+        )
     renamed = {}
     for key, tensor in weights.items():
         if not key.startswith(PEFT_PREFIX):
             raise DataError(f"adapter key {key!r} does not start with {PEFT_PREFIX!r}; not a PEFT adapter", file=file)
-        path = key[len(PEFT_PREFIX):]
+        path = key[len(PEFT_PREFIX) :]
         if not path.startswith("backbone."):
             for pattern, replacement in KEY_RULES[backbone_type]:
                 if re.match(pattern, path):
                     path = re.sub(pattern, replacement, path, count=1)
                     break
             else:
-                raise DataError(f"adapter key {key!r} has no place in a {backbone_type} embedding model "
-                                f"(an LM head or an unknown layout)", file=file)
+                raise DataError(
+                    f"adapter key {key!r} has no place in a {backbone_type} embedding model "
+                    f"(an LM head or an unknown layout)",
+                    file=file,
+                )
         if "lm_head" in path:
-            raise DataError(f"adapter key {key!r} adapts the LM head, which an embedding model does not have",
-                            file=file)
+            raise DataError(
+                f"adapter key {key!r} adapts the LM head, which an embedding model does not have", file=file
+            )
         renamed[PEFT_PREFIX + path] = tensor
     return renamed
 
 
 def adapted_modules(weights: dict[str, torch.Tensor]) -> list[str]:
     """Full names (relative to the wrapper) of the modules an adapter state dict adapts."""
-    return sorted({key[len(PEFT_PREFIX):].split(".lora_")[0] for key in weights if ".lora_" in key})
+    return sorted({key[len(PEFT_PREFIX) :].split(".lora_")[0] for key in weights if ".lora_" in key})
 
 
-def convert_official_checkpoint(base_backbone_dir_or_id: str | os.PathLike, adapter_dir: str | os.PathLike,
-                                output_dir: str | os.PathLike, *, card_context: dict | None = None,
-                                overwrite: bool = False, **config_kwargs) -> Path:
+def convert_official_checkpoint(
+    base_backbone_dir_or_id: str | os.PathLike,
+    adapter_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    card_context: dict | None = None,
+    overwrite: bool = False,
+    **config_kwargs,
+) -> Path:
     """Merge an official VLM2Vec adapter into its raw backbone and export a Vlm2Vec checkpoint to `output_dir`.
 
     Args:
@@ -129,8 +142,9 @@ def convert_official_checkpoint(base_backbone_dir_or_id: str | os.PathLike, adap
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modeling_vlm2vec.hub.convert_official",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling_vlm2vec.hub.convert_official", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("base_backbone", help="raw VLM the adapter was trained on (Hub id or folder)")
     parser.add_argument("adapter_dir", help="official adapter folder (adapter_config.json + safetensors)")
     parser.add_argument("output_dir", help="folder to create")
@@ -138,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body():
-        folder = convert_official_checkpoint(args.base_backbone, args.adapter_dir, args.output_dir,
-                                             overwrite=args.overwrite)
+        folder = convert_official_checkpoint(
+            args.base_backbone, args.adapter_dir, args.output_dir, overwrite=args.overwrite
+        )
         print(f"converted {folder}")
 
     return run_cli(body)

@@ -27,20 +27,37 @@ from pathlib import Path
 
 import torch
 
-from ..cli import run_cli
-from ..errors import DataError
+from ..common.cli import run_cli
+from ..common.errors import DataError
+from ..common.files import read_json
 from .card import load_eval_summary, write_model_card
-from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, REMOTE_CODE_FILES, check_remote_code,
-                         is_peft_model, is_vlm2vec_base, load_export_processor, load_source, read_json,
-                         unwrap_vlm2vec)
+from .checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PROCESSOR_FILES,
+    REMOTE_CODE_FILES,
+    check_remote_code,
+    is_peft_model,
+    is_vlm2vec_base,
+    load_export_processor,
+    load_source,
+    unwrap_vlm2vec,
+)
 
 EVAL_FILE_PATTERNS = ("summary.json", "*_score.json", "results.md", "results.png")
 
 
-def export_checkpoint(model_or_dir: str | os.PathLike | torch.nn.Module, output_dir: str | os.PathLike, *,
-                      processor=None, merge_lora: bool = True, adapter_only: bool = False,
-                      card_context: dict | None = None, base_model: str | None = None,
-                      overwrite: bool = False) -> Path:
+def export_checkpoint(
+    model_or_dir: str | os.PathLike | torch.nn.Module,
+    output_dir: str | os.PathLike,
+    *,
+    processor=None,
+    merge_lora: bool = True,
+    adapter_only: bool = False,
+    card_context: dict | None = None,
+    base_model: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a Hub-ready checkpoint of `model_or_dir` to `output_dir` and return its path.
 
     Args:
@@ -63,13 +80,16 @@ def export_checkpoint(model_or_dir: str | os.PathLike | torch.nn.Module, output_
     """
     output_dir = Path(output_dir).absolute()
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise DataError("output folder exists and is not empty (pass overwrite=True / --overwrite)",
-                        file=str(output_dir))
+        raise DataError(
+            "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
+        )
     source = load_source(model_or_dir, base_model=base_model)
     is_adapter = is_peft_model(source.model)
     if adapter_only and not is_adapter:
-        raise DataError("adapter_only export needs a PEFT model or an adapter checkpoint; this model has no adapter",
-                        file=str(source.folder) if source.folder else None)
+        raise DataError(
+            "adapter_only export needs a PEFT model or an adapter checkpoint; this model has no adapter",
+            file=str(source.folder) if source.folder else None,
+        )
     if is_adapter and not adapter_only and not merge_lora:
         raise DataError("a LoRA model is exported merged (merge_lora=True) or as an adapter (adapter_only=True)")
     processor = load_export_processor(source, processor)
@@ -85,8 +105,13 @@ def export_checkpoint(model_or_dir: str | os.PathLike | torch.nn.Module, output_
             reference = _adapter_base_reference(base_model or source.base_reference)
             _save_adapter(source.model, staging, reference)
             processor.save_pretrained(staging)
-            write_model_card(staging, unwrap_vlm2vec(source.model).config, card_context=context,
-                             adapter_only=True, base_reference=reference)
+            write_model_card(
+                staging,
+                unwrap_vlm2vec(source.model).config,
+                card_context=context,
+                adapter_only=True,
+                base_reference=reference,
+            )
         else:
             model = source.model
             if is_adapter:
@@ -130,9 +155,12 @@ def _adapter_base_reference(reference: str | None) -> str:
     else:
         return reference  # a Hub id: written as given (it may not be reachable from here)
     if not is_vlm2vec_base(reference):
-        raise DataError("the adapter's base is a raw VLM, not a Vlm2Vec checkpoint; export the base once "
-                        "(export_checkpoint(Vlm2VecModel.from_backbone(<raw>, ...), <base_dir>)), publish it and "
-                        "pass base_model=<its Hub id or folder>", file=reference)
+        raise DataError(
+            "the adapter's base is a raw VLM, not a Vlm2Vec checkpoint; export the base once "
+            "(export_checkpoint(Vlm2VecModel.from_backbone(<raw>, ...), <base_dir>)), publish it and "
+            "pass base_model=<its Hub id or folder>",
+            file=reference,
+        )
     return reference
 
 
@@ -184,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         context = read_json(args.card_context) if args.card_context else {}
         if args.hub_model_id:
             context.setdefault("repo_id", args.hub_model_id)
-        folder = export_checkpoint(args.checkpoint_dir, args.output_dir, adapter_only=args.adapter_only,
-                                   base_model=args.base_model, card_context=context, overwrite=args.overwrite)
+        folder = export_checkpoint(
+            args.checkpoint_dir,
+            args.output_dir,
+            adapter_only=args.adapter_only,
+            base_model=args.base_model,
+            card_context=context,
+            overwrite=args.overwrite,
+        )
         print(f"exported {folder}")
         if args.push_to_hub:
             from .push import push_checkpoint

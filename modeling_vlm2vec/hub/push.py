@@ -20,20 +20,44 @@ from pathlib import Path
 from huggingface_hub import create_repo, upload_folder
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-from ..errors import DataError
+from ..common.errors import DataError
+from ..common.files import read_json
 from .card import write_model_card
-from .checkpoint import PROCESSOR_FILES, REMOTE_CODE_FILES, read_json
+from .checkpoint import PROCESSOR_FILES, REMOTE_CODE_FILES
 
 # Patterns are matched (fnmatch) against paths relative to the folder.
 PUSH_IGNORE_PATTERNS = [
-    "optimizer.*", "scheduler.*", "scaler.*", "rng_state*", "trainer_state.json", "training_args.*",
-    "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "checkpoint-*", "_*", ".*", "*/.*", "*.tmp",
-    "eval/cache/*", "runs/*",
+    "optimizer.*",
+    "scheduler.*",
+    "scaler.*",
+    "rng_state*",
+    "trainer_state.json",
+    "training_args.*",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "*.pickle",
+    "checkpoint-*",
+    "_*",
+    ".*",
+    "*/.*",
+    "*.tmp",
+    "eval/cache/*",
+    "runs/*",
 ]
 # Processor / tokenizer files a backbone may write besides PROCESSOR_FILES.
-_PROCESSOR_EXTRA = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-                    "chat_template.json", "video_preprocessor_config.json", "added_tokens.json",
-                    "special_tokens_map.json")
+_PROCESSOR_EXTRA = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "video_preprocessor_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+)
 
 
 def files_to_push(folder: str | os.PathLike) -> list[str]:
@@ -45,8 +69,15 @@ def files_to_push(folder: str | os.PathLike) -> list[str]:
     return list(filter_repo_objects(files, ignore_patterns=PUSH_IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
 
 
-def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, dry_run: bool = False, private: bool | None = None,
-                    token: str | None = None, commit_message: str = "Upload VLM2Vec checkpoint") -> list[str]:
+def push_checkpoint(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    dry_run: bool = False,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload VLM2Vec checkpoint",
+) -> list[str]:
     """Upload `folder` to the model repo `repo_id` (created if needed) and return the uploaded relative paths.
 
     With `dry_run`, nothing touches the network: the list of files that would be uploaded is returned.
@@ -57,13 +88,20 @@ def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, dry_run: bool = 
     if dry_run:
         return files
     create_repo(repo_id, token=token, private=private, repo_type="model", exist_ok=True)
-    upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, token=token,
-                  repo_type="model", ignore_patterns=list(PUSH_IGNORE_PATTERNS))
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        token=token,
+        repo_type="model",
+        ignore_patterns=list(PUSH_IGNORE_PATTERNS),
+    )
     return files
 
 
-def prepare_checkpoint_for_push(checkpoint_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
-                                card_context: dict | None = None) -> list[str]:
+def prepare_checkpoint_for_push(
+    checkpoint_dir: str | os.PathLike, output_dir: str | os.PathLike, *, card_context: dict | None = None
+) -> list[str]:
     """Copy what a Trainer push leaves out from `checkpoint_dir` into `output_dir`, and write our card there.
 
     Copies the remote-code ``.py`` files, ``config.json`` and the processor/tokenizer files present in the checkpoint,
@@ -93,13 +131,26 @@ class HubPushMixin:
 
     def hub_card_context(self) -> dict:
         args = self.args
-        training = {name: getattr(args, name) for name in (
-            "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-            "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16")
-            if getattr(args, name, None) is not None}
+        training = {
+            name: getattr(args, name)
+            for name in (
+                "learning_rate",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "num_train_epochs",
+                "max_steps",
+                "warmup_steps",
+                "weight_decay",
+                "lr_scheduler_type",
+                "seed",
+                "bf16",
+            )
+            if getattr(args, name, None) is not None
+        }
         context = {"training": training, "world_size": args.world_size}
-        grad_cache = {name: getattr(args, name) for name in ("gc_q_chunk_size", "gc_p_chunk_size")
-                      if getattr(args, name, None)}
+        grad_cache = {
+            name: getattr(args, name) for name in ("gc_q_chunk_size", "gc_p_chunk_size") if getattr(args, name, None)
+        }
         if grad_cache:
             context["grad_cache"] = grad_cache
         if args.hub_model_id:
@@ -107,8 +158,13 @@ class HubPushMixin:
         peft_config = getattr(self.model, "peft_config", None)
         if peft_config:
             config = next(iter(peft_config.values()))
-            context["lora"] = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                               "use_dora": config.use_dora, "target_modules": config.target_modules}
+            context["lora"] = {
+                "r": config.r,
+                "alpha": config.lora_alpha,
+                "dropout": config.lora_dropout,
+                "use_dora": config.use_dora,
+                "target_modules": config.target_modules,
+            }
         return context
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:

@@ -19,18 +19,26 @@ class ContrastiveTrainingArguments(TrainingArguments):
     """
 
     gc_q_chunk_size: int | None = field(
-        default=None, metadata={"help": "GradCache chunk size (rows) for queries; None = no GradCache."})
+        default=None, metadata={"help": "GradCache chunk size (rows) for queries; None = no GradCache."}
+    )
     gc_p_chunk_size: int | None = field(
-        default=None, metadata={"help": "GradCache chunk size (rows) for positives and hard negatives; None = no "
-                                        "GradCache."})
+        default=None,
+        metadata={"help": "GradCache chunk size (rows) for positives and hard negatives; None = no GradCache."},
+    )
     loss_symmetric: bool = field(
-        default=False, metadata={"help": "Add the positive -> query InfoNCE direction (loss = mean of both)."})
+        default=False, metadata={"help": "Add the positive -> query InfoNCE direction (loss = mean of both)."}
+    )
     sampler_mode: str = field(
-        default="mixed", metadata={"help": "Global-batch sampling over sources: 'mixed' (one permutation of all "
-                                           "rows) or 'homogeneous' (each sub-batch from one source)."})
+        default="mixed",
+        metadata={
+            "help": "Global-batch sampling over sources: 'mixed' (one permutation of all "
+            "rows) or 'homogeneous' (each sub-batch from one source)."
+        },
+    )
     homogeneous_sub_batch: int | None = field(
-        default=None, metadata={"help": "Rows per single-source sub-batch in homogeneous mode (default: the whole "
-                                        "global batch)."})
+        default=None,
+        metadata={"help": "Rows per single-source sub-batch in homogeneous mode (default: the whole global batch)."},
+    )
 
     def __post_init__(self):
         self.remove_unused_columns = False
@@ -57,11 +65,19 @@ class LoraArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
     lora_use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA); slower."})
     lora_gaussian_init: bool = field(
-        default=False, metadata={"help": "Initialise LoRA A with a Gaussian (the official VLM2Vec setting) instead of "
-                                         "peft's default Kaiming-uniform."})
+        default=False,
+        metadata={
+            "help": "Initialise LoRA A with a Gaussian (the official VLM2Vec setting) instead of "
+            "peft's default Kaiming-uniform."
+        },
+    )
     lora_target_modules: str | None = field(
-        default=None, metadata={"help": "Regex (full match) of module names to adapt; default: the attention and MLP "
-                                        "projections of the language model only."})
+        default=None,
+        metadata={
+            "help": "Regex (full match) of module names to adapt; default: the attention and MLP "
+            "projections of the language model only."
+        },
+    )
 
 
 __all__ = ["ContrastiveTrainingArguments", "LoraArguments"]

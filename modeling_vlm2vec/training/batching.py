@@ -39,8 +39,9 @@ def _is_sequence(key: str, value: torch.Tensor, rows: int, length: int) -> bool:
     return key not in PIXEL_KEYS and value.dim() >= 2 and value.shape[0] == rows and value.shape[1] == length
 
 
-def split_group(group: dict[str, torch.Tensor], chunk_size: int,
-                padding_side: str = "right") -> list[dict[str, torch.Tensor]]:
+def split_group(
+    group: dict[str, torch.Tensor], chunk_size: int, padding_side: str = "right"
+) -> list[dict[str, torch.Tensor]]:
     """Cut a group into chunks of ``chunk_size`` consecutive rows (the last may be shorter).
 
     Every chunk is a valid model input on its own: row tensors and the rows' images are sliced out (views, no copy),
@@ -65,7 +66,11 @@ def split_group(group: dict[str, torch.Tensor], chunk_size: int,
         patch_cum = F.pad(group["image_grid_thw"].prod(-1).cumsum(0), (1, 0)).to(row_lengths.device)
         meta.append(patch_cum[image_bounds])
     flat = torch.cat(meta).tolist()
-    chunk_lengths, image_bounds, patch_bounds = flat[:n_chunks], flat[n_chunks:2 * n_chunks + 1], flat[2 * n_chunks + 1:]
+    chunk_lengths, image_bounds, patch_bounds = (
+        flat[:n_chunks],
+        flat[n_chunks : 2 * n_chunks + 1],
+        flat[2 * n_chunks + 1 :],
+    )
 
     chunks = []
     for c in range(n_chunks):
@@ -80,7 +85,7 @@ def split_group(group: dict[str, torch.Tensor], chunk_size: int,
         first_image, last_image = image_bounds[c], image_bounds[c + 1]
         if last_image > first_image:
             if layout == "patches":
-                chunk["pixel_values"] = group["pixel_values"][patch_bounds[c]:patch_bounds[c + 1]]
+                chunk["pixel_values"] = group["pixel_values"][patch_bounds[c] : patch_bounds[c + 1]]
                 chunk["image_grid_thw"] = group["image_grid_thw"][first_image:last_image]
             else:
                 image_slice = slice(lo, hi) if layout == "rows" else slice(first_image, last_image)
@@ -98,8 +103,9 @@ def _pad_to(tensor: torch.Tensor, shape: list[int], value: float, left_dim1: boo
     return F.pad(tensor, pad, value=value) if any(pad) else tensor
 
 
-def concat_groups(groups: list[dict[str, torch.Tensor]], padding_side: str = "right",
-                  pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+def concat_groups(
+    groups: list[dict[str, torch.Tensor]], padding_side: str = "right", pad_token_id: int = 0
+) -> dict[str, torch.Tensor]:
     """Join groups into one batch (rows in order), the inverse of :func:`split_group`.
 
     Sequence tensors are re-padded to the longest group on ``padding_side`` (``input_ids`` with ``pad_token_id``,
@@ -126,9 +132,12 @@ def concat_groups(groups: list[dict[str, torch.Tensor]], padding_side: str = "ri
     for key in (k for k in PIXEL_KEYS if k in with_images[0]):
         shape = [max(g[key].shape[d] for g in with_images) for d in range(with_images[0][key].dim())]
         if _image_layout(with_images[0]) == "rows":
-            parts = [_pad_to(g[key], shape, 0) if key in g
-                     else g["attention_mask"].new_zeros(group_rows(g), *shape[1:], dtype=with_images[0][key].dtype)
-                     for g in groups]
+            parts = [
+                _pad_to(g[key], shape, 0)
+                if key in g
+                else g["attention_mask"].new_zeros(group_rows(g), *shape[1:], dtype=with_images[0][key].dtype)
+                for g in groups
+            ]
         else:
             parts = [_pad_to(g[key], shape, 0) for g in with_images]
         out[key] = torch.cat(parts)

@@ -70,9 +70,16 @@ class GradCache:
             the phases (wrong gradients); it exists only so a test can show that.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[dict[str, torch.Tensor]], ContrastiveLossOutput], *,
-                 chunk_sizes: Mapping[str, int], padding_side: str = "right",
-                 backward: Callable[[torch.Tensor], None] = torch.Tensor.backward, replay_rng: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[dict[str, torch.Tensor]], ContrastiveLossOutput],
+        *,
+        chunk_sizes: Mapping[str, int],
+        padding_side: str = "right",
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+        replay_rng: bool = True,
+    ):
         self.model, self.loss_fn, self.chunk_sizes = model, loss_fn, dict(chunk_sizes)
         self.padding_side, self.backward, self.replay_rng = padding_side, backward, replay_rng
         # one tensor per device holding parameters: the RNG of every device the forward runs on is snapshot
@@ -83,8 +90,11 @@ class GradCache:
 
         ``groups`` maps names (keys of ``chunk_sizes``) to processed groups already on the model's device.
         """
-        chunks = [_Chunk(name, inputs) for name, group in groups.items()
-                  for inputs in split_group(group, self.chunk_sizes[name], self.padding_side)]
+        chunks = [
+            _Chunk(name, inputs)
+            for name, group in groups.items()
+            for inputs in split_group(group, self.chunk_sizes[name], self.padding_side)
+        ]
         self.embed(chunks)
         output = self.cache_gradients(chunks)
         self.replay(chunks, scale)
@@ -109,8 +119,9 @@ class GradCache:
     def cache_gradients(self, chunks: list[_Chunk]) -> ContrastiveLossOutput:
         """Phase 2: loss on the detached embeddings, backward, cache ``dL/de`` per chunk."""
         names = list(dict.fromkeys(chunk.group for chunk in chunks))
-        leaves = {name: torch.cat([c.embeddings for c in chunks if c.group == name]).requires_grad_()
-                  for name in names}  # (rows, d) per group, leaf tensors
+        leaves = {
+            name: torch.cat([c.embeddings for c in chunks if c.group == name]).requires_grad_() for name in names
+        }  # (rows, d) per group, leaf tensors
         output = self.loss_fn(leaves)
         output.loss.backward()
         for name in names:
@@ -148,8 +159,9 @@ class GradCache:
 
 def needs_grad_cache(groups: Mapping[str, dict[str, torch.Tensor]], chunk_sizes: Mapping[str, int | None]) -> bool:
     """True when some group has more rows than its chunk size (a None chunk size never chunks)."""
-    return any(chunk_sizes.get(name) is not None and group_rows(group) > chunk_sizes[name]
-               for name, group in groups.items())
+    return any(
+        chunk_sizes.get(name) is not None and group_rows(group) > chunk_sizes[name] for name, group in groups.items()
+    )
 
 
 __all__ = ["GradCache", "RandomState", "needs_grad_cache"]

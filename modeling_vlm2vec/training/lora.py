@@ -16,8 +16,17 @@ from torch import nn
 from .arguments import LoraArguments
 
 # attention and MLP projection names of decoder LMs (Llama / Mistral / Qwen2 split projections, Phi-3 fused ones)
-LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj",
-                  "gate_up_proj")
+LM_PROJECTIONS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "qkv_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "gate_up_proj",
+)
 
 
 def language_model_prefix(model: nn.Module) -> str:
@@ -43,9 +52,13 @@ def prepare_trainable_model(model: nn.Module, args: LoraArguments) -> nn.Module:
     if not args.lora:
         return model
     config = LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, use_dora=args.lora_use_dora,
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        use_dora=args.lora_use_dora,
         init_lora_weights="gaussian" if args.lora_gaussian_init else True,
-        target_modules=args.lora_target_modules or lora_target_regex(model))
+        target_modules=args.lora_target_modules or lora_target_regex(model),
+    )
     # no task_type: the plain PeftModel passes every keyword (pixel_values, image_grid_thw, ...) to our forward
     return get_peft_model(model, config)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_gather_counts, all_gather_with_grad, rank, world_size
+from ..common.distributed import all_gather_counts, all_gather_with_grad, rank, world_size
 
 
 @dataclass
@@ -44,8 +44,14 @@ class ContrastiveLossOutput:
     accuracy: torch.Tensor
 
 
-def contrastive_loss(query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None, *,
-                     temperature: float, symmetric: bool = False) -> ContrastiveLossOutput:
+def contrastive_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    symmetric: bool = False,
+) -> ContrastiveLossOutput:
     """InfoNCE of the local rows against the global batch (see module docstring).
 
     Args:

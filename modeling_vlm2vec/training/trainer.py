@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from accelerate.utils import DistributedType
+from torch import nn
 from transformers import Trainer
-from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_pt_utils import nested_gather
 
 from ..data.sampler import build_train_dataloader
 from ..data.sources import TrainingCorpus
@@ -43,8 +43,14 @@ from .losses import ContrastiveLossOutput, contrastive_loss
 GROUPS = ("query", "positive", "negative")
 
 
-def embed_groups(model: nn.Module, groups: dict[str, dict[str, torch.Tensor]], *, one_forward: bool,
-                 padding_side: str = "right", pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+def embed_groups(
+    model: nn.Module,
+    groups: dict[str, dict[str, torch.Tensor]],
+    *,
+    one_forward: bool,
+    padding_side: str = "right",
+    pad_token_id: int = 0,
+) -> dict[str, torch.Tensor]:
     """``{name: (rows, d) embeddings}`` of processed groups, in the caller's grad mode.
 
     ``one_forward=False``: one forward per group. ``one_forward=True``: one forward of the groups concatenated
@@ -85,17 +91,33 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
         return self.model.config  # Vlm2VecConfig (a PeftModel exposes its base model's config)
 
     def _loss(self, embeddings: dict[str, torch.Tensor]) -> ContrastiveLossOutput:
-        return contrastive_loss(embeddings["query"], embeddings["positive"], embeddings.get("negative"),
-                                temperature=self._config.contrastive_temperature, symmetric=self.args.loss_symmetric)
+        return contrastive_loss(
+            embeddings["query"],
+            embeddings["positive"],
+            embeddings.get("negative"),
+            temperature=self._config.contrastive_temperature,
+            symmetric=self.args.loss_symmetric,
+        )
 
-    def _embed_groups(self, model: nn.Module, groups: dict[str, dict[str, torch.Tensor]], *,
-                      one_forward: bool) -> dict[str, torch.Tensor]:
+    def _embed_groups(
+        self, model: nn.Module, groups: dict[str, dict[str, torch.Tensor]], *, one_forward: bool
+    ) -> dict[str, torch.Tensor]:
         """:func:`embed_groups` with the model's padding side and pad token."""
-        return embed_groups(model, groups, one_forward=one_forward, padding_side=self._config.padding_side,
-                            pad_token_id=self._config.get_text_config().pad_token_id or 0)
+        return embed_groups(
+            model,
+            groups,
+            one_forward=one_forward,
+            padding_side=self._config.padding_side,
+            pad_token_id=self._config.get_text_config().pad_token_id or 0,
+        )
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None):
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
         """Uncached loss of the batch's groups (see the module docstring for how they are embedded)."""
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
         one_forward = torch.is_grad_enabled() and self.accelerator.distributed_type != DistributedType.NO
@@ -103,38 +125,50 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
         self._record_accuracy(output.accuracy)
         return (output.loss, output) if return_outputs else output.loss
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         """GradCache step when a chunk size is smaller than its group, else the stock step (``compute_loss``).
 
         Ranks may choose differently (their hard-negative counts differ): both paths run the same collectives in the
         same order — the loss's gathers, their backward, then one DDP gradient all-reduce.
         """
-        chunk_sizes = {"query": self.args.gc_q_chunk_size, "positive": self.args.gc_p_chunk_size,
-                       "negative": self.args.gc_p_chunk_size}
+        chunk_sizes = {
+            "query": self.args.gc_q_chunk_size,
+            "positive": self.args.gc_p_chunk_size,
+            "negative": self.args.gc_p_chunk_size,
+        }
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
         if not needs_grad_cache(groups, chunk_sizes):
             return super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # DeepSpeed's engine steps the optimizer inside backward, which GradCache calls once per chunk
-            raise ValueError("GradCache (gc_q_chunk_size / gc_p_chunk_size) does not work with DeepSpeed; use DDP or "
-                             "FSDP, or unset the chunk sizes")
+            raise ValueError(
+                "GradCache (gc_q_chunk_size / gc_p_chunk_size) does not work with DeepSpeed; use DDP or "
+                "FSDP, or unset the chunk sizes"
+            )
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         groups = self._prepare_inputs(groups)
         # a None chunk size puts the whole group in one chunk
         sizes = {name: chunk_sizes[name] or group_rows(group) for name, group in groups.items()}
-        cache = GradCache(model, self._loss, chunk_sizes=sizes, padding_side=self._config.padding_side,
-                          backward=self.accelerator.backward)
+        cache = GradCache(
+            model,
+            self._loss,
+            chunk_sizes=sizes,
+            padding_side=self._config.padding_side,
+            backward=self.accelerator.backward,
+        )
         scale = 1.0 / self.current_gradient_accumulation_steps
         with self.compute_loss_context_manager():
             output = cache.step(groups, scale=scale)
         self._record_accuracy(output.accuracy)
         return output.loss * scale
 
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: list[str] | None = None):
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
+    ):
         """Eval loss of the batch (uncached path); no logits or labels."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -160,11 +194,16 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
                 logs["accuracy"] = accuracy
         super().log(logs, start_time)
 
-    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+    def evaluation_loop(
+        self,
+        dataloader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ):
         self._accuracy["eval"] = []
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                         metric_key_prefix)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         accuracy = self._mean_accuracy("eval")
         if accuracy is not None:
             output.metrics[f"{metric_key_prefix}_accuracy"] = accuracy
@@ -198,11 +237,17 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
         if not isinstance(self.train_dataset, TrainingCorpus):
             return super().get_train_dataloader()
         return build_train_dataloader(
-            self.train_dataset, self.data_collator, per_device_batch_size=self._train_batch_size,
-            world_size=self.args.world_size, rank=self.args.process_index,
+            self.train_dataset,
+            self.data_collator,
+            per_device_batch_size=self._train_batch_size,
+            world_size=self.args.world_size,
+            rank=self.args.process_index,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            mode=self.args.sampler_mode, homogeneous_sub_batch=self.args.homogeneous_sub_batch,
-            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+            mode=self.args.sampler_mode,
+            homogeneous_sub_batch=self.args.homogeneous_sub_batch,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
 
 __all__ = ["ContrastiveTrainer", "embed_groups"]

@@ -16,8 +16,8 @@ of the one relevant candidate in that list. Ties count against the relevant cand
 import datasets
 import evaluate
 import numpy as np
-from modeling_vlm2vec.evaluation.metrics import KS
-from modeling_vlm2vec.evaluation.metrics import ranking_metrics
+
+from modeling_vlm2vec.evaluation.metrics import KS, ranking_metrics
 
 
 class MmebRanking(evaluate.Metric):
@@ -26,13 +26,17 @@ class MmebRanking(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description="MMEB ranking metrics: hit@1 (precision@1), recall@k, MRR, NDCG@k; ties count against "
-                        "the relevant candidate.",
-            citation="VLM2Vec: Training Vision-Language Models for Massive Multimodal Embedding Tasks (arXiv 2410.05160)",
-            inputs_description="predictions: list of candidate score lists; references: index of the relevant candidate",
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float64")),
-                "references": datasets.Value("int64"),
-            }),
+            "the relevant candidate.",
+            citation="VLM2Vec: Training Vision-Language Models for Massive Multimodal Embedding Tasks "
+            "(arXiv 2410.05160)",
+            inputs_description="predictions: list of candidate score lists; references: index of the relevant "
+            "candidate",
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float64")),
+                    "references": datasets.Value("int64"),
+                }
+            ),
         )
 
     def _compute(self, predictions, references, ks=KS):

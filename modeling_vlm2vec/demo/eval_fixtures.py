@@ -62,8 +62,14 @@ class KeyedEncoder(torch.nn.Module):
         found = _KEY.search(item.get("text") or "") or _KEY.search(os.path.basename(item.get("image") or ""))
         return int(found.group(1)) if found else 0
 
-    def encode(self, inputs: list[dict], batch_size: int = 8, show_progress_bar: bool | None = None,
-               processor: object = None, **kwargs) -> np.ndarray:
+    def encode(
+        self,
+        inputs: list[dict],
+        batch_size: int = 8,
+        show_progress_bar: bool | None = None,
+        processor: object = None,
+        **kwargs,
+    ) -> np.ndarray:
         if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
             raise RuntimeError("simulated crash during encoding")
         self.calls.append(list(inputs))

@@ -31,7 +31,7 @@ from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3I
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
+from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
 
 TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
 
@@ -48,10 +48,20 @@ _CORPUS = [
     "0 1 2 3 4 5 6 7 8 9 . , : ; ? ! ' \" ( ) - _ / \n",
 ]
 _LLAMA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
-_IDEFICS_SPECIALS = _LLAMA_SPECIALS + ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>"] + [
-    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+_QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+_IDEFICS_SPECIALS = (
+    _LLAMA_SPECIALS
+    + ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>"]
+    + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+)
 
 
 def train_tokenizer(special_tokens: list[str], vocab_size: int = 512, **special_kwargs) -> PreTrainedTokenizerFast:
@@ -59,84 +69,167 @@ def train_tokenizer(special_tokens: list[str], vocab_size: int = 512, **special_
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="right", **special_kwargs)
 
 
 def _text_config(cls, tokenizer, hidden_size: int, num_layers: int, **extra):
-    return cls(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-               num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-               pad_token_id=tokenizer.pad_token_id, **extra)
+    return cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
 
 
 def _build_llava_next(hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
-    tok = train_tokenizer(_LLAMA_SPECIALS, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                          pad_token="<pad>", image_token="<image>")
-    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size],
-                 [2 * image_size, 2 * image_size]]
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": image_size}, image_grid_pinpoints=pinpoints,
-                                                 crop_size={"height": image_size, "width": image_size})
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
-                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    tok = train_tokenizer(
+        _LLAMA_SPECIALS, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", image_token="<image>"
+    )
+    pinpoints = [
+        [image_size, image_size],
+        [image_size, 2 * image_size],
+        [2 * image_size, image_size],
+        [2 * image_size, 2 * image_size],
+    ]
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        image_grid_pinpoints=pinpoints,
+        crop_size={"height": image_size, "width": image_size},
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                                       num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-                                       patch_size=14),
+        vision_config=CLIPVisionConfig(
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=14,
+        ),
         text_config=_text_config(LlamaConfig, tok, hidden_size, num_layers),
-        image_token_index=tok.image_token_id, image_grid_pinpoints=pinpoints,
-        vision_feature_layer=-1, vision_feature_select_strategy="default")
+        image_token_index=tok.image_token_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     return LlavaNextForConditionalGeneration(config), processor
 
 
 def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
-    tok = train_tokenizer(_QWEN_SPECIALS, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                          image_token="<|image_pad|>", video_token="<|video_pad|>")
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=image_size * image_size,
-                                               patch_size=14, merge_size=2, temporal_patch_size=2)
+    tok = train_tokenizer(
+        _QWEN_SPECIALS,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        image_token="<|image_pad|>",
+        video_token="<|video_pad|>",
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=28 * 28, max_pixels=image_size * image_size, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
     head_dim = hidden_size // 4
     section = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]  # sums to head_dim / 2
-    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
-    text = dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
-                bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = {
+        name: tok.convert_tokens_to_ids(token)
+        for name, token in [
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ]
+    }
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if model_type == "qwen2_vl":
         vision = dict(depth=2, embed_dim=vision_hidden_size, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
-        return (Qwen2VLForConditionalGeneration(config),
-                ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok))
-    vision = dict(depth=2, hidden_size=vision_hidden_size, out_hidden_size=hidden_size,
-                  intermediate_size=2 * vision_hidden_size, num_heads=2,
-                  window_size=56, fullatt_block_indexes=[1])
+        return (
+            Qwen2VLForConditionalGeneration(config),
+            ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok),
+        )
+    vision = dict(
+        depth=2,
+        hidden_size=vision_hidden_size,
+        out_hidden_size=hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_heads=2,
+        window_size=56,
+        fullatt_block_indexes=[1],
+    )
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-    return (Qwen2_5_VLForConditionalGeneration(config),
-            ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok))
+    return (
+        Qwen2_5_VLForConditionalGeneration(config),
+        ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok),
+    )
 
 
 def _build_idefics3(hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
-    tok = train_tokenizer(_IDEFICS_SPECIALS, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                          pad_token="<pad>", image_token="<image>")
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * image_size},
-                                                max_image_size={"longest_edge": image_size})
+    tok = train_tokenizer(
+        _IDEFICS_SPECIALS,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        image_token="<image>",
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * image_size}, max_image_size={"longest_edge": image_size}
+    )
     patch_size, scale_factor = image_size // 4, 2
-    image_seq_len = ((image_size // patch_size) ** 2) // (scale_factor ** 2)
+    image_seq_len = ((image_size // patch_size) ** 2) // (scale_factor**2)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=image_seq_len)
     config = Idefics3Config(
-        vision_config=dict(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                           num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=patch_size),
+        vision_config=dict(
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
         text_config=_text_config(LlamaConfig, tok, hidden_size, num_layers).to_dict(),
-        scale_factor=scale_factor, image_token_id=tok.convert_tokens_to_ids("<image>"),
-        pad_token_id=tok.pad_token_id)
+        scale_factor=scale_factor,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
     return Idefics3ForConditionalGeneration(config), processor
 
 
-def build_tiny_backbone(model_type: str, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                        image_size: int | None = None, vision_hidden_size: int = 32):
+def build_tiny_backbone(
+    model_type: str,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    image_size: int | None = None,
+    vision_hidden_size: int = 32,
+):
     """Return `(model, processor)`: a seeded random `...ForConditionalGeneration` and its processor."""
     if model_type not in TINY_MODEL_TYPES:
         raise ValueError(f"model_type must be one of {TINY_MODEL_TYPES}, got {model_type!r}")
@@ -148,16 +241,30 @@ def build_tiny_backbone(model_type: str, *, seed: int = 0, hidden_size: int = 64
     return _build_qwen(model_type, hidden_size, num_layers, image_size or 56, vision_hidden_size)
 
 
-def save_tiny_backbone(model_type: str, path: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64,
-                       num_layers: int = 2, image_size: int | None = None, vision_hidden_size: int = 32) -> Path:
+def save_tiny_backbone(
+    model_type: str,
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    image_size: int | None = None,
+    vision_hidden_size: int = 32,
+) -> Path:
     """Write a complete tiny VLM checkpoint (config, weights, tokenizer, processor) to `path` and return it.
 
     `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `idefics3`. The same arguments always give the
     same weights. `image_size` is the vision tower's input side in pixels (defaults: 28, 56, 56, 64);
     `vision_hidden_size` the width of the vision tower.
     """
-    model, processor = build_tiny_backbone(model_type, seed=seed, hidden_size=hidden_size, num_layers=num_layers,
-                                           image_size=image_size, vision_hidden_size=vision_hidden_size)
+    model, processor = build_tiny_backbone(
+        model_type,
+        seed=seed,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        image_size=image_size,
+        vision_hidden_size=vision_hidden_size,
+    )
     path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -32,13 +32,18 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image, ImageDraw
 
-from ..errors import DataError
+from ..common.errors import DataError
 
 COLOURS = {"red": (230, 25, 25), "green": (20, 190, 40), "blue": (30, 60, 240), "yellow": (245, 225, 10)}
 SHAPES = ("circle", "cross", "triangle")  # outlines that stay distinct at 14-px patch resolution
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
-TASKS = {"SynCLS": "classification", "SynVQA": "vqa", "SynT2I": "retrieval", "SynI2T": "retrieval",
-         "SynGround": "grounding"}
+TASKS = {
+    "SynCLS": "classification",
+    "SynVQA": "vqa",
+    "SynT2I": "retrieval",
+    "SynI2T": "retrieval",
+    "SynGround": "grounding",
+}
 IMAGE_TARGET = "<|image_1|> Represent the given image."
 CLS_QUERY = "<|image_1|> Represent the given image for classification."
 VQA_QUERY = "<|image_1|> Represent the given image with the following question: "
@@ -81,8 +86,9 @@ def _single(rng: np.random.Generator, combo: tuple[str, str, str], size: int) ->
     return img
 
 
-def _scene(rng: np.random.Generator, labels: list[str], background: str,
-           size: int) -> tuple[Image.Image, list[Image.Image]]:
+def _scene(
+    rng: np.random.Generator, labels: list[str], background: str, size: int
+) -> tuple[Image.Image, list[Image.Image]]:
     """2-3 labelled shapes in distinct quadrants; returns the scene and each shape's quadrant crop at full size."""
     img = Image.new("RGB", (size, size), BACKGROUNDS[background])
     draw, cell = ImageDraw.Draw(img), size // 2
@@ -124,8 +130,10 @@ def _train_rows(task: str, rng: np.random.Generator, w: _Writer, n: int, size: i
         k, label = i % 3, f"{combo[0]} {combo[1]}"
         if task == "SynCLS":  # hard negatives: the label with its colour or its shape changed
             row = (CLS_QUERY, images[i], label, "")
-            near = [f"{_others(rng, list(COLOURS), [combo[0]], 1)[0]} {combo[1]}",
-                    f"{combo[0]} {_others(rng, list(SHAPES), [combo[1]], 1)[0]}"]
+            near = [
+                f"{_others(rng, list(COLOURS), [combo[0]], 1)[0]} {combo[1]}",
+                f"{combo[0]} {_others(rng, list(SHAPES), [combo[1]], 1)[0]}",
+            ]
             negs["neg_text"].append(_others(rng, near, [], k))
         elif task == "SynVQA":
             q = int(rng.integers(0, 3))
@@ -145,15 +153,16 @@ def _train_rows(task: str, rng: np.random.Generator, w: _Writer, n: int, size: i
             crop_paths = [w.save(c, f"{i:05d}_crop{j}") for j, c in enumerate(crops)]
             row = (GROUND_QUERY + label, w.save(scene, f"{i:05d}"), IMAGE_TARGET, crop_paths[0])
             negs["neg_text"].append([IMAGE_TARGET] * min(k, len(crops) - 1))
-            negs["neg_image_path"].append(crop_paths[1: 1 + min(k, len(crops) - 1)])
+            negs["neg_image_path"].append(crop_paths[1 : 1 + min(k, len(crops) - 1)])
         for key, value in zip(rows, row):
             rows[key].append(value)
     rows.update({key: value for key, value in negs.items() if value})
     return rows
 
 
-def _eval_rows(task: str, rng: np.random.Generator, w: _Writer, n: int, size: int,
-               n_candidates: int) -> dict[str, list]:
+def _eval_rows(
+    task: str, rng: np.random.Generator, w: _Writer, n: int, size: int, n_candidates: int
+) -> dict[str, list]:
     """MMEB-eval rows: ``n_candidates`` distinct candidates per query, the positive first."""
     rows: dict[str, list] = {"qry_text": [], "qry_img_path": [], "tgt_text": [], "tgt_img_path": []}
     order = rng.permutation(len(_COMBOS))
@@ -165,12 +174,20 @@ def _eval_rows(task: str, rng: np.random.Generator, w: _Writer, n: int, size: in
             scene, crops = _scene(rng, labels, combo[2], size)
             extra = _others(rng, _LABELS, labels, n_candidates - len(labels))
             crops += [_scene(rng, [e], combo[2], size)[1][0] for e in extra]
-            rows_ = (GROUND_QUERY + label, w.save(scene, stem), [IMAGE_TARGET] * len(crops),
-                     [w.save(c, f"{stem}_cand{j}") for j, c in enumerate(crops)])
+            rows_ = (
+                GROUND_QUERY + label,
+                w.save(scene, stem),
+                [IMAGE_TARGET] * len(crops),
+                [w.save(c, f"{stem}_cand{j}") for j, c in enumerate(crops)],
+            )
         elif task == "SynT2I":
             cands = [combo] + _others(rng, _COMBOS, [combo], n_candidates - 1)
-            rows_ = (T2I_QUERY + _caption(combo), "", [IMAGE_TARGET] * len(cands),
-                     [w.save(_single(rng, c, size), f"{stem}_cand{j}") for j, c in enumerate(cands)])
+            rows_ = (
+                T2I_QUERY + _caption(combo),
+                "",
+                [IMAGE_TARGET] * len(cands),
+                [w.save(_single(rng, c, size), f"{stem}_cand{j}") for j, c in enumerate(cands)],
+            )
         else:
             image = w.save(_single(rng, combo, size), stem)
             if task == "SynCLS":
@@ -193,26 +210,46 @@ def _write_parquet(columns: dict[str, list], path: Path) -> None:
     pq.write_table(pa.table(columns), path)
 
 
-def write_synthetic_mmeb(root: str | os.PathLike, seed: int = 0, n_train_per_task: int = 512,
-                         n_eval_per_task: int = 100, image_size: int = 56, n_candidates: int = 10) -> dict:
+def write_synthetic_mmeb(
+    root: str | os.PathLike,
+    seed: int = 0,
+    n_train_per_task: int = 512,
+    n_eval_per_task: int = 100,
+    image_size: int = 56,
+    n_candidates: int = 10,
+) -> dict:
     """Write the synthetic MMEB train/eval data under ``root`` (see module docstring) and return its paths.
 
     Returns ``{"root", "images", "data_config", "eval_root": Path, "train": {task: parquet}, "eval": {task:
     parquet}, "tasks": {task: meta-task}}``. ``n_candidates`` (at most 10) is the candidate count per eval query.
     """
     root = Path(root)
-    settings = {"format": 1, "seed": seed, "n_train_per_task": n_train_per_task, "n_eval_per_task": n_eval_per_task,
-                "image_size": image_size, "n_candidates": n_candidates}
+    settings = {
+        "format": 1,
+        "seed": seed,
+        "n_train_per_task": n_train_per_task,
+        "n_eval_per_task": n_eval_per_task,
+        "image_size": image_size,
+        "n_candidates": n_candidates,
+    }
     if not (2 <= n_candidates <= 10 and n_train_per_task >= 3 and n_eval_per_task >= 1 and image_size >= 16):
         raise ValueError(f"invalid synthetic data settings {settings}")
-    paths = {"root": root, "images": root / "images", "data_config": root / "data_config.yaml",
-             "eval_root": root / "eval", "train": {t: root / "train" / f"{t}.parquet" for t in TASKS},
-             "eval": {t: root / "eval" / t / "test.parquet" for t in TASKS}, "tasks": dict(TASKS)}
+    paths = {
+        "root": root,
+        "images": root / "images",
+        "data_config": root / "data_config.yaml",
+        "eval_root": root / "eval",
+        "train": {t: root / "train" / f"{t}.parquet" for t in TASKS},
+        "eval": {t: root / "eval" / t / "test.parquet" for t in TASKS},
+        "tasks": dict(TASKS),
+    }
     manifest = root / "synthetic.json"
     if manifest.is_file():
         if json.loads(manifest.read_text()) != settings:
-            raise DataError("folder holds synthetic data written with other settings; remove it or use another "
-                            "folder", file=str(root))
+            raise DataError(
+                "folder holds synthetic data written with other settings; remove it or use another folder",
+                file=str(root),
+            )
         return paths
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError("folder exists and is not synthetic data; remove it or use another folder", file=str(root))
@@ -222,10 +259,14 @@ def write_synthetic_mmeb(root: str | os.PathLike, seed: int = 0, n_train_per_tas
     try:
         for t, task in enumerate(TASKS):
             train_rng, eval_rng = np.random.default_rng([seed, 0, t]), np.random.default_rng([seed, 1, t])
-            _write_parquet(_train_rows(task, train_rng, _Writer(tmp, "train", task), n_train_per_task, image_size),
-                           tmp / "train" / f"{task}.parquet")
-            _write_parquet(_eval_rows(task, eval_rng, _Writer(tmp, "eval", task), n_eval_per_task, image_size,
-                                      n_candidates), tmp / "eval" / task / "test.parquet")
+            _write_parquet(
+                _train_rows(task, train_rng, _Writer(tmp, "train", task), n_train_per_task, image_size),
+                tmp / "train" / f"{task}.parquet",
+            )
+            _write_parquet(
+                _eval_rows(task, eval_rng, _Writer(tmp, "eval", task), n_eval_per_task, image_size, n_candidates),
+                tmp / "eval" / task / "test.parquet",
+            )
         sources = [{"name": t, "path": f"train/{t}.parquet", "image_dir": "."} for t in TASKS]
         (tmp / "data_config.yaml").write_text(yaml.safe_dump({"sources": sources}, sort_keys=False))
         (tmp / "synthetic.json").write_text(json.dumps(settings, indent=1))

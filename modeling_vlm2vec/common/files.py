@@ -1,0 +1,73 @@
+"""Atomic file writes and JSON reading.
+
+A reader (or a resumed run) sees the old file or the complete new one, never a torn one. New files get the mode an
+ordinary ``open()`` would give them under the user's umask (a temporary file alone would be private, 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import DataError
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the target's folder, fsync it, then ``os.replace`` it into place.
+
+    The file ends with mode ``0o666 & ~umask``, like a file created by ``open(path, "wb")``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
+    """:func:`write_text_atomic` of ``obj`` as indented JSON (UTF-8, non-ASCII kept) with a final newline."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object stored in ``path``; `DataError` naming the file if it is unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read JSON ({exc})", file=str(path)) from exc
+    if not isinstance(data, dict):
+        raise DataError("expected a JSON object", file=str(path))
+    return data
+
+
+def read_json_if_complete(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, torn or not an object (a result not yet written)."""
+    try:
+        return read_json(path)
+    except DataError:
+        return None
+
+
+__all__ = ["read_json", "read_json_if_complete", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]

@@ -33,8 +33,8 @@ THREADS = 2
 torch.set_num_threads(THREADS)
 
 from modeling_vlm2vec import Vlm2VecModel  # noqa: E402
+from modeling_vlm2vec.data.collator import collate_group  # noqa: E402
 from modeling_vlm2vec.demo import save_tiny_backbone  # noqa: E402
-from modeling_vlm2vec.processing_vlm2vec import process_batch  # noqa: E402
 
 #: The bench backbone: LLaVA-Next with a 512-wide, 8-layer Llama (19.5 M parameters), 28 px CLIP tiles.
 BENCH_BACKBONE = {"model_type": "llava_next", "hidden_size": 512, "num_layers": 8, "image_size": 28}
@@ -113,13 +113,9 @@ def contrastive_batch(model: Vlm2VecModel, batch_size: int, negatives_every: int
     negatives = [(TEXT_PREFIX + _words(rng, 6, 16), None) for _ in neg_rows]
 
     def group(items):
-        return process_batch(model.processor, model.config, [t for t, _ in items], [img for _, img in items])
+        return collate_group(model.processor, [t for t, _ in items], [img for _, img in items])
 
-    batch = {
-        "query": group(queries),
-        "positive": group(positives),
-        "neg_counts": torch.tensor([int(i in neg_rows) for i in range(batch_size)], dtype=torch.long),
-    }
+    batch = {"query": group(queries), "positive": group(positives)}
     if negatives:
         batch["negative"] = group(negatives)
     return batch

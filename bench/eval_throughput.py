@@ -36,11 +36,10 @@ from common import (
     report,
     timed,
 )
+from PIL import Image  # noqa: E402
 
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb  # noqa: E402
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_sets, runner  # noqa: E402
-from modeling_vlm2vec.modeling_vlm2vec import _open_image  # noqa: E402
-from modeling_vlm2vec.processing_vlm2vec import process_batch  # noqa: E402
 
 
 class ForwardCounter:
@@ -64,13 +63,15 @@ class ForwardCounter:
         self.rows = self.padded = self.real = self.calls = 0
 
 
+def open_rgb(path: str | None) -> Image.Image | None:
+    """The image file at ``path`` as RGB (None stays None), as ``encode`` opens it."""
+    return None if path is None else Image.open(path).convert("RGB")
+
+
 def ideal_order(model, items, batch_size: int) -> list[list]:
     """``items`` in batches of ``batch_size``: image items, then text-only items (never mixed: a text row in an image
     batch would be padded to the image rows' length), each sorted by real token count."""
-    lengths = [
-        int(process_batch(model.processor, model.config, [text], [_open_image(image)])["attention_mask"].sum())
-        for text, image in items
-    ]
+    lengths = [int(model.processor([text], [open_rgb(image)])["attention_mask"].sum()) for text, image in items]
     order = sorted(range(len(items)), key=lambda i: lengths[i])
     parts = ([i for i in order if items[i][1] is not None], [i for i in order if items[i][1] is None])
     return [
@@ -82,10 +83,7 @@ def ideal_order(model, items, batch_size: int) -> list[list]:
 
 def preprocess(model, batches: list[list]) -> list[dict]:
     """Open the images and process every batch (the work ``encode`` does besides the forward)."""
-    return [
-        process_batch(model.processor, model.config, [t for t, _ in batch], [_open_image(i) for _, i in batch])
-        for batch in batches
-    ]
+    return [model.processor([t for t, _ in batch], [open_rgb(i) for _, i in batch]) for batch in batches]
 
 
 def paired_timing(ideal_forward):

@@ -9,7 +9,7 @@ Modes (``--mode``):
   longest group). After every ``--floor-every``-th pair, a no-grad forward of the batch as the plain step embeds
   it. Reports
   ``time_ratio = median(cached / plain)``, ``floor_ratio = median(1 + no-grad forward / plain of that pair)`` and
-  the GradCache phase breakdown (chunking, phase-1 no-grad forward, loss + its backward, replay).
+  the padding of each path.
 * ``single --variant cached|plain``: one variant alone (what ``fresh`` runs in each subprocess).
 * ``fresh``: each variant in its own fresh process, alternated ``--repeats`` times; ratio of the medians.
 * ``train``: ``train.py`` on a small YAML (bench backbone, synthetic data) with and without GradCache chunk sizes;
@@ -51,13 +51,12 @@ from common import (
     timed,
 )
 
-from modeling_vlm2vec.training import grad_cache  # noqa: E402
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments  # noqa: E402
 from modeling_vlm2vec.training.batching import concat_groups, split_group  # noqa: E402
-from modeling_vlm2vec.training.trainer import ContrastiveTrainer  # noqa: E402
+from modeling_vlm2vec.training.losses import contrastive_loss  # noqa: E402
+from modeling_vlm2vec.training.trainer import ContrastiveTrainer, embed_groups  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("embed_without_grad", "embed", "cache_gradients", "replay")  # GradCache's phase methods (those present)
 
 
 def make_trainer(model, chunk: int | None, output_dir: str) -> ContrastiveTrainer:
@@ -73,24 +72,6 @@ def make_trainer(model, chunk: int | None, output_dir: str) -> ContrastiveTraine
     trainer = ContrastiveTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which the benchmark bypasses
     return trainer
-
-
-class PhaseTimer:
-    """Wraps GradCache's three phases (class attributes) so every call records its duration."""
-
-    def __init__(self):
-        self.times = defaultdict(list)
-        for name in (p for p in PHASES if hasattr(grad_cache.GradCache, p)):
-            original = getattr(grad_cache.GradCache, name)
-            setattr(grad_cache.GradCache, name, self._wrap(name, original))
-
-    def _wrap(self, name, original):
-        def wrapper(cache, *args, **kwargs):
-            seconds, result = timed(original, cache, *args, **kwargs)
-            self.times[name].append(seconds)
-            return result
-
-        return wrapper
 
 
 def padding_stats(batch: dict, chunk: int, padding_side: str) -> dict:
@@ -117,7 +98,21 @@ class ConcatenatedPlainStep:
         self.trainer = trainer
 
     def training_step(self, model, batch) -> torch.Tensor:
-        loss = self.trainer._loss(self.trainer._embed_groups(model, groups_of(batch), one_forward=True)).loss
+        config = self.trainer.model.config
+        embeddings = embed_groups(
+            model,
+            groups_of(batch),
+            one_forward=True,
+            padding_side=config.padding_side,
+            pad_token_id=config.get_text_config().pad_token_id or 0,
+        )
+        loss = contrastive_loss(
+            embeddings["query"],
+            embeddings["positive"],
+            embeddings.get("negative"),
+            temperature=config.contrastive_temperature,
+            symmetric=self.trainer.args.loss_symmetric,
+        ).loss
         loss.backward()
         return loss.detach()
 
@@ -147,7 +142,6 @@ def no_grad_forward(model, batches: list[dict]) -> float:
 
 def paired(args) -> dict:
     model, batch, trainers = setup(args)
-    phases = PhaseTimer()
     # the no-grad forward of the batch exactly as the plain step embeds it
     groups = list(groups_of(batch).values())
     full = [concat_groups(groups, model.config.padding_side)] if args.plain == "concatenated" else groups
@@ -155,7 +149,6 @@ def paired(args) -> dict:
         for name in ("cached", "plain"):
             run_step(trainers[name], model, batch)
         no_grad_forward(model, full)
-    phases.times.clear()
     times, floors = defaultdict(list), []
     for i in range(args.pairs):
         order = ("cached", "plain") if i % 2 == 0 else ("plain", "cached")
@@ -166,8 +159,6 @@ def paired(args) -> dict:
             floors.append(1 + times["no_grad_forward"][-1] / times["plain"][-1])
         print(f"pair {i}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), file=sys.stderr, flush=True)
     ratios = [c / p for c, p in zip(times["cached"], times["plain"])]
-    breakdown = {name: round(median(phases.times[name]), 4) for name in PHASES if name in phases.times}
-    breakdown["chunking_and_rest"] = round(median(times["cached"]) - sum(breakdown.values()), 4)
     time_ratio, floor_ratio = median(ratios), median(floors)
     return {
         "benchmark": "gradcache_step",
@@ -183,7 +174,6 @@ def paired(args) -> dict:
         "backbone": backbone_spec(args),
         "padding": padding_stats(batch, args.chunk, model.config.padding_side),
         "median_seconds": {k: round(median(v), 4) for k, v in times.items()},
-        "cached_breakdown_seconds": breakdown,
         "time_ratio": round(time_ratio, 4),
         "floor_ratio": round(floor_ratio, 4),
         "time_ratio_over_floor": round(time_ratio / floor_ratio, 4),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -19,6 +22,15 @@ DEFAULT_IMAGE_TOKENS = {
 }
 
 POOLING_MODES = ("last", "mean")
+#: Fields that say how items become backbone inputs; `Vlm2VecProcessor` applies them (the config is their record).
+INPUT_CONTRACT_FIELDS = (
+    "image_token",
+    "padding_side",
+    "max_length",
+    "image_max_pixels",
+    "image_min_pixels",
+    "image_fixed_size",
+)
 PADDING_SIDES = ("left", "right")
 
 
@@ -72,14 +84,6 @@ class Vlm2VecConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
-        if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
-        if self.contrastive_temperature <= 0:
-            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}")
-        if self.image_fixed_size is not None and len(self.image_fixed_size) != 2:
-            raise ValueError(f"image_fixed_size must be [width, height], got {self.image_fixed_size!r}")
         if self.image_token is None:
             backbone_type = self.backbone_config.model_type
             if backbone_type not in DEFAULT_IMAGE_TOKENS:
@@ -88,6 +92,50 @@ class Vlm2VecConfig(PreTrainedConfig):
                     f"(the string its processor expands into image features)"
                 )
             self.image_token = DEFAULT_IMAGE_TOKENS[backbone_type]
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Raise `ValueError` naming the first wrapper setting that is out of its domain (run on construction and
+        by :meth:`apply_overrides`)."""
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+        temperature = self.contrastive_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise ValueError(f"contrastive_temperature must be a finite number > 0, got {temperature!r}")
+        for name in ("max_length", "image_max_pixels", "image_min_pixels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.image_max_pixels is not None and self.image_min_pixels is not None:
+            if self.image_min_pixels > self.image_max_pixels:
+                raise ValueError(
+                    f"image_min_pixels ({self.image_min_pixels}) exceeds image_max_pixels ({self.image_max_pixels})"
+                )
+        size = self.image_fixed_size
+        if size is not None and (
+            len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
+        ):
+            raise ValueError(f"image_fixed_size must be [width, height] in positive pixels, got {size!r}")
+        if not isinstance(self.image_token, str) or not self.image_token:
+            raise ValueError(f"image_token must be a non-empty string, got {self.image_token!r}")
+
+    def apply_overrides(self, overrides: dict) -> None:
+        """Set the named wrapper fields (others keep their saved values), then validate; on a bad value the config is
+        left as it was and `ValueError` names the field."""
+        unknown = sorted(set(overrides) - set(WRAPPER_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown Vlm2Vec setting(s) {unknown}; known: {list(WRAPPER_FIELDS)}")
+        previous = {name: getattr(self, name) for name in overrides}
+        for name, value in overrides.items():
+            setattr(self, name, value)
+        try:
+            self.check_settings()
+        except ValueError:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
 
     @property
     def backbone_type(self) -> str:
@@ -103,6 +151,13 @@ class Vlm2VecConfig(PreTrainedConfig):
         return self.backbone_config.get_text_config(*args, **kwargs)
 
 
+#: The settings a Vlm2Vec config adds to its backbone (what a raw VLM needs to become an embedding model).
+WRAPPER_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Vlm2VecConfig)
+    if f.name not in {g.name for g in dataclasses.fields(PreTrainedConfig)} and f.name != "backbone_config"
+)
+
 Vlm2VecConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["Vlm2VecConfig", "DEFAULT_IMAGE_TOKENS"]
+__all__ = ["DEFAULT_IMAGE_TOKENS", "INPUT_CONTRACT_FIELDS", "WRAPPER_FIELDS", "Vlm2VecConfig"]

@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
-from .processing_vlm2vec import load_processor, process_batch
+from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last") -> torch.Tensor:
@@ -124,18 +124,15 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
-        num_images: torch.Tensor | None = None,
         **backbone_inputs,
     ) -> Vlm2VecOutput:
         """Embed a processed batch.
 
         Args:
-            input_ids, attention_mask: (batch, seq) from `process_batch`; either padding side.
+            input_ids, attention_mask: (batch, seq) from `Vlm2VecProcessor`; either padding side.
             pixel_values: the processor's image tensor, or None for a text-only batch.
-            num_images: (batch,) images per row — batch-slicing metadata, not used here.
             backbone_inputs: other processor outputs (`image_sizes`, `image_grid_thw`, ...), passed through.
         """
-        del num_images
         if pixel_values is not None:
             backbone_inputs["pixel_values"] = pixel_values.to(self.backbone.dtype)
         wants_hidden_states = self.backbone.get_output_embeddings() is not None  # a causal LM, not a base model
@@ -154,14 +151,18 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         return Vlm2VecOutput(embeddings=embeddings, last_hidden_state=hidden)
 
     @property
-    def processor(self):
-        """The backbone processor saved beside these weights (loaded on first use)."""
+    def processor(self) -> Vlm2VecProcessor:
+        """The `Vlm2VecProcessor` of these weights: the backbone processor saved beside them (loaded on first use)
+        with this model's input contract."""
         if self._processor is None:
-            self._processor = load_processor(self.name_or_path)
+            self._processor = Vlm2VecProcessor.from_config(load_backbone_processor(self.name_or_path), self.config)
         return self._processor
 
     @processor.setter
     def processor(self, value) -> None:
+        """Set a `Vlm2VecProcessor`, or a backbone processor, which is wrapped with this model's input contract."""
+        if not hasattr(value, "backbone_processor"):
+            value = Vlm2VecProcessor.from_config(value, self.config)
         self._processor = value
 
     @torch.inference_mode()
@@ -185,16 +186,27 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
                 never share a batch with image items.
             show_progress_bar: defaults to showing one for more than one batch.
             convert_to_numpy: return a numpy array instead of a tensor.
-            processor: defaults to the processor saved with the checkpoint.
+            processor: a `Vlm2VecProcessor` (or a backbone processor, wrapped with this model's input contract);
+                defaults to :attr:`processor`.
             prefetch: prepare the next batch (image decoding, processor) in a background thread while the current
                 one runs. Defaults to on when the model sits on an accelerator and off on CPU, where the thread would
                 take cores from the forward pass itself. The embeddings are the same either way.
 
         Returns:
             (len(inputs), hidden_size) float32 embeddings on CPU, in input order.
+
+        Raises:
+            ValueError: ``batch_size`` is not a positive integer, or an item has neither text nor image (an empty
+                text embeds nothing but the backbone's special tokens, which is never what a caller meant).
+            TypeError: an item of another type.
         """
-        processor = processor if processor is not None else self.processor
-        items = [_as_item(x) for x in inputs]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if processor is None:
+            processor = self.processor
+        elif not hasattr(processor, "backbone_processor"):
+            processor = Vlm2VecProcessor.from_config(processor, self.config)
+        items = [_as_item(x, position) for position, x in enumerate(inputs)]
         batches = _length_batches(items, batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(batches) > 1
@@ -202,7 +214,7 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         def prepare(idx: list[int]) -> dict[str, torch.Tensor]:
             texts = [items[i][0] for i in idx]
             images = [_open_image(items[i][1]) for i in idx]
-            return process_batch(processor, self.config, texts, images, instruction=instruction)
+            return processor(texts, images, instruction=instruction)
 
         if prefetch is None:
             prefetch = self.device.type != "cpu"
@@ -234,21 +246,29 @@ def _backbone_from_config(backbone_config) -> PreTrainedModel:
     try:
         return AutoModel.from_config(backbone_config)
     except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
-        return AutoModelForCausalLM.from_config(backbone_config, trust_remote_code=True)
+        # Hub code runs here only if its config class was itself loaded from Hub code, i.e. the user trusted it.
+        trusted = type(backbone_config).__module__.startswith("transformers_modules")
+        return AutoModelForCausalLM.from_config(backbone_config, trust_remote_code=trusted)
 
 
-def _as_item(x) -> tuple[str | None, object]:
-    """Normalise one `encode` input to (text, image-or-path-or-None)."""
+def _as_item(x, position: int) -> tuple[str | None, object]:
+    """Normalise the ``encode`` input at ``position`` to (text, image-or-path-or-None)."""
     if isinstance(x, str):
-        return x, None
-    if isinstance(x, Image.Image):
-        return None, x
-    if isinstance(x, dict):
+        text, image = x, None
+    elif isinstance(x, Image.Image):
+        text, image = None, x
+    elif isinstance(x, dict):
         unknown = set(x) - {"text", "image"}
         if unknown:
-            raise ValueError(f"encode() items take keys 'text' and 'image', got {sorted(unknown)}")
-        return x.get("text"), x.get("image")
-    raise TypeError(f"encode() items must be str, PIL.Image.Image or dict, got {type(x).__name__}")
+            raise ValueError(f"encode() items take keys 'text' and 'image', got {sorted(unknown)} at {position}")
+        text, image = x.get("text"), x.get("image")
+    else:
+        raise TypeError(f"encode() items must be str, PIL.Image.Image or dict, got {type(x).__name__} at {position}")
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"encode() item {position}: text must be a str, got {type(text).__name__}")
+    if image is None and not (text or "").strip():
+        raise ValueError(f"encode() item {position} is empty: give it a text or an image")
+    return text, image
 
 
 def _length_batches(items: list[tuple[str | None, object]], batch_size: int) -> list[list[int]]:

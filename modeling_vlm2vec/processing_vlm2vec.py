@@ -1,12 +1,18 @@
 """Turning (instruction, text, image) into backbone tensors — the one path used by training, evaluation and `encode`.
 
-Hub file: imports only stdlib, torch, transformers and PIL (a transformers dependency for vision models).
+Hub file: imports only stdlib, torch, transformers, PIL (a transformers dependency for vision models) and its sibling
+Hub files.
 
+* :class:`Vlm2VecProcessor` owns the input contract of a checkpoint: it wraps the backbone's own processor and applies
+  the prompt builder, the resolution policy, truncation that never cuts image tokens and the padding side. Training
+  (the collator), evaluation and ``Vlm2VecModel.encode`` all call it; ``AutoProcessor.from_pretrained(checkpoint,
+  trust_remote_code=True)`` returns it, while ``AutoProcessor.from_pretrained(checkpoint)`` still gives the bare
+  backbone processor (what other engines use).
 * :func:`build_prompt` is the single prompt builder. MMEB texts carry their instruction and the canonical image
   placeholder ``<|image_1|>``; the placeholder is replaced by the backbone's image token, nothing else is added.
 * :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
-* :func:`process_batch` runs the backbone's processor on a batch, truncating text (never image tokens).
-* :func:`load_processor` loads the processor saved beside a checkpoint, for Qwen2-VL without torchvision too.
+* :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen2-VL without
+  torchvision too).
 """
 
 from __future__ import annotations
@@ -14,16 +20,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor
+from transformers import AutoProcessor, ProcessorMixin
+from transformers.models.auto.processing_auto import processor_class_from_name
 from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLProcessor
 from transformers.utils import cached_file
 
+from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
+
 IMAGE_PLACEHOLDER = "<|image_1|>"
 
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
 _NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm")
 
@@ -49,7 +60,8 @@ def build_prompt(text: str | None, has_image: bool, image_token: str, instructio
 
 
 def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
-    """Resize ``image`` (RGB) by the config's policy: fixed size, else clamp the pixel count between the bounds.
+    """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
+    fixed size, else the pixel count clamped between the bounds.
 
     Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
     """
@@ -73,86 +85,169 @@ def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
     return image.resize(new_size, Image.Resampling.BICUBIC)
 
 
-def process_batch(
-    processor, config, texts: list[str | None], images: list[Image.Image | None], instruction: str | None = None
-) -> dict[str, torch.Tensor]:
-    """Tokenize a batch of items into backbone inputs.
+class Vlm2VecProcessor(ProcessorMixin):
+    """The input contract of a Vlm2Vec checkpoint around the backbone's own processor.
 
     Args:
-        processor: the backbone's processor (see :func:`load_processor`).
-        config: a ``Vlm2VecConfig`` (image token, padding side, max length, resolution policy).
-        texts: raw item texts in MMEB form (instruction included, ``<|image_1|>`` placeholder where the image goes).
-        images: one PIL image or ``None`` per text.
-        instruction: optional instruction put before every text.
+        backbone_processor: the VLM's processor (e.g. ``LlavaNextProcessor``), or its tokenizer for a text-only model.
+        config: the checkpoint's ``Vlm2VecConfig``. Its input-contract fields (:data:`INPUT_CONTRACT_FIELDS`) are
+            read from it on every call — ``image_token`` (replaces MMEB's ``<|image_1|>``), ``padding_side``,
+            ``max_length`` (token budget; only text is truncated, never image tokens) and the resolution policy
+            ``image_max_pixels`` / ``image_min_pixels`` / ``image_fixed_size`` (see :func:`apply_resolution_policy`)
+            — so a model and its processor never disagree; they are also readable as attributes of the processor.
 
-    Returns:
-        A dict with ``input_ids`` and ``attention_mask`` (batch, seq), the processor's image tensors when any item
-        has an image (``pixel_values`` plus ``image_sizes`` / ``image_grid_thw`` / ``pixel_attention_mask`` as the
-        backbone needs), and ``num_images`` (batch,) int64 — images per row, used to slice batches into chunks.
-        Padding is on ``config.padding_side``. With ``config.max_length`` set, rows that are too long lose text
-        tokens from the end of their text; image tokens are never cut (a row whose image alone is too long raises).
+    :meth:`from_pretrained` loads the backbone processor and the config saved in a checkpoint folder or Hub repo.
+    Calling the processor turns items into backbone tensors (see :meth:`__call__`).
     """
-    if len(texts) != len(images):
-        raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
-    prompts = [build_prompt(t, img is not None, config.image_token, instruction) for t, img in zip(texts, images)]
-    pil_images = [None if img is None else apply_resolution_policy(img, config) for img in images]
-    batch = _run_processor(processor, config, prompts, pil_images)
-    if config.max_length is not None:
-        for _ in range(3):  # decoding may re-tokenize a little longer; a few passes always converge
-            lengths = batch["attention_mask"].sum(-1).tolist()
-            if max(lengths) <= config.max_length:
+
+    def __init__(self, backbone_processor, config: Vlm2VecConfig):
+        super().__init__()  # no sub-processor attributes of its own: the backbone processor is saved as it is
+        self.backbone_processor = backbone_processor
+        self.config = config
+
+    # The input contract, read from the config (one record, shared with the model).
+    backbone_type = property(lambda self: self.config.backbone_type, doc="``model_type`` of the VLM.")
+    image_token = property(lambda self: self.config.image_token, doc="Replaces ``<|image_1|>`` in prompts.")
+    padding_side = property(lambda self: self.config.padding_side, doc="Side batches are padded on.")
+    max_length = property(lambda self: self.config.max_length, doc="Token budget per input, or None.")
+    image_max_pixels = property(lambda self: self.config.image_max_pixels, doc="Upper pixel bound, or None.")
+    image_min_pixels = property(lambda self: self.config.image_min_pixels, doc="Lower pixel bound, or None.")
+    image_fixed_size = property(lambda self: self.config.image_fixed_size, doc="[width, height], or None.")
+
+    @classmethod
+    def from_config(cls, backbone_processor, config: Vlm2VecConfig) -> Vlm2VecProcessor:
+        """The processor of a model whose config is ``config``."""
+        return cls(backbone_processor, config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Vlm2VecProcessor:
+        """Load the backbone processor saved in a checkpoint folder or Hub repo, with the settings of its config.
+
+        ``kwargs``: Hub options (``revision``, ``token``, ``cache_dir``, ``local_files_only``) and processor options
+        passed on to the backbone processor; ``trust_remote_code`` reaches the backbone processor only (for VLMs whose
+        processor is Hub code).
+        """
+        kwargs.pop("_from_auto", None)
+        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        config = Vlm2VecConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        return cls.from_config(load_backbone_processor(pretrained_model_name_or_path, **kwargs), config)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
+        """Save the backbone processor, register this class for ``AutoProcessor`` in its config file and copy this
+        module beside it. The settings are not written here: they live in the model's ``config.json``."""
+        files = self.backbone_processor.save_pretrained(save_directory, **kwargs)
+        for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+            path = os.path.join(save_directory, name)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+                auto_map = saved.setdefault("auto_map", {})
+                if "AutoProcessor" in auto_map:  # a backbone whose own processor is Hub code keeps its entry
+                    break
+                auto_map["AutoProcessor"] = f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+                target = os.path.join(save_directory, os.path.basename(__file__))
+                if not os.path.exists(target) or not os.path.samefile(__file__, target):
+                    shutil.copyfile(__file__, target)
                 break
-            prompts = [
-                _shorten_text(processor.tokenizer, p, n - config.max_length, config.image_token)
-                if n > config.max_length
-                else p
-                for p, n in zip(prompts, lengths)
-            ]
-            batch = _run_processor(processor, config, prompts, pil_images)
-        else:
-            raise ValueError(f"could not fit inputs into max_length={config.max_length}")
-    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    batch["num_images"] = torch.tensor([int(img is not None) for img in pil_images], dtype=torch.long)
-    return batch
+        return files
 
+    @property
+    def tokenizer(self):
+        """The backbone's tokenizer."""
+        return getattr(self.backbone_processor, "tokenizer", self.backbone_processor)
 
-def _run_processor(processor, config, prompts: list[str], images: list[Image.Image | None]):
-    present = [img for img in images if img is not None]
-    kwargs = {"text": prompts, "padding": True, "padding_side": config.padding_side, "return_tensors": "pt"}
-    if present:
-        if config.backbone_type in _NESTED_IMAGE_BACKBONES:
-            kwargs["images"] = [[img] if img is not None else [] for img in images]
-        else:
-            kwargs["images"] = present
-    if hasattr(processor, "image_processor"):
-        return processor(**kwargs)
-    kwargs.pop("images", None)  # a text-only backbone: its tokenizer is the processor
-    return processor(**kwargs)
+    def to_dict(self) -> dict:
+        """This processor's settings and the backbone processor's own (its ``to_dict``; a tokenizer's init kwargs)."""
+        backbone = self.backbone_processor
+        backbone_dict = backbone.to_dict() if hasattr(backbone, "image_processor") else dict(backbone.init_kwargs)
+        settings = {name: getattr(self, name) for name in ("backbone_type", *INPUT_CONTRACT_FIELDS)}
+        return {"processor_class": type(self).__name__, "backbone_processor": backbone_dict, **settings}
 
+    def build_prompt(self, text: str | None, has_image: bool, instruction: str | None = None) -> str:
+        """:func:`build_prompt` with this checkpoint's image token."""
+        return build_prompt(text, has_image, self.image_token, instruction)
 
-def _shorten_text(tokenizer, prompt: str, excess: int, image_token: str) -> str:
-    """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image token intact."""
-    head, sep, text = prompt.rpartition(image_token)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if excess > len(ids):
-        raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
-    return head + sep + tokenizer.decode(ids[: len(ids) - excess])
+    def __call__(
+        self, texts: list[str | None], images: list[Image.Image | None], instruction: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tokenize a batch of items into backbone inputs.
+
+        Args:
+            texts: raw item texts in MMEB form (instruction included, ``<|image_1|>`` where the image goes), or None.
+            images: one PIL image or ``None`` per text.
+            instruction: optional instruction put before every text.
+
+        Returns:
+            ``input_ids`` and ``attention_mask`` (batch, seq) padded on :attr:`padding_side`, plus the backbone
+            processor's other tensors (``pixel_values`` and ``image_sizes`` / ``image_grid_thw`` /
+            ``pixel_attention_mask`` / ``mm_token_type_ids`` as the backbone needs) when present. With
+            :attr:`max_length` set, rows that are too long lose text tokens from the end of their text; image tokens
+            are never cut (a row whose image alone is too long raises ``ValueError``).
+        """
+        if len(texts) != len(images):
+            raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
+        prompts = [self.build_prompt(t, img is not None, instruction) for t, img in zip(texts, images)]
+        pil_images = [None if img is None else apply_resolution_policy(img, self) for img in images]
+        batch = self._run_backbone(prompts, pil_images)
+        if self.max_length is not None:
+            for _ in range(3):  # decoding may re-tokenize a little longer; a few passes always converge
+                lengths = batch["attention_mask"].sum(-1).tolist()
+                if max(lengths) <= self.max_length:
+                    break
+                prompts = [
+                    self._shorten_text(p, n - self.max_length) if n > self.max_length else p
+                    for p, n in zip(prompts, lengths)
+                ]
+                batch = self._run_backbone(prompts, pil_images)
+            else:
+                raise ValueError(f"could not fit inputs into max_length={self.max_length}")
+        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def _run_backbone(self, prompts: list[str], images: list[Image.Image | None]):
+        present = [img for img in images if img is not None]
+        kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}
+        if present and hasattr(self.backbone_processor, "image_processor"):
+            if self.backbone_type in _NESTED_IMAGE_BACKBONES:
+                kwargs["images"] = [[img] if img is not None else [] for img in images]
+            else:
+                kwargs["images"] = present
+        return self.backbone_processor(**kwargs)  # a text-only backbone: its tokenizer is the processor
+
+    def _shorten_text(self, prompt: str, excess: int) -> str:
+        """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image token intact."""
+        head, sep, text = prompt.rpartition(self.image_token)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if excess > len(ids):
+            raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
+        return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2-VL processor without the video processor (which needs torchvision); images and text only."""
+    """Qwen2-VL processor without the video processor (which needs torchvision); images and text only.
+
+    Saved under the stock class name, so other tools load the folder with the stock processor."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.video_processor = None
         Qwen2VLProcessor.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "processor_class": "Qwen2VLProcessor"}
+
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the video processor (which needs torchvision); images and text only."""
+    """Qwen2.5-VL processor without the video processor (which needs torchvision); images and text only.
+
+    Saved under the stock class name, so other tools load the folder with the stock processor."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.video_processor = None
         Qwen2_5_VLProcessor.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "processor_class": "Qwen2_5_VLProcessor"}
 
 
 _IMAGE_ONLY_PROCESSORS = {
@@ -163,22 +258,29 @@ _IMAGE_ONLY_PROCESSORS = {
 }
 
 
-def load_processor(path_or_id: str | os.PathLike, **kwargs):
-    """Load the processor saved in a folder or Hub repo.
+def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
+    """Load the backbone's own processor saved in a folder or Hub repo (never a :class:`Vlm2VecProcessor`).
 
     Qwen2-VL / Qwen2.5-VL processors are loaded without their video processor, so they work whether or not
-    torchvision is installed; every other backbone goes through ``AutoProcessor`` (``kwargs`` are passed on).
+    torchvision is installed; other saved classes are loaded by name; a folder naming none (or a class that is Hub
+    code) goes through ``AutoProcessor``, which runs Hub code only with ``trust_remote_code=True`` in ``kwargs``.
     """
     processor_class = _saved_processor_class(str(path_or_id), kwargs)
     if processor_class in _IMAGE_ONLY_PROCESSORS:
         return _IMAGE_ONLY_PROCESSORS[processor_class].from_pretrained(path_or_id, **kwargs)
+    stock_class = processor_class_from_name(processor_class) if processor_class else None
+    if stock_class is not None:
+        return stock_class.from_pretrained(path_or_id, **kwargs)
     return AutoProcessor.from_pretrained(path_or_id, **kwargs)
 
 
 def _saved_processor_class(path_or_id: str, kwargs: dict) -> str | None:
-    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     for name in ("processor_config.json", "preprocessor_config.json"):
-        resolved = cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        try:
+            resolved = cached_file(path_or_id, name, **hub_kwargs)
+        except OSError:  # no such file in the folder or repo
+            continue
         if resolved is not None:
             with open(resolved, encoding="utf-8") as f:
                 found = json.load(f).get("processor_class")
@@ -187,12 +289,14 @@ def _saved_processor_class(path_or_id: str, kwargs: dict) -> str | None:
     return None
 
 
+Vlm2VecProcessor.register_for_auto_class("AutoProcessor")
+
 __all__ = [
     "IMAGE_PLACEHOLDER",
-    "build_prompt",
-    "apply_resolution_policy",
-    "process_batch",
-    "load_processor",
     "ImageOnlyQwen2VLProcessor",
     "ImageOnlyQwen2_5_VLProcessor",
+    "Vlm2VecProcessor",
+    "apply_resolution_policy",
+    "build_prompt",
+    "load_backbone_processor",
 ]

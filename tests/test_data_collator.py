@@ -8,7 +8,8 @@ from transformers import AutoConfig
 from modeling_vlm2vec import Vlm2VecConfig
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.data.collator import Vlm2VecCollator
-from modeling_vlm2vec.processing_vlm2vec import load_processor, process_batch
+from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
+from modeling_vlm2vec.training.batching import model_inputs
 
 IMAGE_TARGET = "<|image_1|> Represent the given image."
 
@@ -67,45 +68,37 @@ def _assert_same(group, expected):
         torch.testing.assert_close(group[key], expected[key], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_next"])
-def test_groups_equal_process_batch_and_negatives_are_flattened(model_type, tiny_backbone_dir, images):
-    path = tiny_backbone_dir(model_type)
-    processor, config = load_processor(path), Vlm2VecConfig(backbone_config=AutoConfig.from_pretrained(path))
-    examples = _examples(images)
-    batch = Vlm2VecCollator(processor, config)(examples)
-    assert set(batch) == {"query", "positive", "negative", "neg_counts"}
-    assert batch["neg_counts"].tolist() == [0, 1, 2] and batch["neg_counts"].dtype == torch.long
-    for group, text_key, image_key in [("query", "qry", "qry_image"), ("positive", "pos_text", "pos_image")]:
-        expected = process_batch(
-            processor, config, [e[text_key] for e in examples], [_open(e[image_key]) for e in examples]
-        )
-        _assert_same(batch[group], expected)
-    negatives = process_batch(
-        processor,
-        config,
-        [IMAGE_TARGET, "a blue square", IMAGE_TARGET],
-        [_open(images / "2.png"), None, _open(images / "0.png")],
+def _processor(path):
+    return Vlm2VecProcessor.from_config(
+        load_backbone_processor(path), Vlm2VecConfig(backbone_config=AutoConfig.from_pretrained(path))
     )
-    _assert_same(batch["negative"], negatives)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_next"])
+def test_groups_equal_the_processor_output_and_negatives_are_flattened(model_type, tiny_backbone_dir, images):
+    processor = _processor(tiny_backbone_dir(model_type))
+    examples = _examples(images)
+    batch = Vlm2VecCollator(processor)(examples)
+    assert set(batch) == {"query", "positive", "negative"}
+    for group, text_key, image_key in [("query", "qry", "qry_image"), ("positive", "pos_text", "pos_image")]:
+        expected = processor([e[text_key] for e in examples], [_open(e[image_key]) for e in examples])
+        _assert_same(model_inputs(batch[group]), expected)
+    negatives = processor(
+        [IMAGE_TARGET, "a blue square", IMAGE_TARGET], [_open(images / "2.png"), None, _open(images / "0.png")]
+    )
+    _assert_same(model_inputs(batch["negative"]), negatives)
     assert batch["negative"]["num_images"].tolist() == [1, 0, 1]
     assert batch["query"]["num_images"].tolist() == [1, 0, 1]
+    assert batch["positive"]["num_images"].dtype == torch.long
 
-    without = Vlm2VecCollator(processor, config)(examples[:1])
-    assert "negative" not in without and without["neg_counts"].tolist() == [0]
+    without = Vlm2VecCollator(processor)(examples[:1])
+    assert "negative" not in without
 
 
-def test_relative_paths_use_image_dirs_and_bad_images_name_source_row_path(tiny_backbone_dir, images, tmp_path):
-    path = tiny_backbone_dir("qwen2_vl")
-    processor, config = load_processor(path), Vlm2VecConfig(backbone_config=AutoConfig.from_pretrained(path))
-    example = {**_examples(images)[0], "qry_image": "1.png"}
-    relative = Vlm2VecCollator(processor, config, image_dirs={"a": images})([example])
-    absolute = Vlm2VecCollator(processor, config)([{**example, "qry_image": str(images / "1.png")}])
-    _assert_same(relative["query"], absolute["query"])
-    with pytest.raises(ValueError, match="image_dirs"):
-        Vlm2VecCollator(processor, config)([example])
-
+def test_bad_images_name_source_row_path(tiny_backbone_dir, images, tmp_path):
+    processor = _processor(tiny_backbone_dir("qwen2_vl"))
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     bad = {**_examples(images)[2], "neg_images": [None, str(corrupt)]}
     with pytest.raises(DataError, match=r"dataset 'b', row 9, file '.*corrupt\.png': cannot read image"):
-        Vlm2VecCollator(processor, config)([bad])
+        Vlm2VecCollator(processor)([bad])

@@ -138,9 +138,3 @@ def test_resume_by_skipping_batches_gives_the_same_remaining_order(mode):
     resumed.batch_sampler.batch_sampler.set_epoch(1)
     assert len(resumed) == len(uninterrupted) - k
     assert _as_lists(resumed) == uninterrupted[k:]
-
-    # The sampler's own start_batch does the same for hand-written loops.
-    own = GlobalBatchSampler(
-        SIZES, global_batch_size=4, world_size=2, rank=1, seed=7, mode=mode, homogeneous_sub_batch=2, start_batch=k
-    )
-    assert _epoch(own, 1) == uninterrupted[k:] and len(own) == len(uninterrupted) - k

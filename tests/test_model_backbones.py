@@ -6,7 +6,6 @@ from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.demo import TINY_MODEL_TYPES
-from modeling_vlm2vec.processing_vlm2vec import process_batch
 
 TEXTS = [
     "<|image_1|> Represent the given image for classification.",
@@ -34,21 +33,21 @@ def model(request, tiny_backbone_dir):
 
 @torch.no_grad()
 def test_embeddings_are_unit_norm_and_batch_equals_single(model):
-    batch = process_batch(model.processor, model.config, TEXTS, _images())
+    batch = model.processor(TEXTS, _images())
     emb = model(**batch).embeddings
     assert emb.shape == (len(TEXTS), model.config.hidden_size) and emb.dtype == torch.float32
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5, rtol=0)
     for i, (text, image) in enumerate(zip(TEXTS, _images())):
-        one = model(**process_batch(model.processor, model.config, [text], [image])).embeddings[0]
+        one = model(**model.processor([text], [image])).embeddings[0]
         assert (one - emb[i]).abs().max().item() <= 1e-5, f"row {i} differs batched vs alone"
 
 
 @torch.no_grad()
 def test_left_and_right_padding_agree(model):
-    right = model(**process_batch(model.processor, model.config, TEXTS, _images())).embeddings
+    right = model(**model.processor(TEXTS, _images())).embeddings
     model.config.padding_side = "left"
     try:
-        batch = process_batch(model.processor, model.config, TEXTS, _images())
+        batch = model.processor(TEXTS, _images())
         assert (batch["attention_mask"][:, -1] == 1).all()  # really left-padded
         left = model(**batch).embeddings
     finally:
@@ -60,20 +59,20 @@ def test_left_and_right_padding_agree(model):
 def test_encode_matches_forward_and_keeps_order(model):
     items = [{"text": t, "image": im} for t, im in zip(TEXTS, _images())]
     batched = model.encode(items, batch_size=2)
-    reference = model(**process_batch(model.processor, model.config, TEXTS, _images())).embeddings
+    reference = model(**model.processor(TEXTS, _images())).embeddings
     assert (batched - reference).abs().max().item() <= 1e-5
 
 
 def test_truncation_cuts_text_never_image_tokens(model):
     long_text = "<|image_1|> " + "a red circle on a white background " * 20
-    full = process_batch(model.processor, model.config, [long_text], [_images()[0]])
+    full = model.processor([long_text], [_images()[0]])
     image_id = model.processor.tokenizer.convert_tokens_to_ids(model.config.image_token)
     n_image_tokens = int((full["input_ids"] == image_id).sum())
-    image_only = process_batch(model.processor, model.config, ["<|image_1|>"], [_images()[0]])
+    image_only = model.processor(["<|image_1|>"], [_images()[0]])
     budget = int(image_only["attention_mask"].sum()) + 12  # the whole image span (with any wrapper tokens) + text
     model.config.max_length = budget
     try:
-        cut = process_batch(model.processor, model.config, [long_text, "short"], [_images()[0], None])
+        cut = model.processor([long_text, "short"], [_images()[0], None])
     finally:
         model.config.max_length = None
     assert cut["attention_mask"].sum(-1).max().item() <= budget

@@ -8,8 +8,8 @@ from train_batches import (
 )
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.processing_vlm2vec import process_batch
-from modeling_vlm2vec.training.batching import concat_groups, group_rows, split_group
+from modeling_vlm2vec.data.collator import collate_group
+from modeling_vlm2vec.training.batching import concat_groups, group_rows, model_inputs, split_group
 
 BACKBONES = ["llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3"]
 
@@ -40,7 +40,7 @@ def test_chunk_embeddings_equal_full_batch(models, model_type, padding_side):
     with torch.no_grad():
         for name in ("query", "positive", "negative"):
             group = batch[name]
-            full = model(**group).embeddings
+            full = model(**model_inputs(group)).embeddings
             chunks = split_group(group, 3, padding_side)
             rows = group_rows(group)
             assert [group_rows(c) for c in chunks] == [min(3, rows - s) for s in range(0, rows, 3)]
@@ -49,7 +49,7 @@ def test_chunk_embeddings_equal_full_batch(models, model_type, padding_side):
                 edge = mask[:, -1] if padding_side == "right" else mask[:, 0]
                 assert edge.any(), "padding columns of the chunk were not trimmed"
                 assert ("pixel_values" in chunk) == bool(chunk["num_images"].sum())
-            chunked = torch.cat([model(**c).embeddings for c in chunks])
+            chunked = torch.cat([model(**model_inputs(c)).embeddings for c in chunks])
             torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
@@ -57,17 +57,15 @@ def test_chunk_embeddings_equal_full_batch(models, model_type, padding_side):
 def test_concat_groups_is_one_batch_of_all_rows(models, model_type):
     model = models(model_type)
     batch = contrastive_batch(model, [1, 0, 2, 0], seed=3)
-    text_only = process_batch(
-        model.processor, model.config, ["a red circle", "blue square on a white star"], [None, None]
-    )
+    text_only = collate_group(model.processor, ["a red circle", "blue square on a white star"], [None, None])
     groups = [text_only, batch["query"], batch["positive"], batch["negative"]]
     with torch.no_grad():
-        separate = torch.cat([model(**g).embeddings for g in groups])
+        separate = torch.cat([model(**model_inputs(g)).embeddings for g in groups])
         joined = concat_groups(groups, "right", pad_token_id=_pad_id(model))
         assert group_rows(joined) == sum(group_rows(g) for g in groups)
-        together = model(**joined).embeddings
+        together = model(**model_inputs(joined)).embeddings
         # splitting the joined batch again gives back chunks that embed identically
-        rechunked = torch.cat([model(**c).embeddings for c in split_group(joined, 2, "right")])
+        rechunked = torch.cat([model(**model_inputs(c)).embeddings for c in split_group(joined, 2, "right")])
     torch.testing.assert_close(together, separate, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rechunked, separate, rtol=1e-5, atol=1e-5)
 

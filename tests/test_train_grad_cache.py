@@ -1,5 +1,7 @@
 """GradCache gives the exact gradient: of the full batch (dropout off) and of the chunked forward (LoRA dropout on)."""
 
+import contextlib
+
 import pytest
 import torch
 from train_batches import (
@@ -15,6 +17,7 @@ from train_batches import (
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.training.arguments import LoraArguments
+from modeling_vlm2vec.training.batching import model_inputs
 from modeling_vlm2vec.training.grad_cache import GradCache
 from modeling_vlm2vec.training.lora import prepare_trainable_model
 
@@ -22,8 +25,16 @@ NEG_COUNTS = [0, 1, 2, 1, 0]  # 5 rows, 4 hard negatives
 CHUNKS = {"query": 2, "positive": 3, "negative": 3}  # neither divides the groups
 
 
+class _NoReplayGradCache(GradCache):
+    """Replays chunks under whatever RNG state is current: fresh dropout masks (a negative control)."""
+
+    def replay_context(self, chunk):
+        return contextlib.nullcontext()
+
+
 def _cached_step(model, batch, replay_rng=True, symmetric=False):
-    cache = GradCache(model, lambda e: loss_of(e, symmetric=symmetric), chunk_sizes=CHUNKS, replay_rng=replay_rng)
+    cache_class = GradCache if replay_rng else _NoReplayGradCache
+    cache = cache_class(model, lambda e: loss_of(e, symmetric=symmetric), chunk_sizes=CHUNKS)
     return cache.step(groups_of(batch))
 
 
@@ -80,5 +91,5 @@ def test_grad_cache_replays_dropout_masks_exactly(tiny_backbone_dir, activation_
 
     # dropout really differs between two forwards (the test above would be vacuous otherwise)
     with torch.no_grad():
-        first, second = (model(**batch["query"]).embeddings for _ in range(2))
+        first, second = (model(**model_inputs(batch["query"])).embeddings for _ in range(2))
     assert not torch.allclose(first, second)

@@ -15,13 +15,12 @@ from train_batches import (
 from transformers import TrainerCallback
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.data.collator import Vlm2VecCollator
+from modeling_vlm2vec.data.collator import Vlm2VecCollator, collate_group
 from modeling_vlm2vec.data.sampler import GlobalBatchSampler
 from modeling_vlm2vec.data.sources import load_corpus
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
-from modeling_vlm2vec.processing_vlm2vec import process_batch
 from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
-from modeling_vlm2vec.training.batching import split_group
+from modeling_vlm2vec.training.batching import model_inputs, split_group
 from modeling_vlm2vec.training.lora import prepare_trainable_model
 from modeling_vlm2vec.training.trainer import ContrastiveTrainer, embed_groups
 
@@ -47,16 +46,15 @@ class Collator:
     """Groups processed like the project's collator; remembers every batch it built."""
 
     def __init__(self, model):
-        self.processor, self.config, self.batches = model.processor, model.config, []
+        self.processor, self.batches = model.processor, []
 
     def _group(self, items):
-        return process_batch(self.processor, self.config, [t for t, _ in items], [img for _, img in items])
+        return collate_group(self.processor, [t for t, _ in items], [img for _, img in items])
 
     def __call__(self, rows):
         batch = {
             "query": self._group([r["query"] for r in rows]),
             "positive": self._group([r["positive"] for r in rows]),
-            "neg_counts": torch.tensor([len(r["negatives"]) for r in rows]),
         }
         negatives = [n for r in rows for n in r["negatives"]]
         if negatives:
@@ -145,7 +143,7 @@ def test_embed_groups_in_one_forward_or_one_per_group_equals_row_by_row(tiny_bac
     groups = groups_of(Collator(model)(toy_rows()))
     with torch.no_grad():
         expected = {
-            name: torch.cat([model(**row).embeddings for row in split_group(group, 1)])
+            name: torch.cat([model(**model_inputs(row)).embeddings for row in split_group(group, 1)])
             for name, group in groups.items()
         }  # every row alone, no padding at all
     pad_token_id = model.config.get_text_config().pad_token_id or 0
@@ -207,7 +205,7 @@ def test_corpus_uses_the_global_batch_sampler_and_resumes_in_order(tiny_backbone
 
     def run(max_steps, output, resume=None):
         model = _model(backbone_dir)
-        collator = RowRecorder(model.processor, model.config)
+        collator = RowRecorder(model.processor)
         args = _args(
             output,
             max_steps=max_steps,

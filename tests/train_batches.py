@@ -1,4 +1,4 @@
-"""Contrastive batches for the training tests, built the way the collator builds them (process_batch per group)."""
+"""Contrastive batches for the training tests, built the way the collator builds them (collate_group per group)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_vlm2vec.processing_vlm2vec import process_batch
-from modeling_vlm2vec.training.batching import split_group
+from modeling_vlm2vec.data.collator import collate_group
+from modeling_vlm2vec.training.batching import model_inputs, split_group
 from modeling_vlm2vec.training.losses import contrastive_loss
 
 
@@ -51,16 +51,11 @@ def contrastive_batch(model, neg_counts: list[int], seed: int = 0, rows: slice |
         for i, k in enumerate(neg_counts)
     ]
     rows = rows or slice(0, n)
-    processor, config = model.processor, model.config
 
     def group(items):
-        return process_batch(processor, config, [t for t, _ in items], [img for _, img in items])
+        return collate_group(model.processor, [t for t, _ in items], [img for _, img in items])
 
-    batch = {
-        "query": group(queries[rows]),
-        "positive": group(positives[rows]),
-        "neg_counts": torch.tensor(neg_counts[rows], dtype=torch.long),
-    }
+    batch = {"query": group(queries[rows]), "positive": group(positives[rows])}
     flat_negatives = [item for per_row in negatives[rows] for item in per_row]
     if flat_negatives:
         batch["negative"] = group(flat_negatives)
@@ -83,13 +78,13 @@ def loss_of(embeddings: dict, temperature: float = 0.02, symmetric: bool = False
 
 def full_batch_loss(model, batch: dict, **loss_kwargs):
     """The plain (uncached) loss: each group embedded in one forward with grad."""
-    return loss_of({name: model(**g).embeddings for name, g in groups_of(batch).items()}, **loss_kwargs)
+    return loss_of({name: model(**model_inputs(g)).embeddings for name, g in groups_of(batch).items()}, **loss_kwargs)
 
 
 def chunked_loss(model, batch: dict, chunk_sizes: dict, **loss_kwargs):
     """The loss of the chunked forward with every chunk's graph kept (chunks embedded in GradCache order)."""
     embeddings = {
-        name: torch.cat([model(**chunk).embeddings for chunk in split_group(g, chunk_sizes[name])])
+        name: torch.cat([model(**model_inputs(chunk)).embeddings for chunk in split_group(g, chunk_sizes[name])])
         for name, g in groups_of(batch).items()
     }
     return loss_of(embeddings, **loss_kwargs)

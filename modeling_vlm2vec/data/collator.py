@@ -1,63 +1,54 @@
 """Training collator: corpus examples -> query / positive / hard-negative tensor groups for the contrastive step.
 
 Images are opened here, lazily, with :func:`~modeling_vlm2vec.data.images.load_image` (a missing or corrupt file
-raises ``DataError`` naming the source, the row and the path). Every group goes through the one processing path,
-:func:`~modeling_vlm2vec.processing_vlm2vec.process_batch`, so prompts and image resolution match evaluation and
+raises ``DataError`` naming the source, the row and the path). Every group goes through the model's
+:class:`~modeling_vlm2vec.processing_vlm2vec.Vlm2VecProcessor`, so prompts and image resolution match evaluation and
 ``Vlm2VecModel.encode`` exactly.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-
 import torch
 from PIL import Image
 
-from ..processing_vlm2vec import process_batch
-from .images import load_image, resolve_image_path
+from .images import load_image
+
+
+def collate_group(processor, texts: list[str | None], images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
+    """One training group: ``processor(texts, images)`` plus ``num_images`` (n,) int64, the images of each row."""
+    group = processor(texts, images)
+    group["num_images"] = torch.tensor([int(img is not None) for img in images], dtype=torch.long)  # (n,)
+    return group
 
 
 class Vlm2VecCollator:
     """Collate examples of :class:`~modeling_vlm2vec.data.sources.TrainingCorpus` into model inputs.
 
     Args:
-        processor: the backbone processor (``processing_vlm2vec.load_processor``).
-        config: the model's ``Vlm2VecConfig`` (image token, padding side, max length, resolution policy).
-        image_dirs: ``{source name: image folder}`` for examples whose image paths are relative; examples from
-            ``TrainingCorpus`` carry resolved paths and need none.
+        processor: the model's ``Vlm2VecProcessor``.
 
-    ``__call__(examples)`` returns ``{"query": group, "positive": group, "negative": group (only when some row has a
-    hard negative), "neg_counts": (batch,) int64}``. Each group is the ``process_batch`` dict (``input_ids``,
-    ``attention_mask`` (n, seq), image tensors, ``num_images`` (n,) int64). ``query`` and ``positive`` have one row
-    per example; ``negative`` holds only the real hard negatives of the batch, flattened in row order: rows
-    ``sum(neg_counts[:i]) ... + neg_counts[i]`` belong to example ``i`` (no padding candidates).
+    ``__call__(examples)`` returns ``{"query": group, "positive": group, "negative": group}`` (``negative`` only when
+    some row has a hard negative). Each group is the processor's output for its rows plus ``num_images`` (n,) int64,
+    the images of each row, which the trainer uses to cut groups into chunks and removes before the forward pass.
+    ``query`` and ``positive`` have one row per example; ``negative`` holds only the real hard negatives of the
+    batch, flattened in row order (no padding candidates).
     """
 
-    def __init__(self, processor, config, image_dirs: Mapping[str, str | os.PathLike] | None = None):
-        self.processor, self.config = processor, config
-        self.image_dirs = dict(image_dirs or {})
+    def __init__(self, processor):
+        self.processor = processor
 
-    def _load(self, path: str | None, example: dict) -> Image.Image | None:
-        if path is None:
-            return None
-        source, row = example["source"], example["row"]
-        if not os.path.isabs(path):
-            if source not in self.image_dirs:
-                raise ValueError(f"relative image path {path!r} of source {source!r} needs image_dirs[{source!r}]")
-            path = resolve_image_path(self.image_dirs[source], path, dataset=source, row=row)
-        return load_image(path, dataset=source, row=row)
+    def _group(self, texts: list[str], images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
+        return collate_group(self.processor, texts, images)
 
     def __call__(self, examples: list[dict]) -> dict:
-        queries = [self._load(e["qry_image"], e) for e in examples]
-        positives = [self._load(e["pos_image"], e) for e in examples]
+        def load(path: str | None, example: dict) -> Image.Image | None:
+            return None if path is None else load_image(path, dataset=example["source"], row=example["row"])
+
         batch = {
-            "query": process_batch(self.processor, self.config, [e["qry"] for e in examples], queries),
-            "positive": process_batch(self.processor, self.config, [e["pos_text"] for e in examples], positives),
-            "neg_counts": torch.tensor([len(e["neg_texts"]) for e in examples], dtype=torch.long),  # (batch,)
+            "query": self._group([e["qry"] for e in examples], [load(e["qry_image"], e) for e in examples]),
+            "positive": self._group([e["pos_text"] for e in examples], [load(e["pos_image"], e) for e in examples]),
         }
         neg_texts = [t for e in examples for t in e["neg_texts"]]
         if neg_texts:
-            neg_images = [self._load(p, e) for e in examples for p in e["neg_images"]]
-            batch["negative"] = process_batch(self.processor, self.config, neg_texts, neg_images)
+            batch["negative"] = self._group(neg_texts, [load(p, e) for e in examples for p in e["neg_images"]])
         return batch

@@ -21,8 +21,7 @@ must **not** go through ``accelerator.prepare`` (which would shard it a second t
 override ``Trainer.get_train_dataloader`` to return it as is; move batches to the device in the training step.
 Resume works with the Trainer's own mechanism: ``accelerate.skip_first_batches`` wraps the batch sampler in a
 ``SkipBatchSampler`` and the Trainer calls ``set_epoch`` on the sampler underneath it (and on the loader), so the
-remaining batches are exactly those of the uninterrupted run. ``GlobalBatchSampler(start_batch=k)`` does the same
-for hand-written loops.
+remaining batches are exactly those of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ class GlobalBatchSampler(Sampler[list[int]]):
         weights: Sequence[float] | None = None,
         homogeneous_sub_batch: int | None = None,
         source_names: Sequence[str] | None = None,
-        start_batch: int = 0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -91,7 +89,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.local_batch_size = global_batch_size // world_size
         self.seed, self.mode, self.sub_batch = seed, mode, sub_batch
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.epoch, self.start_batch = 0, start_batch
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches ``__iter__`` yields next (the Trainer calls this before every epoch)."""
@@ -127,7 +125,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         lo = self.rank * self.local_batch_size
-        for batch in self.global_batches()[self.start_batch :]:
+        for batch in self.global_batches():
             yield batch[lo : lo + self.local_batch_size].tolist()
 
     def __len__(self) -> int:
@@ -135,7 +133,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
             n_examples = int(self.offsets[-1])
         else:
             n_examples = sum(n // self.sub_batch for n in self.sizes) * self.sub_batch
-        return max(n_examples // self.global_batch_size - self.start_batch, 0)
+        return n_examples // self.global_batch_size
 
 
 class TrainDataLoader(DataLoader):

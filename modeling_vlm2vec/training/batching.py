@@ -1,8 +1,9 @@
 """Slicing processed groups into row chunks (GradCache) and joining groups into one batch — backbone-aware.
 
-A *group* is the dict :func:`~modeling_vlm2vec.processing_vlm2vec.process_batch` returns for ``B`` rows:
-``input_ids`` / ``attention_mask`` (B, L), possibly more (B, L) tensors (``mm_token_type_ids``), ``num_images`` (B,),
-and image tensors laid out one of three ways, recognised by their keys:
+A *group* is what the training collator makes of ``B`` rows: the ``Vlm2VecProcessor`` output — ``input_ids`` /
+``attention_mask`` (B, L), possibly more (B, L) tensors (``mm_token_type_ids``) and image tensors — plus
+``num_images`` (B,), which :func:`model_inputs` removes before a forward pass. Image tensors are laid out one of three
+ways, recognised by their keys:
 
 * **patches** (Qwen2-VL, Qwen2.5-VL; ``image_grid_thw`` present): ``pixel_values`` (sum of patches, D) flattened over
   images, image ``k`` owning ``prod(image_grid_thw[k])`` consecutive rows; ``image_grid_thw`` (n_images, 3).
@@ -20,6 +21,11 @@ import torch
 import torch.nn.functional as F
 
 PIXEL_KEYS = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
+
+
+def model_inputs(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's keyword inputs of a group or chunk: everything but the ``num_images`` slicing metadata."""
+    return {k: v for k, v in group.items() if k != "num_images"}
 
 
 def group_rows(group: dict[str, torch.Tensor]) -> int:
@@ -144,4 +150,4 @@ def concat_groups(
     return out
 
 
-__all__ = ["PIXEL_KEYS", "group_rows", "split_group", "concat_groups"]
+__all__ = ["PIXEL_KEYS", "concat_groups", "group_rows", "model_inputs", "split_group"]

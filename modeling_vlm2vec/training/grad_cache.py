@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import _infer_device_type, get_device_states, set_device_states
 
-from .batching import group_rows, split_group
+from .batching import group_rows, model_inputs, split_group
 from .losses import ContrastiveLossOutput
 
 
@@ -66,8 +66,9 @@ class GradCache:
         chunk_sizes: rows per chunk for every group name.
         padding_side: padding side of the groups (padding columns are trimmed per chunk).
         backward: runs backward on a surrogate scalar; pass ``accelerator.backward`` so fp16 loss scaling applies.
-        replay_rng: restore each chunk's RNG state for its replay. Turning it off makes dropout masks differ between
-            the phases (wrong gradients); it exists only so a test can show that.
+
+    Each chunk is replayed under the RNG state recorded before its first forward (:meth:`replay_context`), so dropout
+    masks are the same in both passes and the gradient is exact.
     """
 
     def __init__(
@@ -78,10 +79,9 @@ class GradCache:
         chunk_sizes: Mapping[str, int],
         padding_side: str = "right",
         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-        replay_rng: bool = True,
     ):
         self.model, self.loss_fn, self.chunk_sizes = model, loss_fn, dict(chunk_sizes)
-        self.padding_side, self.backward, self.replay_rng = padding_side, backward, replay_rng
+        self.padding_side, self.backward = padding_side, backward
         # one tensor per device holding parameters: the RNG of every device the forward runs on is snapshot
         self._model_devices = list({p.device: p for p in model.parameters()}.values())
 
@@ -91,7 +91,7 @@ class GradCache:
         ``groups`` maps names (keys of ``chunk_sizes``) to processed groups already on the model's device.
         """
         chunks = [
-            _Chunk(name, inputs)
+            _Chunk(name, model_inputs(inputs))
             for name, group in groups.items()
             for inputs in split_group(group, self.chunk_sizes[name], self.padding_side)
         ]
@@ -108,8 +108,7 @@ class GradCache:
         """
         with torch.no_grad():
             for chunk in chunks[:-1]:
-                if self.replay_rng:
-                    chunk.random_state = RandomState(self._device_tensors(chunk.inputs))
+                chunk.random_state = RandomState(self._device_tensors(chunk.inputs))
                 chunk.embeddings = self.model(**chunk.inputs).embeddings  # (rows, d)
         last = chunks[-1]
         with self._no_sync() if len(chunks) > 1 else contextlib.nullcontext():
@@ -139,11 +138,14 @@ class GradCache:
             self.backward(self._surrogate(kept.live_embeddings, kept.gradient, scale))
         kept.live_embeddings = None
         for i, chunk in enumerate(replays):
-            rng = chunk.random_state.restored() if self.replay_rng else contextlib.nullcontext()
             with self._no_sync() if i < len(replays) - 1 else contextlib.nullcontext():
-                with rng:
+                with self.replay_context(chunk):
                     embeddings = self.model(**chunk.inputs).embeddings  # (rows, d)
                 self.backward(self._surrogate(embeddings, chunk.gradient, scale))
+
+    def replay_context(self, chunk: _Chunk) -> contextlib.AbstractContextManager:
+        """The RNG state ``chunk``'s replay runs under: the one recorded before its phase-1 forward."""
+        return chunk.random_state.restored()
 
     @staticmethod
     def _surrogate(embeddings: torch.Tensor, gradient: torch.Tensor, scale: float) -> torch.Tensor:

@@ -2,10 +2,9 @@
 
 Batch contract (what the collator produces)::
 
-    {"query": group, "positive": group, "negative": group (only when the batch has hard negatives),
-     "neg_counts": LongTensor (B,)}
+    {"query": group, "positive": group, "negative": group (only when the batch has hard negatives)}
 
-Each group is a :func:`~modeling_vlm2vec.processing_vlm2vec.process_batch` dict; ``negative`` holds the batch's real
+Each group is a :class:`~modeling_vlm2vec.data.collator.Vlm2VecCollator` group; ``negative`` holds the batch's real
 hard negatives flattened in row order (any number per row). The loss is :func:`~.losses.contrastive_loss`.
 
 Two paths, same loss and gradient:
@@ -36,7 +35,7 @@ from ..data.sampler import build_train_dataloader
 from ..data.sources import TrainingCorpus
 from ..hub.push import HubPushMixin
 from .arguments import ContrastiveTrainingArguments
-from .batching import concat_groups, group_rows
+from .batching import concat_groups, group_rows, model_inputs
 from .grad_cache import GradCache, needs_grad_cache
 from .losses import ContrastiveLossOutput, contrastive_loss
 
@@ -58,9 +57,9 @@ def embed_groups(
     embeddings at the cost of the padding, for wrappers that allow one forward per backward (DDP).
     """
     if not one_forward:
-        return {name: model(**group).embeddings for name, group in groups.items()}
+        return {name: model(**model_inputs(group)).embeddings for name, group in groups.items()}
     batch = concat_groups(list(groups.values()), padding_side, pad_token_id=pad_token_id)
-    embeddings = model(**batch).embeddings  # (sum of group rows, d)
+    embeddings = model(**model_inputs(batch)).embeddings  # (sum of group rows, d)
     return dict(zip(groups, embeddings.split([group_rows(g) for g in groups.values()])))
 
 

@@ -17,7 +17,8 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
-from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, load_model_for_eval, run_evaluation
+from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, run_evaluation
+from modeling_vlm2vec.loading import load_vlm2vec
 
 
 def _default_device() -> str:
@@ -37,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
         eval_sets = load_eval_sets(args.dataset_name, args.subsets, args.image_dir)
-        model, processor = load_model_for_eval(
-            args.model_name_or_path, lora_adapter=args.lora_adapter, dtype=args.dtype, device=device
+        model = load_vlm2vec(
+            args.model_name_or_path,
+            lora_adapter=args.lora_adapter,
+            dtype=args.dtype,
+            device=device,
+            trust_remote_code=args.trust_remote_code,
         )
         run_evaluation(
             model,
-            processor,
             eval_sets,
             output_dir=args.output_dir,
             batch_size=args.batch_size,

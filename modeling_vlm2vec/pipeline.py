@@ -22,29 +22,26 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig
 from transformers.integrations import get_reporting_integration_callbacks
 
 from .common.distributed import barrier
-from .common.dtypes import parse_dtype
 from .common.errors import DataError
+from .common.locations import MMEB_EVAL_DATASET, MMEB_TRAIN_DATASET
+from .configuration_vlm2vec import WRAPPER_FIELDS
 from .data.collator import Vlm2VecCollator
 from .data.sources import load_corpus
-from .demo import TINY_MODEL_TYPES, save_tiny_backbone
-from .demo.synthetic import write_synthetic_mmeb
-from .evaluation import evaluate_mmeb, load_model_for_eval
+from .demo.hook import SYNTHETIC, DemoArguments, prepare_demo, synthetic_locations
+from .evaluation import evaluate_mmeb
 from .evaluation.report import format_percent
 from .hub.card import write_model_card
 from .hub.export import export_checkpoint
+from .loading import load_vlm2vec
 from .modeling_vlm2vec import Vlm2VecModel
-from .processing_vlm2vec import load_processor
 from .training.arguments import ContrastiveTrainingArguments, LoraArguments
 from .training.lora import prepare_trainable_model
 from .training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger(__name__)
-
-SYNTHETIC = "synthetic"
 
 
 @dataclass
@@ -53,19 +50,6 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         metadata={"help": "Hub id or folder of a VLM, or of a Vlm2Vec checkpoint to continue training."}
-    )
-    tiny_backbone: str | None = field(
-        default=None,
-        metadata={
-            "help": f"Build a tiny random backbone of this type ({', '.join(TINY_MODEL_TYPES)}) at model_name_or_path "
-            "first, unless that folder already holds one (offline demo and tests)."
-        },
-    )
-    tiny_backbone_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny backbone."})
-    tiny_backbone_layers: int = field(default=2, metadata={"help": "Layers of the tiny backbone's language model."})
-    tiny_backbone_vision_hidden_size: int = field(default=32, metadata={"help": "Width of the tiny vision tower."})
-    tiny_backbone_image_size: int | None = field(
-        default=None, metadata={"help": "Vision input side of the tiny backbone, pixels."}
     )
     model_dtype: str = field(
         default="float32",
@@ -81,10 +65,11 @@ class ModelArguments:
         default=None,
         metadata={"help": "JSON object passed to the processor loader, e.g. '{\"num_crops\": 4}' for Phi-3.5-V."},
     )
-    pooling: str = field(default="last", metadata={"help": "last (last real token) or mean."})
-    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings."})
-    contrastive_temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature."})
-    padding_side: str = field(default="right", metadata={"help": "Batch padding side."})
+    # Vlm2Vec settings: unset keeps the checkpoint's value when continuing training, or the default for a raw VLM.
+    pooling: str | None = field(default=None, metadata={"help": "last (last real token; default) or mean."})
+    normalize: bool | None = field(default=None, metadata={"help": "L2-normalise embeddings (default true)."})
+    contrastive_temperature: float | None = field(default=None, metadata={"help": "InfoNCE temperature (0.02)."})
+    padding_side: str | None = field(default=None, metadata={"help": "Batch padding side (default right)."})
     max_length: int | None = field(
         default=None, metadata={"help": "Token budget per input (text is truncated, image tokens never)."}
     )
@@ -96,19 +81,9 @@ class ModelArguments:
     )
     image_fixed_size: list[int] | None = field(default=None, metadata={"help": "Resize every image to W H."})
 
-    def wrapper_config(self) -> dict:
-        """The `Vlm2VecConfig` fields given on the command line."""
-        names = (
-            "pooling",
-            "normalize",
-            "contrastive_temperature",
-            "padding_side",
-            "max_length",
-            "image_max_pixels",
-            "image_min_pixels",
-            "image_fixed_size",
-        )
-        return {name: getattr(self, name) for name in names}
+    def settings(self) -> dict:
+        """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out)."""
+        return {name: getattr(self, name) for name in WRAPPER_FIELDS if getattr(self, name, None) is not None}
 
 
 @dataclass
@@ -121,11 +96,6 @@ class DataArguments:
             "help": "Data-config YAML listing the training sources, or 'synthetic' for the bundled synthetic data."
         },
     )
-    synthetic_dir: str | None = field(
-        default=None, metadata={"help": "Where the synthetic data is written (default: <output_dir>/synthetic-data)."}
-    )
-    synthetic_train_per_task: int = field(default=512, metadata={"help": "Synthetic training rows per task."})
-    synthetic_eval_per_task: int = field(default=64, metadata={"help": "Synthetic eval queries per task."})
     eval_dataset_name: str | None = field(
         default=None,
         metadata={
@@ -140,45 +110,56 @@ class DataArguments:
     eval_batch_size: int = field(default=32, metadata={"help": "Items per forward when encoding for evaluation."})
 
 
+#: The argument dataclasses of ``train.py``, in the order :func:`run` takes them.
+TRAIN_ARGUMENTS = (ModelArguments, DataArguments, LoraArguments, ContrastiveTrainingArguments, DemoArguments)
+
+
 def run(
     model_args: ModelArguments,
     data_args: DataArguments,
     lora_args: LoraArguments,
     training_args: ContrastiveTrainingArguments,
+    demo_args: DemoArguments | None = None,
 ) -> dict:
     """Train, export and evaluate; return ``{"baseline": summary | None, "final": summary | None}``."""
     check_reporting(training_args.report_to)
+    demo_args = demo_args or DemoArguments()
     output_dir = Path(training_args.output_dir)
     with training_args.main_process_first(desc="preparing backbone and data"):
         if training_args.process_index == 0:
-            _prepare_inputs(model_args, data_args, output_dir)
-    data_config, eval_kwargs = _data_locations(data_args, output_dir)
+            prepare_demo(
+                demo_args,
+                model_name_or_path=model_args.model_name_or_path,
+                dataset_config=data_args.dataset_config,
+                output_dir=output_dir,
+            )
+    data_config, eval_kwargs = _data_locations(data_args, demo_args, output_dir)
 
     corpus = load_corpus(data_config, seed=training_args.seed)  # validates every source before any heavy work
-    model, processor = build_model(model_args)
+    model = build_model(model_args)
     results = {"baseline": None, "final": None}
     if training_args.do_eval:
         results["baseline"] = evaluate_mmeb(
-            model, processor, output_dir=output_dir / "eval" / "baseline", model_name="before training", **eval_kwargs
+            model, output_dir=output_dir / "eval" / "baseline", model_name="before training", **eval_kwargs
         )
     trainable = prepare_trainable_model(model, lora_args)
     trainer = ContrastiveTrainer(
         model=trainable,
         args=training_args,
         train_dataset=corpus,
-        data_collator=Vlm2VecCollator(processor, model.config),
-        processing_class=processor,
+        data_collator=Vlm2VecCollator(model.processor),
+        processing_class=model.processor,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     card_context = _card_context(trainer, corpus, model_args, data_args)
     if trainer.is_world_process_zero():
-        _export_into(trainer.model, processor, output_dir, card_context)
+        _export_into(trainer.model, model.processor, output_dir, card_context)
     barrier()
     if training_args.do_eval:
-        exported, exported_processor = load_model_for_eval(output_dir, device=training_args.device)
+        exported = load_vlm2vec(output_dir, device=training_args.device)  # the export, as users load it
         results["final"] = evaluate_mmeb(
-            exported, exported_processor, output_dir=output_dir / "eval", model_name="after training", **eval_kwargs
+            exported, output_dir=output_dir / "eval", model_name="after training", **eval_kwargs
         )
         if trainer.is_world_process_zero():
             write_model_card(output_dir, card_context={**card_context, "eval_dir": str(output_dir / "eval")})
@@ -208,26 +189,25 @@ def check_reporting(report_to: list[str]) -> None:
             ) from exc
 
 
-def build_model(model_args: ModelArguments) -> tuple[Vlm2VecModel, object]:
-    """Load the model to train and its processor: a Vlm2Vec checkpoint as is, or a raw VLM wrapped."""
-    path = model_args.model_name_or_path
-    dtype = parse_dtype(model_args.model_dtype)
-    load_kwargs = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
-    if model_args.attn_implementation:
-        load_kwargs["attn_implementation"] = model_args.attn_implementation
-    config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
-    if config.model_type == "vlm2vec":
-        model = Vlm2VecModel.from_pretrained(path, **load_kwargs)
-        for name, value in model_args.wrapper_config().items():
-            setattr(model.config, name, value)
-    else:
-        model = Vlm2VecModel.from_backbone(path, **load_kwargs, **model_args.wrapper_config())
-    processor_kwargs = json.loads(model_args.processor_kwargs) if model_args.processor_kwargs else {}
-    if model_args.trust_remote_code:
-        processor_kwargs["trust_remote_code"] = True
-    processor = load_processor(path, **processor_kwargs)
-    model.processor = processor
-    return model, processor
+def build_model(model_args: ModelArguments) -> Vlm2VecModel:
+    """The model to train, with its processor: a Vlm2Vec checkpoint as saved (only the settings the recipe names
+    change, validated), or a raw VLM wrapped with them."""
+    try:
+        processor_kwargs = json.loads(model_args.processor_kwargs) if model_args.processor_kwargs else {}
+    except ValueError as exc:
+        raise DataError(f"processor_kwargs is not a JSON object: {exc}") from exc
+    if not isinstance(processor_kwargs, dict):
+        raise DataError(f"processor_kwargs must be a JSON object, got {model_args.processor_kwargs!r}")
+    model = load_vlm2vec(
+        model_args.model_name_or_path,
+        dtype=model_args.model_dtype,
+        trust_remote_code=model_args.trust_remote_code,
+        overrides=model_args.settings(),
+        attn_implementation=model_args.attn_implementation,
+        processor_kwargs=processor_kwargs,
+    )
+    model.train()
+    return model
 
 
 def before_after_table(baseline: dict | None, final: dict | None) -> str:
@@ -242,42 +222,14 @@ def before_after_table(baseline: dict | None, final: dict | None) -> str:
     return "\n".join(rows)
 
 
-def _prepare_inputs(model_args: ModelArguments, data_args: DataArguments, output_dir: Path) -> None:
-    if model_args.tiny_backbone and not (Path(model_args.model_name_or_path) / "config.json").is_file():
-        save_tiny_backbone(
-            model_args.tiny_backbone,
-            model_args.model_name_or_path,
-            hidden_size=model_args.tiny_backbone_hidden_size,
-            num_layers=model_args.tiny_backbone_layers,
-            image_size=model_args.tiny_backbone_image_size,
-            vision_hidden_size=model_args.tiny_backbone_vision_hidden_size,
-        )
-    if data_args.dataset_config == SYNTHETIC:
-        write_synthetic_mmeb(
-            _synthetic_dir(data_args, output_dir),
-            n_train_per_task=data_args.synthetic_train_per_task,
-            n_eval_per_task=data_args.synthetic_eval_per_task,
-        )
-
-
-def _synthetic_dir(data_args: DataArguments, output_dir: Path) -> Path:
-    return Path(data_args.synthetic_dir) if data_args.synthetic_dir else output_dir / "synthetic-data"
-
-
-def _data_locations(data_args: DataArguments, output_dir: Path) -> tuple[Path, dict]:
+def _data_locations(data_args: DataArguments, demo_args: DemoArguments, output_dir: Path) -> tuple[Path, dict]:
     """(training data config, evaluate_mmeb keyword arguments)."""
     if data_args.dataset_config == SYNTHETIC:
-        root = _synthetic_dir(data_args, output_dir)
-        data_config, default_eval, default_subsets, default_images = (
-            root / "data_config.yaml",
-            root / "eval",
-            [SYNTHETIC],
-            root,
-        )
+        data_config, default_eval, default_subsets, default_images = synthetic_locations(demo_args, output_dir)
     else:
         data_config, default_eval, default_subsets, default_images = (
             Path(data_args.dataset_config),
-            "TIGER-Lab/MMEB-eval",
+            MMEB_EVAL_DATASET,
             ["all"],
             None,
         )
@@ -296,7 +248,7 @@ def _card_context(trainer: ContrastiveTrainer, corpus, model_args: ModelArgument
     if not Path(model_args.model_name_or_path).exists():
         context["base_model"] = model_args.model_name_or_path
     if data_args.dataset_config != SYNTHETIC:
-        context["datasets"] = ["TIGER-Lab/MMEB-train"]
+        context["datasets"] = [MMEB_TRAIN_DATASET]
     return {k: v for k, v in context.items() if v is not None}
 
 
@@ -318,4 +270,12 @@ def _export_into(model, processor, output_dir: Path, card_context: dict) -> None
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["DataArguments", "ModelArguments", "before_after_table", "build_model", "run"]
+__all__ = [
+    "TRAIN_ARGUMENTS",
+    "DataArguments",
+    "DemoArguments",
+    "ModelArguments",
+    "before_after_table",
+    "build_model",
+    "run",
+]

@@ -13,9 +13,10 @@ from safetensors.numpy import load_file
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
-from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set, load_model_for_eval
+from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set
 from modeling_vlm2vec.evaluation.encoding import model_fingerprint
-from modeling_vlm2vec.processing_vlm2vec import load_processor
+from modeling_vlm2vec.loading import load_vlm2vec
+from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,15 +27,14 @@ def setup(tmp_path_factory, tiny_backbone_dir):
     raw = tiny_backbone_dir("qwen2_vl")
     checkpoint = root / "vlm2vec-tiny"
     Vlm2VecModel.from_backbone(raw).save_pretrained(checkpoint)
-    load_processor(raw).save_pretrained(checkpoint)
+    load_backbone_processor(raw).save_pretrained(checkpoint)
     data = write_synthetic_mmeb(root / "syn", n_train_per_task=3, n_eval_per_task=4, n_candidates=3)
     return {"root": root, "raw": raw, "checkpoint": checkpoint, "data": data}
 
 
-def _evaluate(setup, model, processor, out, subsets=("synthetic",)):
+def _evaluate(setup, model, out, subsets=("synthetic",)):
     return evaluate_mmeb(
         model,
-        processor,
         dataset_name=str(setup["data"]["eval_root"]),
         subsets=subsets,
         image_dir=setup["data"]["root"],
@@ -45,13 +45,13 @@ def _evaluate(setup, model, processor, out, subsets=("synthetic",)):
 
 
 def test_each_unique_item_goes_through_forward_once(setup):
-    model, processor = load_model_for_eval(setup["checkpoint"])
+    model = load_vlm2vec(setup["checkpoint"])
     rows_seen = []
     model.register_forward_pre_hook(
         lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     out = setup["root"] / "single"
-    summary = _evaluate(setup, model, processor, out)
+    summary = _evaluate(setup, model, out)
     records = [json.loads((out / f"{name}_score.json").read_text()) for name in summary["datasets"]]
     unique = sum(r["num_unique_queries"] + r["num_unique_candidates"] for r in records)
     references = sum(r["num_queries"] * (1 + r["max_candidates_per_query"]) for r in records)
@@ -62,7 +62,7 @@ def test_each_unique_item_goes_through_forward_once(setup):
     (cache_file,) = (out / "cache").glob("*/SynGround.safetensors")
     cached = load_file(str(cache_file))
     for key, items in (("queries", eval_set.queries), ("candidates", eval_set.candidates)):
-        direct = model.encode([{"text": t, "image": i} for t, i in items], batch_size=1, processor=processor)
+        direct = model.encode([{"text": t, "image": i} for t, i in items], batch_size=1)
         np.testing.assert_allclose(cached[key], direct.numpy(), atol=1e-5)
 
 
@@ -84,21 +84,21 @@ def test_lora_adapter_on_raw_backbone_is_merged(setup):
             "image": str(setup["data"]["root"] / "images" / "eval" / "SynCLS" / "00000.png"),
         },
     ]
-    processor = load_processor(setup["raw"])
+    processor = load_backbone_processor(setup["raw"])
     expected = expected_model.encode(items, processor=processor)
 
-    merged, merged_processor = load_model_for_eval(setup["raw"], lora_adapter=adapter)
-    plain, _ = load_model_for_eval(setup["raw"])
-    torch.testing.assert_close(merged.encode(items, processor=merged_processor), expected, atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(plain.encode(items, processor=processor), expected, atol=1e-3)
-    assert model_fingerprint(merged, merged_processor) != model_fingerprint(plain, processor)
+    merged = load_vlm2vec(setup["raw"], lora_adapter=adapter)
+    plain = load_vlm2vec(setup["raw"])
+    torch.testing.assert_close(merged.encode(items), expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(plain.encode(items), expected, atol=1e-3)
+    assert model_fingerprint(merged) != model_fingerprint(plain)
 
 
 def test_cli_with_two_processes_matches_one(setup):
     single = setup["root"] / "single"
     if not (single / "summary.json").exists():
-        model, processor = load_model_for_eval(setup["checkpoint"])
-        _evaluate(setup, model, processor, single)
+        model = load_vlm2vec(setup["checkpoint"])
+        _evaluate(setup, model, single)
     out = setup["root"] / "multi"
     env = {
         **os.environ,

@@ -13,7 +13,6 @@ from transformers import AutoModelForImageTextToText
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.hub.convert_official import convert_official_checkpoint
-from modeling_vlm2vec.processing_vlm2vec import process_batch
 
 # transformers-5 raw-model prefixes -> the transformers-4 names the official releases were saved with
 V4_NAMES = {
@@ -69,7 +68,7 @@ def test_converted_release_equals_manually_merged_reference(tiny_backbone_dir, t
     model = Vlm2VecModel.from_pretrained(out)
     assert model.config.image_token == {"qwen2_vl": "<|image_pad|>", "llava_next": "<image>"}[model_type]
     assert model.config.pooling == "last" and model.config.normalize
-    batch = process_batch(model.processor, model.config, TEXTS, IMAGES)
+    batch = model.processor(TEXTS, IMAGES)
     with torch.no_grad():
         expected = _reference_embeddings(merged_raw.eval(), batch)
         got = model(**batch).embeddings

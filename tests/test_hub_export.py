@@ -164,13 +164,14 @@ def test_checkpoint_errors(raw_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a checkpoint"):
         export_checkpoint(tmp_path / "empty", tmp_path / "o1")
-    with pytest.raises(DataError, match="model_type 'qwen2_vl', not 'vlm2vec'"):
+    with pytest.raises(DataError, match="model_type 'qwen2_vl': a raw VLM, not a Vlm2Vec checkpoint"):
         export_checkpoint(raw_dir, tmp_path / "o2")
     good = export_checkpoint(Vlm2VecModel.from_backbone(raw_dir), tmp_path / "good")
     broken = shutil.copytree(good, tmp_path / "broken")
     (broken / "processing_vlm2vec.py").unlink()
-    with pytest.raises(DataError, match="remote-code files missing: processing_vlm2vec.py"):
-        export_checkpoint(broken, tmp_path / "o3")
+    # our checkpoints load through the installed classes: a source without its Hub files still exports completely
+    assert (export_checkpoint(broken, tmp_path / "o3") / "processing_vlm2vec.py").is_file()
+    shutil.rmtree(tmp_path / "o3")
     with pytest.raises(DataError, match="not empty"):
         export_checkpoint(good, tmp_path / "broken")
     ckpt, _ = _adapter_checkpoint(raw_dir, tmp_path)

@@ -19,8 +19,7 @@ from transformers.integrations import integration_utils
 import train
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
-from modeling_vlm2vec.pipeline import DataArguments, ModelArguments, check_reporting
-from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments, LoraArguments
+from modeling_vlm2vec.pipeline import TRAIN_ARGUMENTS, check_reporting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,9 +240,9 @@ def test_missing_logging_package_fails_before_any_work(tmp_path, backbone, synth
 
 def test_demo_recipe_parses_and_needs_no_logging_package(monkeypatch):
     monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
-    parser = HfArgumentParser((ModelArguments, DataArguments, LoraArguments, ContrastiveTrainingArguments))
-    model_args, data_args, _, training_args = parser.parse_yaml_file(str(REPO / "configs" / "demo.yaml"))
-    assert model_args.tiny_backbone and data_args.dataset_config == "synthetic" and training_args.use_cpu
+    parser = HfArgumentParser(TRAIN_ARGUMENTS)
+    _, data_args, _, training_args, demo_args = parser.parse_yaml_file(str(REPO / "configs" / "demo.yaml"))
+    assert demo_args.tiny_backbone and data_args.dataset_config == "synthetic" and training_args.use_cpu
     check_reporting(training_args.report_to)  # raises DataError for any integration whose package is missing
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from .arguments import EvalArguments
 from .loading import EvalSet, load_eval_set
 from .metrics import metrics_from_ranks, positive_ranks, ranking_metrics
-from .model_loading import load_model_for_eval
 from .registry import META_TASKS, PAPER_AGGREGATES, REGISTRY, EvalDatasetInfo, resolve_subsets
 from .runner import evaluate_mmeb, load_eval_sets, run_evaluation, score_eval_set
 
@@ -26,7 +25,6 @@ __all__ = [
     "evaluate_mmeb",
     "load_eval_set",
     "load_eval_sets",
-    "load_model_for_eval",
     "metrics_from_ranks",
     "positive_ranks",
     "ranking_metrics",

@@ -33,6 +33,10 @@ class EvalArguments:
     device: str | None = field(
         default=None, metadata={"help": "Device for the model (default: this process's accelerator device, else CPU)."}
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow Hub code of a raw VLM or its processor (a Vlm2Vec checkpoint never needs it)."},
+    )
     overwrite: bool = field(default=False, metadata={"help": "Ignore finished score files and cached embeddings."})
 
     @property

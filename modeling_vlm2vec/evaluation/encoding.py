@@ -28,8 +28,8 @@ _SAMPLES_PER_TENSOR = 4096
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash")
 
 
-def model_fingerprint(model: torch.nn.Module, processor: object = None) -> str:
-    """SHA-256 over the model's config, a strided sample of every weight tensor, and the processor config.
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's config, a strided sample of every weight tensor, and its processor's settings.
 
     Sampling up to 4096 evenly spaced values per tensor (plus names, shapes, dtypes) tells fine-tuned or
     LoRA-merged weights apart at a fraction of the cost of hashing every byte of a multi-GB model.
@@ -45,6 +45,7 @@ def model_fingerprint(model: torch.nn.Module, processor: object = None) -> str:
         sample = flat[::step][:_SAMPLES_PER_TENSOR].float().cpu().numpy()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(sample.tobytes())
+    processor = getattr(model, "processor", None)
     if processor is not None:
         digest.update(_processor_description(processor).encode())
     return digest.hexdigest()
@@ -89,7 +90,6 @@ def save_cached(path: Path, fingerprint: str, queries: np.ndarray, candidates: n
 
 def encode_items(
     model: torch.nn.Module,
-    processor: object,
     items: list[Item],
     *,
     batch_size: int,
@@ -98,7 +98,7 @@ def encode_items(
     """Embed ``items`` -> (len(items), dim) float32, every process encoding its contiguous shard.
 
     Calls ``model.encode([{"text": ..., "image": abs path or None}, ...], batch_size=..., show_progress_bar=...,
-    processor=...)`` once per process; the shards are gathered in order on every process.
+    )`` once per process; the shards are gathered in order on every process.
     """
     rank, world_size = rank_and_world()
     start, stop = shard_bounds(len(items), rank, world_size)
@@ -106,7 +106,7 @@ def encode_items(
     if stop > start:
         inputs = [{"text": text, "image": image} for text, image in items[start:stop]]
         show = show_progress_bar if rank == 0 else False
-        out = model.encode(inputs, batch_size=batch_size, show_progress_bar=show, processor=processor)
+        out = model.encode(inputs, batch_size=batch_size, show_progress_bar=show)
         local = out.detach().float().cpu().numpy() if torch.is_tensor(out) else np.asarray(out, dtype=np.float32)
         if local.shape[0] != stop - start:
             raise RuntimeError(f"encode() returned {local.shape[0]} embeddings for {stop - start} inputs")
@@ -115,7 +115,6 @@ def encode_items(
 
 def encode_eval_set(
     model: torch.nn.Module,
-    processor: object,
     eval_set: EvalSet,
     *,
     batch_size: int,
@@ -123,6 +122,6 @@ def encode_eval_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(queries, candidates) embeddings of a dataset's unique items: one ``encode`` call per process."""
     items = eval_set.queries + eval_set.candidates
-    embeddings = encode_items(model, processor, items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    embeddings = encode_items(model, items, batch_size=batch_size, show_progress_bar=show_progress_bar)
     num_queries = len(eval_set.queries)
     return embeddings[:num_queries], embeddings[num_queries:]

@@ -71,7 +71,6 @@ def _score_record(eval_set: EvalSet, metrics: dict[str, float], fingerprint: str
 
 def _evaluate_one(
     model: torch.nn.Module,
-    processor: object,
     eval_set: EvalSet,
     model_fp: str,
     output_dir: Path,
@@ -102,7 +101,7 @@ def _evaluate_one(
             world_size,
         )
         queries, candidates = encode_eval_set(
-            model, processor, eval_set, batch_size=batch_size, show_progress_bar=show_progress_bar
+            model, eval_set, batch_size=batch_size, show_progress_bar=show_progress_bar
         )
         if rank == 0:
             save_cached(cache_file, fingerprint, queries, candidates)
@@ -126,7 +125,6 @@ def load_eval_sets(dataset_name: str, subsets: Iterable[str], image_dir: str | o
 
 def run_evaluation(
     model: torch.nn.Module,
-    processor: object,
     eval_sets: list[EvalSet],
     *,
     output_dir: str | os.PathLike,
@@ -139,13 +137,10 @@ def run_evaluation(
 ) -> dict:
     """Score already validated datasets (see :func:`evaluate_mmeb` for the arguments) and write the report."""
     output_dir = Path(output_dir)
-    if processor is None and hasattr(model, "processor"):
-        processor = model.processor
-    model_fp = model_fingerprint(model, processor)
+    model_fp = model_fingerprint(model)
     records = [
         _evaluate_one(
             model,
-            processor,
             eval_set,
             model_fp,
             output_dir,
@@ -167,7 +162,6 @@ def run_evaluation(
 
 def evaluate_mmeb(
     model: torch.nn.Module,
-    processor: object = None,
     *,
     dataset_name: str = MMEB_EVAL_DATASET,
     subsets: Iterable[str] = ("all",),
@@ -182,9 +176,8 @@ def evaluate_mmeb(
     """Evaluate ``model`` on MMEB datasets and write the score files, summary and report to ``output_dir``.
 
     Args:
-        model: anything with ``encode(inputs, batch_size=, show_progress_bar=, processor=)`` returning
+        model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning
             (len(inputs), dim) embeddings, e.g. a ``Vlm2VecModel``; its config and weights define the fingerprint.
-        processor: passed to ``encode``; None uses ``model.processor`` (the one saved beside the weights).
         dataset_name: Hub dataset id (``TIGER-Lab/MMEB-eval``) or a local root holding ``<Dataset>/*.parquet``.
         subsets: dataset names and/or suites ``all``, ``ind``, ``ood``, ``synthetic``.
         image_dir: root of the images the rows' relative paths point into.
@@ -205,7 +198,6 @@ def evaluate_mmeb(
     eval_sets = load_eval_sets(dataset_name, subsets, image_dir)
     return run_evaluation(
         model,
-        processor,
         eval_sets,
         output_dir=output_dir,
         batch_size=batch_size,

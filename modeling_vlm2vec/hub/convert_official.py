@@ -36,9 +36,15 @@ import torch
 from ..common.cli import run_cli
 from ..common.errors import DataError
 from ..common.files import read_json
-from ..modeling_vlm2vec import Vlm2VecModel
-from ..processing_vlm2vec import load_processor
-from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, attach_adapter, read_adapter_weights
+from ..loading import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    attach_adapter,
+    has_processor_files,
+    load_processor,
+    load_vlm2vec,
+    read_adapter_weights,
+)
 from .export import export_checkpoint
 
 PEFT_PREFIX = "base_model.model."
@@ -106,6 +112,7 @@ def convert_official_checkpoint(
     *,
     card_context: dict | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
     **config_kwargs,
 ) -> Path:
     """Merge an official VLM2Vec adapter into its raw backbone and export a Vlm2Vec checkpoint to `output_dir`.
@@ -114,6 +121,7 @@ def convert_official_checkpoint(
         base_backbone_dir_or_id: the raw VLM the adapter was trained on (e.g. ``Qwen/Qwen2-VL-2B-Instruct``).
         adapter_dir: folder with ``adapter_config.json`` and ``adapter_model.safetensors`` (and maybe processor
             files, used in preference to the base's).
+        trust_remote_code: allow Hub code of the base VLM and its processor.
         config_kwargs: `Vlm2VecConfig` overrides (e.g. the resolution policy the release was trained with).
 
     Raises:
@@ -127,18 +135,18 @@ def convert_official_checkpoint(
     read_json(adapter_dir / ADAPTER_CONFIG)  # a malformed file becomes a DataError naming it
     weights = read_adapter_weights(adapter_dir)
     settings = {"pooling": "last", "normalize": True, **config_kwargs}
-    base = Vlm2VecModel.from_backbone(base_backbone_dir_or_id, **settings)
+    base = load_vlm2vec(base_backbone_dir_or_id, overrides=settings, trust_remote_code=trust_remote_code)
     file = str(adapter_dir / ADAPTER_WEIGHTS)
     renamed = rename_official_keys(weights, base.config.backbone_type, file=file)
     peft_config = PeftConfig.from_pretrained(adapter_dir)
     peft_config.target_modules = adapted_modules(renamed)  # exact names: the original suffixes/regex were for v4
     peft_config.base_model_name_or_path = str(base_backbone_dir_or_id)
     merged = attach_adapter(base, peft_config, renamed, file=file).merge_and_unload()
-    has_processor = any((adapter_dir / name).is_file() for name in PROCESSOR_FILES)
-    processor = load_processor(adapter_dir) if has_processor else None
+    if has_processor_files(adapter_dir):
+        merged.processor = load_processor(adapter_dir, merged, trust_remote_code=trust_remote_code)
     context = {"base_model": str(base_backbone_dir_or_id), **(card_context or {})}
     context.setdefault("lora", {k: getattr(peft_config, k, None) for k in ("r", "lora_alpha", "use_dora")})
-    return export_checkpoint(merged, output_dir, processor=processor, card_context=context, overwrite=overwrite)
+    return export_checkpoint(merged, output_dir, card_context=context, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,11 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("adapter_dir", help="official adapter folder (adapter_config.json + safetensors)")
     parser.add_argument("output_dir", help="folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow Hub code of the base VLM")
     args = parser.parse_args(argv)
 
     def body():
         folder = convert_official_checkpoint(
-            args.base_backbone, args.adapter_dir, args.output_dir, overwrite=args.overwrite
+            args.base_backbone,
+            args.adapter_dir,
+            args.output_dir,
+            overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
         )
         print(f"converted {folder}")
 

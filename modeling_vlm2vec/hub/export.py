@@ -30,15 +30,12 @@ import torch
 from ..common.cli import run_cli
 from ..common.errors import DataError
 from ..common.files import read_json
+from ..loading import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, is_vlm2vec_base
 from .card import load_eval_summary, write_model_card
 from .checkpoint import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    PROCESSOR_FILES,
     REMOTE_CODE_FILES,
     check_remote_code,
     is_peft_model,
-    is_vlm2vec_base,
     load_export_processor,
     load_source,
     unwrap_vlm2vec,
@@ -57,6 +54,7 @@ def export_checkpoint(
     card_context: dict | None = None,
     base_model: str | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Write a Hub-ready checkpoint of `model_or_dir` to `output_dir` and return its path.
 
@@ -73,6 +71,7 @@ def export_checkpoint(
             ``eval_dir`` defaults to ``<checkpoint>/eval``.
         base_model: the adapter's base; overrides the reference stored in the adapter config.
         overwrite: replace an existing non-empty `output_dir`.
+        trust_remote_code: allow Hub code of a raw base VLM an adapter applies to (our checkpoints never need it).
 
     Raises:
         DataError: not a checkpoint, not a vlm2vec config, remote code or weights missing, adapter base not found,
@@ -83,7 +82,7 @@ def export_checkpoint(
         raise DataError(
             "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
         )
-    source = load_source(model_or_dir, base_model=base_model)
+    source = load_source(model_or_dir, base_model=base_model, trust_remote_code=trust_remote_code)
     is_adapter = is_peft_model(source.model)
     if adapter_only and not is_adapter:
         raise DataError(
@@ -201,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base_model", help="the adapter's base (Hub id or folder); overrides adapter_config.json")
     parser.add_argument("--card_context", help="JSON file with model-card details (training, data, license...)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="allow Hub code of a raw base VLM (never needed for ours)"
+    )
     parser.add_argument("--push_to_hub", action="store_true", help="upload the export to --hub_model_id")
     parser.add_argument("--hub_model_id", help="Hub repo id (user/name) to push to")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             base_model=args.base_model,
             card_context=context,
             overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
         )
         print(f"exported {folder}")
         if args.push_to_hub:

@@ -22,8 +22,9 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ..common.errors import DataError
 from ..common.files import read_json
+from ..loading import PROCESSOR_FILES
 from .card import write_model_card
-from .checkpoint import PROCESSOR_FILES, REMOTE_CODE_FILES
+from .checkpoint import REMOTE_CODE_FILES
 
 # Patterns are matched (fnmatch) against paths relative to the folder.
 PUSH_IGNORE_PATTERNS = [

@@ -3,13 +3,13 @@
 The data is the synthetic MMEB eval split (``write_synthetic_mmeb``, 5 datasets, ``--per-task`` queries each, 10
 candidates per query). Measured in one process, after a warm-up:
 
-* ``evaluate_mmeb`` on the bench model (``overwrite=True``): wall time of its encoding of each dataset
-  (``encode_eval_set``: image loading, prompts, processor, forward), with a forward hook counting the rows sent to
-  the model and the padded vs real tokens of its batches;
+* ``encode_eval_set`` (what ``evaluate_mmeb`` calls per dataset: image loading, prompts, processor, forward) on
+  each dataset, with a forward hook counting the rows sent to the model and the padded vs real tokens of its
+  batches; and a whole ``evaluate_mmeb`` call (``overwrite=True``: encoding, ranking, score files) per round;
 * the ideal: every dataset's unique items processed beforehand one by one, sorted by token count (image and
   text-only items apart), batched ``--batch-size`` at a time and processed again into batch tensors. Only their
-  forwards are timed (``torch.inference_mode``), right after ``evaluate_mmeb`` has encoded the same dataset
-  (inside the same call), so the two run seconds apart on this noisy host. The preprocessing of those batches
+  forwards are timed (``torch.inference_mode``), right after ``encode_eval_set`` has encoded the same dataset, so
+  the two run seconds apart on this noisy host. The preprocessing of those batches
   (image opening + processor) is timed apart.
 
 ``ratio`` = median over ``--repeats`` rounds of (encoding time / ideal forward time), each summed over the datasets
@@ -39,7 +39,8 @@ from common import (
 from PIL import Image  # noqa: E402
 
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb  # noqa: E402
-from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_sets, runner  # noqa: E402
+from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_sets  # noqa: E402
+from modeling_vlm2vec.evaluation.encoding import encode_eval_set  # noqa: E402
 
 
 class ForwardCounter:
@@ -86,20 +87,6 @@ def preprocess(model, batches: list[list]) -> list[dict]:
     return [model.processor([t for t, _ in batch], [open_rgb(i) for _, i in batch]) for batch in batches]
 
 
-def paired_timing(ideal_forward):
-    """Wrap the runner's ``encode_eval_set``: record each call's duration, then ``ideal_forward(dataset name)``'s."""
-    original, seconds = runner.encode_eval_set, {"encoding": [], "ideal_forward": []}
-
-    def wrapper(model, processor, eval_set, **kwargs):
-        elapsed, result = timed(original, model, processor, eval_set, **kwargs)
-        seconds["encoding"].append(elapsed)
-        seconds["ideal_forward"].append(ideal_forward(eval_set.name))
-        return result
-
-    runner.encode_eval_set = wrapper
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-task", type=int, default=32, help="eval queries per synthetic dataset")
@@ -142,18 +129,18 @@ def main() -> None:
     )  # warm-up
     for name in batches:
         ideal_forward(name)
-    paired = paired_timing(ideal_forward)
     times = defaultdict(list)
     for _ in range(args.repeats):
         counter.reset()
-        for values in paired.values():
-            values.clear()
-        out = tempfile.mkdtemp(prefix="vlm2vec-bench-eval-")
-        call = timed(evaluate_mmeb, model, output_dir=out, **eval_kwargs)[0]
-        times["ideal_forward"].append(sum(paired["ideal_forward"]))
-        times["evaluate_mmeb"].append(call - times["ideal_forward"][-1])  # the call without the ideal forwards
-        times["encoding"].append(sum(paired["encoding"]))
+        encoding = forward = 0.0
+        for eval_set in eval_sets:  # each dataset's encoding, then its ideal forwards seconds later
+            encoding += timed(encode_eval_set, model, eval_set, batch_size=args.batch_size, show_progress_bar=False)[0]
+            forward += ideal_forward(eval_set.name)
         encoded = (counter.rows, counter.calls, counter.padded, counter.real)
+        times["encoding"].append(encoding)
+        times["ideal_forward"].append(forward)
+        out = tempfile.mkdtemp(prefix="vlm2vec-bench-eval-")
+        times["evaluate_mmeb"].append(timed(evaluate_mmeb, model, output_dir=out, **eval_kwargs)[0])
         times["ideal_preprocess"].append(timed(preprocess, model, [b for o in ordered.values() for b in o])[0])
     ratios = [e / f for e, f in zip(times["encoding"], times["ideal_forward"])]
     ratio = median(ratios)

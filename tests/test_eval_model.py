@@ -3,12 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch import TWO_CPU_PROCESSES
 from safetensors.numpy import load_file
 
 from modeling_vlm2vec import Vlm2VecModel
@@ -108,18 +108,7 @@ def test_cli_with_two_processes_matches_one(setup):
         "PYTHONPATH": str(REPO),
     }
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_CPU_PROCESSES,
         str(REPO / "evaluate_mmeb.py"),
         "--model_name_or_path",
         str(setup["checkpoint"]),

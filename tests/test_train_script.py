@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from hub_isolation import emit_json_code, last_json_line, run_isolated
+from launch import TWO_CPU_PROCESSES
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
@@ -140,21 +141,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, ba
     two = _recipe(tmp_path / "two", backbone, synthetic, per_device_train_batch_size=4, **common)
     proc = _run([str(one)])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    proc = _run([str(two)], launcher=launcher)
+    proc = _run([str(two)], launcher=TWO_CPU_PROCESSES)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "World size (processes): 2" in (tmp_path / "two" / "out" / "README.md").read_text()
     _assert_same_weights(_weights(tmp_path / "one" / "out"), _weights(tmp_path / "two" / "out"), atol=1e-5)

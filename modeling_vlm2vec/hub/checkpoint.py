@@ -88,13 +88,7 @@ def load_source(
         model, base_ref = load_adapter_checkpoint(folder, base_model, load_kwargs=load_kwargs)
         return ExportSource(model=model, folder=folder, base_reference=base_ref, owned=True)
     if (folder / "config.json").is_file():
-        config = read_json(folder / "config.json")
-        if not is_vlm2vec_checkpoint(config):
-            raise DataError(
-                f"config.json has model_type {config.get('model_type')!r}: a raw VLM, not a Vlm2Vec checkpoint; wrap "
-                f"it with Vlm2VecModel.from_backbone(...) first",
-                file=str(folder / "config.json"),
-            )
+        read_vlm2vec_config(folder)
         model = load_vlm2vec(folder, trust_remote_code=trust_remote_code)
         return ExportSource(model=model, folder=folder, owned=True)
     raise DataError(
@@ -102,15 +96,21 @@ def load_source(
     )
 
 
-def check_remote_code(folder: Path) -> dict:
-    """Return the folder's vlm2vec config.json; `DataError` unless its auto_map and remote-code files are complete."""
+def read_vlm2vec_config(folder: Path) -> dict:
+    """The folder's config.json as a dict; `DataError` when it describes a raw VLM rather than a Vlm2Vec checkpoint."""
     config = read_json(folder / "config.json")
     if not is_vlm2vec_checkpoint(config):
         raise DataError(
-            f"config.json has model_type {config.get('model_type')!r}, not 'vlm2vec'; wrap a raw VLM "
-            f"with Vlm2VecModel.from_backbone(...) first",
+            f"config.json has model_type {config.get('model_type')!r}: a raw VLM, not a Vlm2Vec checkpoint; wrap "
+            f"it with Vlm2VecModel.from_backbone(...) first",
             file=str(folder / "config.json"),
         )
+    return config
+
+
+def check_remote_code(folder: Path) -> dict:
+    """Return the folder's vlm2vec config.json; `DataError` unless its auto_map and remote-code files are complete."""
+    config = read_vlm2vec_config(folder)
     auto_map = config.get("auto_map") or {}
     missing = [name for name in ("AutoConfig", "AutoModel") if name not in auto_map]
     if missing:

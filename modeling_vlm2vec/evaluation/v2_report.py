@@ -54,6 +54,8 @@ def build_v2_summary(records: list[dict], *, model: str, model_fingerprint: str)
     return {
         "benchmark": "mmeb-v2",
         "metric": SCORE,
+        "chart_title": "MMEB-V2 score (hit@1; visdoc NDCG@5)",
+        "paper_label": "VLM2Vec-V2",
         "model": model,
         "model_fingerprint": model_fingerprint,
         "datasets": datasets,

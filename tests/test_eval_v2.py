@@ -100,6 +100,9 @@ def test_items_frames_and_relevance(sets):
     assert [Path(f).name for f in frames] == [f"frame_{i}.jpg" for i in (1, 2, 3, 4, 6, 7, 8, 10)]
     assert image is None and sets["MSR-VTT"].query_candidates is None  # global
     assert len(sets["HMDB51"].queries[0][2]) == 3  # fewer frames than 8: all of them
+    # Global video classification ranks the rows' labels and the official list's 51 HMDB51 classes.
+    assert sets["HMDB51"].candidate_names[:3] == ["run [1]", "jump [3]", "ride_bike"]
+    assert len(sets["HMDB51"].candidates) == 2 + 51
     assert isinstance(sets["ViDoRe_arxivqa"].candidates[0][1], bytes)  # pages stay embedded
     # qrels: score 0 dropped, a repeated pair keeps its highest grade.
     names = sets["ViDoRe_arxivqa"].candidate_names

@@ -5,14 +5,17 @@ frames sampled per video as the official ``process_video_frames``; nothing decod
 ``src/data/eval_dataset/{video_classification_datasets,ssv2,msrvtt,msvd,didemo,youcook2,vatex}_dataset.py``;
 the QA and moment-retrieval parsers are in :mod:`.v2_video_qa`.
 
-Known difference: for the globally ranked classification tasks (HMDB51, UCF101, K700, Breakfast) the official
-loader adds a fixed label list (``VIDEOCLS_LABEL_MAPPING``) to the candidates; here the candidates are the labels
-that occur in the rows, which is the same set whenever every class occurs in the evaluated split.
+The globally ranked classification tasks (HMDB51, UCF101, K700, Breakfast) rank every class label of the dataset, as
+the official loader: the rows' labels plus the fixed label lists of the official ``VIDEOCLS_LABEL_MAPPING``, kept in
+``video_labels.json`` beside this file.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from functools import cache
+from pathlib import Path
 
 from .v2_data import SetBuilder, TableSource, V2Set, V2Task, input_text, list_value, video_frames
 from .v2_data import text_value as _str
@@ -45,17 +48,22 @@ RETRIEVAL_INSTRUCTIONS = {
 }
 
 
+@cache
+def class_labels() -> dict[str, list[str]]:
+    """The official label list of each globally ranked video classification dataset, by the loader's name."""
+    return json.loads((Path(__file__).parent / "video_labels.json").read_text(encoding="utf-8"))
+
+
 def _instruction(task: V2Task) -> str:
     return CLASSIFICATION_INSTRUCTIONS[task.hub_name or task.name]
 
 
 def parse_video_classification(task: V2Task, source: TableSource, media_root: str | None) -> V2Set:
-    """Video query, label texts as candidates, ranked globally over every label."""
+    """Video query, label texts as candidates, ranked globally over every label (rows' and the official list)."""
     file, rows = source.read(task, task.config, task.split, ["video_id", "pos_text"])
     builder = SetBuilder(task, local=False)
-    for label in rows["pos_text"]:
-        if isinstance(label, str):
-            builder.candidate(label, label)
+    for label in [x for x in rows["pos_text"] if isinstance(x, str)] + class_labels()[task.hub_name or task.name]:
+        builder.candidate(label, label)
     text = input_text(_instruction(task), video=True)
     for row, (video_id, label) in enumerate(zip(rows["video_id"], rows["pos_text"])):
         frames = video_frames(media_root, task, str(video_id), row)

@@ -183,3 +183,13 @@ def test_cli_rejects_an_unknown_task_before_loading_a_model(tmp_path, capsys):
     assert evaluate_mmeb.main(argv + ["--subset_name", "MSR-VTX"]) == 2
     assert "unknown MMEB-V2 task 'MSR-VTX'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_downloaded_hub_layout_with_a_data_folder_loads_the_same(suite, sets, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(suite["data"], data)
+    folder = data / "VLM2Vec/HMDB51"
+    (folder / "data").mkdir()
+    (folder / "test.parquet").rename(folder / "data" / "test-00000-of-00001.parquet")
+    (moved,) = load_v2_sets(["HMDB51"], data, suite["media"])
+    assert moved.fingerprint == sets["HMDB51"].fingerprint

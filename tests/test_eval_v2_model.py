@@ -43,7 +43,7 @@ def test_cached_embeddings_equal_encoding_items_one_by_one(setup):
     model = load_vlm2vec(setup["checkpoint"])
     suite = setup["suite"]
     for v2set in load_v2_sets(["OK-VQA", "ViDoRe_arxivqa"], suite["data"], suite["media"]):
-        (cache,) = out.glob(f"cache/*/{v2set.name}.safetensors")
+        (cache,) = out.glob(f"cache/*/v2/{v2set.name}.safetensors")
         cached = load_file(cache)
         for kind, items in (("queries", v2set.queries), ("candidates", v2set.candidates)):
             for row, (text, image, _) in enumerate(items):

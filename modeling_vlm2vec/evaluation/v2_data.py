@@ -1,7 +1,8 @@
 """MMEB-V2 data model: tasks, validated task sets, table reading and media resolution shared by every parser.
 
 A task's rows come from its own Hub dataset (``repo``, ``config``, ``split``) or from a local mirror root laid out
-as ``<root>/<repo>/<config>/<split>*.parquet`` (``<root>/<repo>/<split>*.parquet`` for a repo without configs);
+as ``<root>/<repo>/<config>/<split>*.parquet`` (``<root>/<repo>/<split>*.parquet`` for a repo without configs;
+a ``data/`` folder in between is accepted, as in a downloaded Hub repo);
 both are read through :class:`TableSource`. Media (images, pre-extracted video frames) live under one media root
 (``--image_dir``) holding the official archives extracted: ``image-tasks/``, ``video-tasks/frames/...``; paths are
 confined to it. Visual-document pages come embedded in the corpus rows and are kept as encoded bytes.
@@ -189,7 +190,7 @@ class TableSource:
         import pyarrow.parquet as pq
 
         folder = Path(self.root).expanduser() / task.repo / (config or "")
-        files = sorted(folder.glob(f"{split}*.parquet"))
+        files = sorted(folder.glob(f"{split}*.parquet")) or sorted(folder.glob(f"data/{split}*.parquet"))
         if not files:
             raise DataError(f"no {split}*.parquet files", dataset=task.name, file=str(folder))
         tables = []

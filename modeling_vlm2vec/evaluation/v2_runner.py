@@ -1,9 +1,10 @@
 """MMEB-V2 evaluation end to end: validate every task, encode each unique item once (sharded), rank, score, report.
 
 Files under ``output_dir`` (atomic, process 0 only): ``<task>_score.json`` per task, ``summary.json``,
-``results.md``, ``results.png`` and the embedding cache ``cache/<model fingerprint>/<task>.safetensors`` (shared
-layout with MMEB-V1, keyed by the task's content fingerprint). A task whose score file carries the current
-fingerprint is skipped, so a killed run resumes. Nothing is written before every requested task is validated.
+``results.md``, ``results.png`` and the embedding cache ``cache/<model fingerprint>/v2/<task>.safetensors`` (the
+MMEB-V1 layout one folder down, so the image tasks' caches of both benchmarks never evict each other). A task whose
+score file carries the current fingerprint is skipped, so a killed run resumes. Nothing is written before every
+requested task is validated.
 
 Video items go to the model as ``{"text": ..., "video": [frame paths]}``. A model says how it feeds them through
 its ``video_input`` attribute: ``"video"`` (the backbone's video input) or ``"frames"`` (the frames as images of
@@ -119,7 +120,7 @@ def _evaluate_one(model, v2set: V2Set, model_fp: str, output_dir: Path, *, batch
     if all_true(isinstance(previous, dict) and previous.get("fingerprint") == fingerprint):
         logger.info("%s: already scored with this model, skipping", v2set.name)
         return previous
-    cache_file = cache_path(output_dir, model_fp, v2set.name)
+    cache_file = cache_path(output_dir, model_fp, f"v2/{v2set.name}")
     cached = None if overwrite else load_cached(cache_file, fingerprint)
     if all_true(cached is not None):
         queries, candidates = cached

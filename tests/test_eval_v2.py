@@ -74,7 +74,14 @@ def test_official_prompt_strings(sets):
     assert candidate("RefCOCO-Matching", "ref/scene.png:thing [2]") == (
         '<|image_1|>  Select the portion of the image that follows the language expressions:  "thing [2]"\n'
     )
+    assert query("MSCOCO_i2t") == "<|image_1|>  Find an image caption describing the given everyday image.\n"
     assert query("ViDoRe_arxivqa") == "Find a document image that matches the given query: chart [1]"
+    assert query("VisRAG_ArxivQA") == "Find a document image that matches the given query: plot [3]"
+    assert query("MSVD") == "Find the video snippet that corresponds to the given summary: a [1]"
+    assert query("DiDeMo", 1) == "Find a video that includes the following described scenes: scene [6]"
+    assert sets["DiDeMo"].candidate_names == ["dd[4]", "dd[5]"]  # the video file's stem
+    assert query("YouCook2") == "Find a video that demonstrates the following action while making a recipe: cut [2]"
+    assert query("VATEX") == "Select a video that fits the description provided: cook [3]"
     assert candidate("ViDoRe_arxivqa", "p2") == "<|image_1|> Understand the content of the provided document image."
     assert query("MSR-VTT") == "Find a video that contains the following visual content: a clip [1]"
     assert candidate("MSR-VTT", "vid[1]") == "<|video_1|> Understand the content of the provided video."
@@ -122,15 +129,18 @@ def test_known_scores_report_and_resume(suite, sets, tmp_path):
         record = json.loads((tmp_path / f"{name}_score.json").read_text())
         assert record["score"] == pytest.approx(expected), name
         assert record["video_input"] == ("frames" if V2_REGISTRY[name].modality == "video" else None)
+    assert {V2_REGISTRY[name].parser for name in suite["expected"]} == {t.parser for t in V2_REGISTRY.values()}
     assert json.loads((tmp_path / "ViDoRe_arxivqa_score.json").read_text())["metric"] == "ndcg@5"
     image = summary["aggregates"]["image"]
-    assert (image["n"], image["N"]) == (4, 36)
-    assert image["score"] == pytest.approx((0.5 + 1.0 + 2 / 3 + 0.5) / 4)
-    published = [V2_REGISTRY[n].published for n in ("ImageNet-1K", "OK-VQA", "VisDial", "RefCOCO-Matching")]
-    assert image["paper_score"] == pytest.approx(sum(published) / 400)  # partial group: mean of published
+    assert (image["n"], image["N"]) == (5, 36)
+    assert image["score"] == pytest.approx((0.5 + 1.0 + 2 / 3 + 0.5 + 1.0) / 5)
+    names = ("ImageNet-1K", "OK-VQA", "VisDial", "RefCOCO-Matching", "MSCOCO_i2t")
+    published = [V2_REGISTRY[n].published for n in names]
+    assert image["paper_score"] == pytest.approx(sum(published) / 500)  # partial group: mean of published
     video_qa = summary["aggregates"]["video/qa"]  # complete: the paper's Table 2 value
     assert video_qa["n"] == 5 and video_qa["paper_score"] == pytest.approx(0.343)
-    assert summary["aggregates"]["All"]["score"] == pytest.approx(sum(suite["expected"].values()) / 15)
+    expected = suite["expected"]
+    assert summary["aggregates"]["All"]["score"] == pytest.approx(sum(expected.values()) / len(expected))
     markdown = (tmp_path / "results.md").read_text()
     assert "| ViDoRe_arxivqa | ViDoRe-V1 | ndcg@5 | 96.2 | 78.9 |" in markdown
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")

@@ -79,7 +79,13 @@ def _image_tasks(data: Path, media: Path) -> dict[str, float]:
         for k, pos in ((1, 1), (2, 4))
     ]  # fmt: skip
     write_table(data, INSTRUCT, "RefCOCO-Matching", "test", matching)
-    return {"ImageNet-1K": 0.5, "OK-VQA": 1.0, "VisDial": 2 / 3, "RefCOCO-Matching": 0.5}
+    write_image(images, "i2t/q[5].png")
+    i2t = [
+        {"qry_inst": "<|image_1|> Find an image caption describing the given everyday image.", "qry_text": "",
+         "qry_img_path": "i2t/q[5].png", "tgt_inst": "", "tgt_text": ["cap [5]", "cap [6]"], "tgt_img_path": ["", ""]}
+    ]  # fmt: skip
+    write_table(data, INSTRUCT, "MSCOCO_i2t", "test", i2t)
+    return {"ImageNet-1K": 0.5, "OK-VQA": 1.0, "VisDial": 2 / 3, "RefCOCO-Matching": 0.5, "MSCOCO_i2t": 1.0}
 
 
 def _visdoc(data: Path) -> dict[str, float]:
@@ -92,7 +98,16 @@ def _visdoc(data: Path) -> dict[str, float]:
     write_table(data, repo, "qrels", "test", [{"query-id": q, "corpus-id": c, "score": s} for q, c, s in qrels])
     # Query 2: p3 (grade 2) scores 1 -> rank 1; p2 (grade 1) ties at 0 with p1 and p4 -> rank 4 (ties count against).
     ndcg2 = (2 + 1 / _log2(5)) / (2 + 1 / _log2(3))
-    return {"ViDoRe_arxivqa": (1.0 + ndcg2) / 2}
+    repo = "openbmb/VisRAG-Ret-Test-ArxivQA"  # VisRAG: page ids are file names, split "train"
+    pages = {"1907.01234_fig[3].png": 3, "2001.0042_fig[4].png": 4}
+    corpus = [{"corpus-id": cid, "image": {"bytes": page_bytes(red), "path": None}} for cid, red in pages.items()]
+    write_table(data, repo, "corpus", "train", corpus)
+    write_table(data, repo, "queries", "train", [{"query-id": f"q{k}", "query": f"plot [{k}]"} for k in (3, 7)])
+    qrels = [{"query-id": "q3", "corpus-id": "1907.01234_fig[3].png", "score": 1}]
+    qrels.append({"query-id": "q7", "corpus-id": "2001.0042_fig[4].png", "score": 1})
+    write_table(data, repo, "qrels", "train", qrels)
+    # q7's key matches no page: its page ties with the other one at 0 and ranks 2nd.
+    return {"ViDoRe_arxivqa": (1.0 + ndcg2) / 2, "VisRAG_ArxivQA": (1.0 + 1 / _log2(3)) / 2}
 
 
 def _log2(x: float) -> float:
@@ -110,6 +125,18 @@ def _video_tasks(data: Path, media: Path) -> dict[str, float]:
         for k, c in ((1, 1), (2, 5), (3, 3))
     ]
     write_table(data, "VLM2Vec/MSR-VTT", "test_1k", "test", rows)
+    for folder in ("MSVD/msvd[1]", "MSVD/msvd[2]", "DiDeMo/dd[4]", "DiDeMo/dd[5]", "YouCook2/yc[2]", "VATEX/vx[3]"):
+        write_frames(media, f"{frames}video_ret/{folder}", count=2)
+    rows = [
+        {"video_id": f"msvd[{k}]", "video": f"msvd[{k}].avi", "caption": c}
+        for k, c in ((1, ["a [1]", "b"]), (2, ["b [9]"]))
+    ]
+    write_table(data, "VLM2Vec/MSVD", None, "test", rows)
+    rows = [{"video": f"videos/dd[{k}].mp4", "caption": f"scene [{c}]"} for k, c in ((4, 4), (5, 6))]
+    write_table(data, "VLM2Vec/DiDeMo", None, "test", rows)
+    rows = [{"id": "yc[2]", "video_path": "val/101/yc.mp4", "sentence": "cut [2]"}]
+    write_table(data, "lmms-lab/YouCook2", None, "val", rows)
+    write_table(data, "VLM2Vec/VATEX", None, "test", [{"videoID": "vx[3]", "enCap": ["cook [3]", "other [1]"]}])
     for k in (1, 2):
         write_frames(media, f"{frames}video_cls/HMDB51/h[{k}]", count=3)
     rows = [{"video_id": f"h[{k}]", "pos_text": label} for k, label in ((1, "run [1]"), (2, "jump [3]"))]
@@ -157,8 +184,9 @@ def _video_tasks(data: Path, media: Path) -> dict[str, float]:
     ]  # fmt: skip
     write_table(data, "VLM2Vec/MomentSeeker", None, "test", rows)
     return {
-        "MSR-VTT": 2 / 3, "HMDB51": 0.5, "SmthSmthV2": 1.0, "Video-MME": 1.0, "NExTQA": 1.0, "EgoSchema": 1.0,
-        "ActivityNetQA": 0.0, "MVBench": 0.5, "QVHighlight": 1.0, "MomentSeeker": 0.5,
+        "MSR-VTT": 2 / 3, "MSVD": 0.5, "DiDeMo": 0.5, "YouCook2": 1.0, "VATEX": 1.0, "HMDB51": 0.5,
+        "SmthSmthV2": 1.0, "Video-MME": 1.0, "NExTQA": 1.0, "EgoSchema": 1.0, "ActivityNetQA": 0.0,
+        "MVBench": 0.5, "QVHighlight": 1.0, "MomentSeeker": 0.5,
     }  # fmt: skip
 
 

@@ -9,9 +9,10 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 import evaluate_mmeb
-from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
 from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets
+from modeling_vlm2vec.hub.card import render_model_card
 from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 
@@ -40,6 +41,9 @@ def test_cached_embeddings_equal_encoding_items_one_by_one(setup):
     assert evaluate_mmeb.main(_argv(setup, out, "OK-VQA", "ViDoRe_arxivqa")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["datasets"]) == ["OK-VQA", "ViDoRe_arxivqa"]
+    # A model card made from this folder lists the scores but claims no results on MMEB-V1's Hub dataset.
+    card = render_model_card(Vlm2VecConfig.from_pretrained(setup["checkpoint"]), card_context={"eval_dir": str(out)})
+    assert "ViDoRe_arxivqa" in card.text and not card.data.eval_results
     model = load_vlm2vec(setup["checkpoint"])
     suite = setup["suite"]
     for v2set in load_v2_sets(["OK-VQA", "ViDoRe_arxivqa"], suite["data"], suite["media"]):

@@ -53,6 +53,8 @@ def build_v2_summary(records: list[dict], *, model: str, model_fingerprint: str)
         }
     return {
         "benchmark": "mmeb-v2",
+        # Not a Hub id: model cards then show the table but publish no model-index results under MMEB-V1's dataset.
+        "dataset_name": "MMEB-V2",
         "metric": SCORE,
         "chart_title": "MMEB-V2 score (hit@1; visdoc NDCG@5)",
         "paper_label": "VLM2Vec-V2",

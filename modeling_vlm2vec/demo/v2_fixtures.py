@@ -85,7 +85,17 @@ def _image_tasks(data: Path, media: Path) -> dict[str, float]:
          "qry_img_path": "i2t/q[5].png", "tgt_inst": "", "tgt_text": ["cap [5]", "cap [6]"], "tgt_img_path": ["", ""]}
     ]  # fmt: skip
     write_table(data, INSTRUCT, "MSCOCO_i2t", "test", i2t)
-    return {"ImageNet-1K": 0.5, "OK-VQA": 1.0, "VisDial": 2 / 3, "RefCOCO-Matching": 0.5, "MSCOCO_i2t": 1.0}
+    for rel in ("nights/q[2].png", "nights/t[2].png", "nights/t[3].png"):
+        write_image(images, rel)
+    nights = [
+        {"qry_inst": "<|image_1|> Find a day-to-day image that looks similar to the provided image.", "qry_text": "",
+         "qry_img_path": "nights/q[2].png", "tgt_inst": "<|image_1|> Represent the given image.",
+         "tgt_text": ["", ""], "tgt_img_path": ["nights/t[2].png", "nights/t[3].png"]}
+    ]  # fmt: skip
+    write_table(data, INSTRUCT, "NIGHTS", "test", nights)
+    return {
+        "ImageNet-1K": 0.5, "OK-VQA": 1.0, "VisDial": 2 / 3, "RefCOCO-Matching": 0.5, "MSCOCO_i2t": 1.0, "NIGHTS": 1.0
+    }  # fmt: skip
 
 
 def _visdoc(data: Path) -> dict[str, float]:

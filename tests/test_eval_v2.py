@@ -182,6 +182,10 @@ def test_bad_rows_name_task_row_and_file(suite, tmp_path):
     write_table(data, "ziyjiang/MMEB_Test_Instruct", "VisDial", "test", rows)
     with pytest.raises(DataError, match=r"VisDial.*row 1.*escapes"):
         load_v2_sets(["VisDial"], data, suite["media"])
+    with pytest.raises(DataError, match=r"MSR-VTT.*VLM2Vec/MSR-VTT:test_1k:test.*cannot load it from the Hub"):
+        load_v2_sets(["MSR-VTT"], None, suite["media"])  # tests run offline: the Hub is unreachable
+    with pytest.raises(DataError, match="local mirror folder"):
+        load_v2_sets(["MSR-VTT"], "TIGER-Lab/MMEB-eval", suite["media"])
 
 
 def test_cli_rejects_an_unknown_task_before_loading_a_model(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
     python evaluate_mmeb.py --model_name_or_path outputs/demo --image_dir eval_images \\
         --subset_name all --output_dir runs/mmeb
+    python evaluate_mmeb.py --benchmark mmeb-v2 --model_name_or_path outputs/demo --image_dir MMEB-V2 \\
+        --subset_name image visdoc --output_dir runs/mmeb-v2   # MMEB-V2: 78 tasks (image, video, visdoc)
     python evaluate_mmeb.py config.yaml                  # the same keys in one YAML file
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 evaluate_mmeb.py ...   # several processes
 
@@ -17,7 +19,9 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
+from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
 from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, run_evaluation
+from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
 from modeling_vlm2vec.loading import load_vlm2vec
 
 
@@ -37,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
-        eval_sets = load_eval_sets(args.dataset_name, args.subsets, args.image_dir)
+        if args.benchmark == "mmeb-v2":
+            eval_sets = load_v2_sets(args.subsets, args.dataset_name, args.image_dir)
+        else:
+            eval_sets = load_eval_sets(args.dataset_name or MMEB_EVAL_DATASET, args.subsets, args.image_dir)
         model = load_vlm2vec(
             args.model_name_or_path,
             lora_adapter=args.lora_adapter,
@@ -45,15 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             trust_remote_code=args.trust_remote_code,
         )
-        run_evaluation(
-            model,
-            eval_sets,
-            output_dir=args.output_dir,
-            batch_size=args.batch_size,
-            overwrite=args.overwrite,
-            model_name=args.model_name_or_path,
-            dataset_name=args.dataset_name,
-        )
+        common = dict(output_dir=args.output_dir, batch_size=args.batch_size, overwrite=args.overwrite)
+        if args.benchmark == "mmeb-v2":
+            run_v2_evaluation(model, eval_sets, model_name=args.model_name_or_path, **common)
+        else:
+            dataset_name = args.dataset_name or MMEB_EVAL_DATASET
+            run_evaluation(model, eval_sets, model_name=args.model_name_or_path, dataset_name=dataset_name, **common)
 
     return run_cli(body)
 

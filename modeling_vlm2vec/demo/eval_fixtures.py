@@ -1,9 +1,11 @@
 """Offline helpers to test an evaluation setup: a local MMEB-eval dataset writer and an encoder with known answers.
 
 ``KeyedEncoder`` embeds an item as the one-hot vector of its *key*: the first ``[<int>]`` in the text, else in the
-image file name, else 0. Datasets whose queries and candidates carry keys therefore have scores known by
-construction (1 for the same key, 0 otherwise), so expected hit@1 values can be written down by hand. With
-``noise > 0`` a fixed pseudo-random vector per (text, image) is added, giving every item its own embedding.
+image file name, else in the name of a video's frame folder, else the red value of an in-memory (PIL) image's first
+pixel, else 0. Datasets whose queries and candidates carry keys therefore have scores known by construction (1 for
+the same key, 0 otherwise), so expected hit@1 values can be written down by hand. With ``noise > 0`` a fixed
+pseudo-random vector per item content is added, giving every item its own embedding. It takes videos as
+``{"text": ..., "video": [frame paths]}`` and declares ``video_input = "frames"``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class KeyedEncoder(torch.nn.Module):
     ``seed`` goes into a parameter, so encoders with different seeds have different fingerprints.
     """
 
+    video_input = "frames"
+
     def __init__(self, dim: int = 16, seed: int = 0, fail_after_calls: int | None = None, noise: float = 0.0):
         super().__init__()
         self.dim, self.fail_after_calls, self.noise = dim, fail_after_calls, noise
@@ -59,8 +63,23 @@ class KeyedEncoder(torch.nn.Module):
         return [item for call in self.calls for item in call]
 
     def key(self, item: dict) -> int:
-        found = _KEY.search(item.get("text") or "") or _KEY.search(os.path.basename(item.get("image") or ""))
+        image, frames = item.get("image"), item.get("video") or []
+        if isinstance(image, Image.Image):
+            found = _KEY.search(item.get("text") or "")
+            return int(found.group(1)) if found else image.convert("RGB").getpixel((0, 0))[0]
+        found = (
+            _KEY.search(item.get("text") or "")
+            or _KEY.search(os.path.basename(image or ""))
+            or _KEY.search(os.path.basename(os.path.dirname(frames[0])) if frames else "")
+        )
         return int(found.group(1)) if found else 0
+
+    @staticmethod
+    def _content(item: dict) -> bytes:
+        image, frames = item.get("image"), item.get("video")
+        if isinstance(image, Image.Image):
+            return f"{item.get('text')}\0".encode() + image.convert("RGB").tobytes()
+        return f"{item.get('text')}\0{image}".encode() + (f"\0{frames}".encode() if frames else b"")
 
     def encode(
         self,
@@ -77,6 +96,6 @@ class KeyedEncoder(torch.nn.Module):
         out[np.arange(len(inputs)), [self.key(item) % self.dim for item in inputs]] = 1.0
         if self.noise:
             for row, item in zip(out, inputs):
-                seed = zlib.crc32(f"{item.get('text')}\0{item.get('image')}".encode())
+                seed = zlib.crc32(self._content(item))
                 row += self.noise * np.random.default_rng(seed).standard_normal(self.dim, dtype=np.float32)
         return out

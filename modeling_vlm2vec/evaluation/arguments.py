@@ -16,18 +16,36 @@ class EvalArguments:
     lora_adapter: str | None = field(
         default=None, metadata={"help": "PEFT LoRA adapter folder applied to the model and merged before evaluation."}
     )
-    dataset_name: str = field(
-        default=MMEB_EVAL_DATASET,
-        metadata={"help": "Hub dataset id, or a local folder holding <Dataset>/*.parquet in the MMEB-eval schema."},
+    benchmark: str = field(
+        default="mmeb-v1",
+        metadata={
+            "help": "mmeb-v1 (36 image datasets, TIGER-Lab/MMEB-eval) or mmeb-v2 (78 tasks: image, video, visdoc).",
+            "choices": ["mmeb-v1", "mmeb-v2"],
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": f"mmeb-v1: Hub dataset id (default {MMEB_EVAL_DATASET}) or a local folder holding "
+            "<Dataset>/*.parquet. mmeb-v2: unset (each task's own Hub dataset) or a local mirror folder holding "
+            "<owner>/<repo>/[<config>/]<split>*.parquet."
+        },
     )
     subset_name: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Dataset names (space separated or repeated) or a suite: all, ind, ood, synthetic. Default: all.",
+            "help": "Dataset names (space separated or repeated) or a suite. mmeb-v1: all, ind, ood, synthetic; "
+            "mmeb-v2: all, image, video, visdoc. Default: all.",
             "action": "extend",
         },
     )
-    image_dir: str | None = field(default=None, metadata={"help": "Root folder the rows' image paths are relative to."})
+    image_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Media root. mmeb-v1: the folder the rows' image paths are relative to. mmeb-v2: the folder "
+            "holding the official media archives extracted (image-tasks/, video-tasks/frames/)."
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "Items per forward pass, per process."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     device: str | None = field(

@@ -1,7 +1,8 @@
 """Bar chart of an MMEB summary, drawn with Pillow only (no plotting dependency).
 
 One group of bars per evaluated dataset, then one per aggregate: ours (blue) beside the paper's VLM2Vec number
-(grey) where the paper has one. The y axis is hit@1 in percent, 0-100.
+(grey) where the paper has one. The y axis is the summary's metric in percent, 0-100. A summary may name its chart
+(``chart_title``, default ``"MMEB <metric>"``) and its reference column (``paper_label``, default VLM2Vec's paper).
 """
 
 from __future__ import annotations
@@ -51,11 +52,16 @@ def render_chart(summary: dict, size: tuple[int, int] = CHART_SIZE) -> bytes:
         y = y_of(tick / 100)
         draw.line([(plot_left, y), (plot_right, y)], fill=_GRID)
         draw.text((8, y - 6), f"{tick}", font=font, fill=_INK)
-    draw.text((plot_left, 12), f"MMEB {summary['metric']} (%): {summary['model']}"[:150], font=font, fill=_INK)
+    draw.text(
+        (plot_left, 12),
+        f"{summary.get('chart_title', 'MMEB ' + summary['metric'])} (%): {summary['model']}"[:150],
+        font=font,
+        fill=_INK,
+    )
     draw.rectangle([plot_right - 210, 10, plot_right - 200, 20], fill=_OURS)
     draw.text((plot_right - 195, 9), "ours", font=font, fill=_INK)
     draw.rectangle([plot_right - 150, 10, plot_right - 140, 20], fill=_PAPER)
-    draw.text((plot_right - 135, 9), "VLM2Vec (paper)", font=font, fill=_INK)
+    draw.text((plot_right - 135, 9), summary.get("paper_label", "VLM2Vec (paper)"), font=font, fill=_INK)
 
     bars = _bars(summary)
     slot = (plot_right - plot_left) / max(len(bars), 1)

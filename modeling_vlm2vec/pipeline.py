@@ -80,10 +80,35 @@ class ModelArguments:
         default=None, metadata={"help": "Upscale smaller images to this many pixels (aspect kept)."}
     )
     image_fixed_size: list[int] | None = field(default=None, metadata={"help": "Resize every image to W H."})
+    # loss options, recorded in the checkpoint's config like the temperature
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka prefix sizes, e.g. 64 128 256: the loss is also computed on each re-normalised "
+            "prefix (the full size is always included). Saved as the config's matryoshka_dimensions."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Loss weight per Matryoshka size, ascending, the full size last (default equal)."},
+    )
+    hardness_alpha: float | None = field(
+        default=None,
+        metadata={"help": "LLaVE hardness weighting: negatives weighted by exp(alpha * similarity) (default 0 = off)."},
+    )
+    false_negative_margin: float | None = field(
+        default=None,
+        metadata={"help": "Mask in-batch candidates scoring above the row's positive minus this margin (default off)."},
+    )
 
     def settings(self) -> dict:
         """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out)."""
-        return {name: getattr(self, name) for name in WRAPPER_FIELDS if getattr(self, name, None) is not None}
+        values = {name: getattr(self, RECIPE_KEYS.get(name, name), None) for name in WRAPPER_FIELDS}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+#: Recipe keys spelled differently from the config field they set.
+RECIPE_KEYS = {"matryoshka_dimensions": "matryoshka_dims"}
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Two gloo processes with B/2 rows each == one process with B rows: same loss and gradients, one all-reduce per
-step."""
+step; also with every loss option on (Matryoshka, hardness weighting, false-negative masking)."""
 
 import os
 import warnings
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,7 @@ from train_batches import (
     gradients,
     groups_of,
     loss_of,
+    margin_masking_half,
     relative_error,
     single_thread,  # noqa: F401  (autouse fixture)
 )
@@ -28,6 +30,7 @@ NEG_COUNTS = [
     [1, 1, 0, 0, 0, 0],  # rank 1 has no negative group at all
 ]
 CHUNKS = {"query": 2, "positive": 2, "negative": 2}
+OPTIONS = {"matryoshka_dims": [8, 32, 64], "hardness_alpha": 9.0}  # plus a margin masking about half, per case
 
 
 def _local_batch(model, case, rank):
@@ -35,7 +38,14 @@ def _local_batch(model, case, rank):
     return contrastive_batch(model, NEG_COUNTS[case], seed=case, rows=slice(rank * half, (rank + 1) * half))
 
 
-def _worker(rank, init_file, backbone_dir, out_dir):
+def _options(model, case):
+    return {
+        **OPTIONS,
+        "false_negative_margin": margin_masking_half(model, contrastive_batch(model, NEG_COUNTS[case], seed=case)),
+    }
+
+
+def _worker(rank, init_file, backbone_dir, out_dir, case_options):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -63,6 +73,10 @@ def _worker(rank, init_file, backbone_dir, out_dir):
             results[f"{case}/loss"] = out.loss.reshape(1)
             results[f"{case}/allreduces"] = torch.tensor([allreduces[0]])
             results.update({f"{case}/grad/{n}": g for n, g in gradients(model).items()})
+            with_options = GradCache(ddp, partial(loss_of, **case_options[case]), chunk_sizes=CHUNKS)
+            out = with_options.step(groups_of(_local_batch(model, case, rank)))
+            results[f"{case}+options/loss"] = out.loss.reshape(1)
+            results.update({f"{case}+options/grad/{n}": g for n, g in gradients(model).items()})
         # gradient accumulation: the first micro-batch inside an outer no_sync stays local, the second syncs both
         allreduces[0] = 0
         with ddp.no_sync():
@@ -82,10 +96,20 @@ def _subset(results, prefix):
 
 def test_two_processes_equal_one_process(tiny_backbone_dir, tmp_path):
     backbone_dir = str(tiny_backbone_dir("qwen2_vl"))
-    mp.spawn(_worker, args=(str(tmp_path / "init"), backbone_dir, str(tmp_path)), nprocs=WORLD, join=True)
+    model = Vlm2VecModel.from_backbone(backbone_dir).train()
+    case_options = [_options(model, case) for case in range(len(NEG_COUNTS))]
+    mp.spawn(_worker, args=(str(tmp_path / "init"), backbone_dir, str(tmp_path), case_options), nprocs=WORLD, join=True)
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(WORLD)]
 
-    model = Vlm2VecModel.from_backbone(backbone_dir).train()
+    for case, options in enumerate(case_options):
+        reference = full_batch_loss(model, contrastive_batch(model, NEG_COUNTS[case], seed=case), **options)
+        reference.loss.backward()
+        grads = gradients(model)
+        rank_losses = [r[f"{case}+options/loss"].item() for r in ranks]
+        assert abs(sum(rank_losses) / WORLD - reference.loss.item()) <= 1e-5 * abs(reference.loss.item())
+        for r in ranks:
+            assert relative_error(_subset(r, f"{case}+options/grad/"), grads) <= 1e-5
+
     expected = []
     for case in range(len(NEG_COUNTS)):
         reference = full_batch_loss(model, contrastive_batch(model, NEG_COUNTS[case], seed=case))

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             model_name=args.model_name_or_path,
             dataset_name=args.dataset_name,
+            truncate_dim=args.truncate_dim,
         )
 
     return run_cli(body)

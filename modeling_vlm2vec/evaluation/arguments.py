@@ -38,6 +38,13 @@ class EvalArguments:
         metadata={"help": "Allow Hub code of a raw VLM or its processor (a Vlm2Vec checkpoint never needs it)."},
     )
     overwrite: bool = field(default=False, metadata={"help": "Ignore finished score files and cached embeddings."})
+    truncate_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score with the first N coordinates of each embedding, re-normalised (a Matryoshka size; "
+            "the cache keeps the full embeddings, so several sizes encode once)."
+        },
+    )
 
     @property
     def subsets(self) -> list[str]:

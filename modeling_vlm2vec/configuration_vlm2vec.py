@@ -16,6 +16,7 @@ DEFAULT_IMAGE_TOKENS = {
     "llava": "<image>",
     "qwen2_vl": "<|image_pad|>",
     "qwen2_5_vl": "<|image_pad|>",
+    "qwen3_vl": "<|image_pad|>",
     "idefics3": "<image>",
     "smolvlm": "<image>",
     "phi3_v": "<|image_1|>",

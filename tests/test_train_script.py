@@ -17,7 +17,7 @@ from transformers import HfArgumentParser
 from transformers.integrations import integration_utils
 
 import train
-from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.pipeline import TRAIN_ARGUMENTS, check_reporting
 
@@ -244,6 +244,22 @@ def test_demo_recipe_parses_and_needs_no_logging_package(monkeypatch):
     _, data_args, _, training_args, demo_args = parser.parse_yaml_file(str(REPO / "configs" / "demo.yaml"))
     assert demo_args.tiny_backbone and data_args.dataset_config == "synthetic" and training_args.use_cpu
     check_reporting(training_args.report_to)  # raises DataError for any integration whose package is missing
+
+
+RECIPE_BACKBONES = {  # backbone type of each recipe whose backbone is stock transformers (Phi-3.5-V is Hub code)
+    "llava_next_lora_highres.yaml": "llava_next",
+    "qwen2vl_2b_lora.yaml": "qwen2_vl",
+    "qwen3vl_2b_lora.yaml": "qwen3_vl",
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_recipe_parses_and_its_settings_validate(name):
+    recipe = {**yaml.safe_load((REPO / "configs" / name).read_text()), "bf16": False, "use_cpu": True}  # GPU recipes
+    model_args, *_ = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(recipe)  # an unknown key raises
+    if name in RECIPE_BACKBONES:
+        config = Vlm2VecConfig(backbone_config={"model_type": RECIPE_BACKBONES[name]}, **model_args.settings())
+        assert config.image_token == ("<image>" if name.startswith("llava") else "<|image_pad|>")
 
 
 def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, backbone, synthetic):

@@ -25,15 +25,17 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 from transformers.models.idefics3 import Idefics3Processor
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
+from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor, ImageOnlyQwen3VLProcessor
 
-TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
+TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")
 
 # Words the tokenizer learns: MMEB-style instructions plus the synthetic demo vocabulary.
 _CORPUS = [
@@ -140,11 +142,16 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
         image_token="<|image_pad|>",
         video_token="<|video_pad|>",
     )
+    patch_size = 16 if model_type == "qwen3_vl" else 14
+    merged = 2 * patch_size  # side of one image token (2 x 2 patches merged)
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=28 * 28, max_pixels=image_size * image_size, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=merged * merged,
+        max_pixels=image_size * image_size,
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
     )
     head_dim = hidden_size // 4
-    section = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]  # sums to head_dim / 2
     ids = {
         name: tok.convert_tokens_to_ids(token)
         for name, token in [
@@ -154,6 +161,8 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
             ("vision_end_token_id", "<|vision_end|>"),
         ]
     }
+    # M-RoPE: (temporal, height, width) sections of the head's frequencies, summing to head_dim / 2
+    section = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]
     text = dict(
         vocab_size=len(tok),
         hidden_size=hidden_size,
@@ -172,6 +181,24 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
         return (
             Qwen2VLForConditionalGeneration(config),
             ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok),
+        )
+    if model_type == "qwen3_vl":
+        text["head_dim"] = head_dim
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+        vision = dict(
+            depth=2,
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            patch_size=patch_size,
+            num_position_embeddings=(image_size // patch_size) ** 2,  # a learned grid, interpolated per image
+            deepstack_visual_indexes=[0],  # vision layer 0's features are added to the first LM layer
+        )
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+        return (
+            Qwen3VLForConditionalGeneration(config),
+            ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tok),
         )
     vision = dict(
         depth=2,
@@ -238,7 +265,8 @@ def build_tiny_backbone(
         return _build_llava_next(hidden_size, num_layers, image_size or 28, vision_hidden_size)
     if model_type == "idefics3":
         return _build_idefics3(hidden_size, num_layers, image_size or 64, vision_hidden_size)
-    return _build_qwen(model_type, hidden_size, num_layers, image_size or 56, vision_hidden_size)
+    default_size = 64 if model_type == "qwen3_vl" else 56
+    return _build_qwen(model_type, hidden_size, num_layers, image_size or default_size, vision_hidden_size)
 
 
 def save_tiny_backbone(
@@ -253,8 +281,8 @@ def save_tiny_backbone(
 ) -> Path:
     """Write a complete tiny VLM checkpoint (config, weights, tokenizer, processor) to `path` and return it.
 
-    `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `idefics3`. The same arguments always give the
-    same weights. `image_size` is the vision tower's input side in pixels (defaults: 28, 56, 56, 64);
+    `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`, `idefics3`. The same arguments always
+    give the same weights. `image_size` is the vision tower's input side in pixels (defaults: 28, 56, 56, 64, 64);
     `vision_hidden_size` the width of the vision tower.
     """
     model, processor = build_tiny_backbone(

@@ -17,6 +17,7 @@ DEFAULT_IMAGE_TOKENS = {
     "qwen2_vl": "<|image_pad|>",
     "qwen2_5_vl": "<|image_pad|>",
     "qwen3_vl": "<|image_pad|>",
+    "gemma3": "<start_of_image>",
     "idefics3": "<image>",
     "smolvlm": "<image>",
     "phi3_v": "<|image_1|>",

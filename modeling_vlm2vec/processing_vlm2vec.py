@@ -37,7 +37,7 @@ IMAGE_PLACEHOLDER = "<|image_1|>"
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
-_NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm")
+_NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm", "gemma3")
 
 
 def build_prompt(text: str | None, has_image: bool, image_token: str, instruction: str | None = None) -> str:

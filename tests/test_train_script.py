@@ -250,6 +250,7 @@ RECIPE_BACKBONES = {  # backbone type of each recipe whose backbone is stock tra
     "llava_next_lora_highres.yaml": "llava_next",
     "qwen2vl_2b_lora.yaml": "qwen2_vl",
     "qwen3vl_2b_lora.yaml": "qwen3_vl",
+    "gemma3_4b_lora.yaml": "gemma3",
 }
 
 
@@ -259,7 +260,10 @@ def test_every_recipe_parses_and_its_settings_validate(name):
     model_args, *_ = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(recipe)  # an unknown key raises
     if name in RECIPE_BACKBONES:
         config = Vlm2VecConfig(backbone_config={"model_type": RECIPE_BACKBONES[name]}, **model_args.settings())
-        assert config.image_token == ("<image>" if name.startswith("llava") else "<|image_pad|>")
+        expected_token = {"llava_next": "<image>", "gemma3": "<start_of_image>"}.get(
+            config.backbone_type, "<|image_pad|>"
+        )
+        assert config.image_token == expected_token
 
 
 def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, backbone, synthetic):

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.model_name_or_path,
             dataset_name=args.dataset_name,
             truncate_dim=args.truncate_dim,
+            cache_dir=args.cache_dir,
         )
 
     return run_cli(body)

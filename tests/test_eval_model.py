@@ -149,22 +149,22 @@ def test_cli_with_two_processes_matches_one(setup):
 
 def test_truncate_dim_ranks_with_matryoshka_prefixes_and_reuses_the_full_cache(setup):
     model = load_vlm2vec(setup["checkpoint"])
-    out = setup["root"] / "truncated"
-    _evaluate(setup, model, out, subsets=["SynT2I", "SynI2T"])
-    full = {n: json.loads((out / f"{n}_score.json").read_text()) for n in ("SynT2I", "SynI2T")}
-    forwards = []
-    model.register_forward_pre_hook(lambda *args: forwards.append(1))
-    summary = evaluate_mmeb(
-        model,
+    full_dir, out, cache = (setup["root"] / name for name in ("full", "truncated", "shared-cache"))
+    kwargs = dict(
         dataset_name=str(setup["data"]["eval_root"]),
         subsets=["SynT2I", "SynI2T"],
         image_dir=setup["data"]["root"],
-        output_dir=out,
         batch_size=3,
         verbose=False,
-        truncate_dim=4,
+        cache_dir=cache,
     )
-    assert not forwards  # the full-size cache served the truncated run
+    evaluate_mmeb(model, output_dir=full_dir, **kwargs)
+    full = {n: json.loads((full_dir / f"{n}_score.json").read_text()) for n in ("SynT2I", "SynI2T")}
+    forwards = []
+    model.register_forward_pre_hook(lambda *args: forwards.append(1))
+    summary = evaluate_mmeb(model, output_dir=out, truncate_dim=4, **kwargs)
+    assert not forwards  # the shared full-size cache served the truncated run
+    assert not (out / "cache").exists() and list(cache.glob("*/SynT2I.safetensors"))
     for name in ("SynT2I", "SynI2T"):
         record = json.loads((out / f"{name}_score.json").read_text())
         assert full[name]["embedding_dim"] == model.config.hidden_size

@@ -42,8 +42,11 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "Score with the first N coordinates of each embedding, re-normalised (a Matryoshka size; "
-            "the cache keeps the full embeddings, so several sizes encode once)."
+            "the cache keeps the full embeddings, so several sizes sharing a --cache_dir encode once)."
         },
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Embedding cache folder (default: <output_dir>/cache); may be shared by runs."}
     )
 
     @property

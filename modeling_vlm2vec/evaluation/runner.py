@@ -2,10 +2,11 @@
 
 Files written under ``output_dir`` (all atomically, by process 0 only):
 ``<dataset>_score.json`` per dataset, ``summary.json``, ``results.md``, ``results.png`` and the embedding cache
-``cache/<model fingerprint>/<dataset>.safetensors``. A dataset whose score file carries the current fingerprint
-(model + dataset rows + ``truncate_dim``) is skipped, so a killed run resumes where it stopped. Nothing is written
-before every requested dataset has been loaded and validated. With ``truncate_dim`` the cached full-size embeddings
-are cut to their re-normalised prefix before ranking (exactly what ``encode(..., truncate_dim=)`` returns).
+``cache/<model fingerprint>/<dataset>.safetensors`` (or under ``cache_dir``). A dataset whose score file carries the
+current fingerprint (model + dataset rows + ``truncate_dim``) is skipped, so a killed run resumes where it stopped.
+Nothing is written before every requested dataset has been loaded and validated. With ``truncate_dim`` the cached
+full-size embeddings are cut to their re-normalised prefix before ranking (exactly what
+``encode(..., truncate_dim=)`` returns).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def _evaluate_one(
     show_progress_bar: bool | None,
     overwrite: bool,
     truncate_dim: int | None,
+    cache_dir: Path,
 ) -> dict:
     rank, world_size = rank_and_world()
     fingerprint = dataset_fingerprint(model_fp, eval_set)  # of the cached full-size embeddings
@@ -94,7 +96,7 @@ def _evaluate_one(
     if all_true(isinstance(previous, dict) and previous.get("fingerprint") == score_fingerprint):
         logger.info("%s: already scored with this model, skipping", eval_set.name)
         return previous
-    cache_file = cache_path(output_dir, model_fp, eval_set.name)
+    cache_file = cache_path(cache_dir, model_fp, eval_set.name)
     cached = None if overwrite else load_cached(cache_file, fingerprint)
     if all_true(cached is not None):
         logger.info("%s: reusing cached embeddings", eval_set.name)
@@ -160,10 +162,12 @@ def run_evaluation(
     dataset_name: str = MMEB_EVAL_DATASET,
     verbose: bool = True,
     truncate_dim: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Score already validated datasets (see :func:`evaluate_mmeb` for the arguments) and write the report."""
     check_truncate_dim(model, truncate_dim)
     output_dir = Path(output_dir)
+    cache_dir = output_dir / "cache" if cache_dir is None else Path(cache_dir)
     model_fp = model_fingerprint(model)
     records = [
         _evaluate_one(
@@ -175,6 +179,7 @@ def run_evaluation(
             show_progress_bar=show_progress_bar,
             overwrite=overwrite,
             truncate_dim=truncate_dim,
+            cache_dir=cache_dir,
         )
         for eval_set in eval_sets
     ]
@@ -201,6 +206,7 @@ def evaluate_mmeb(
     model_name: str | None = None,
     verbose: bool = True,
     truncate_dim: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate ``model`` on MMEB datasets and write the score files, summary and report to ``output_dir``.
 
@@ -215,6 +221,8 @@ def evaluate_mmeb(
         model_name: label used in the report (default: the model's ``name_or_path``).
         verbose: print the results table (process 0).
         truncate_dim: rank with the re-normalised first ``truncate_dim`` coordinates (a Matryoshka size).
+        cache_dir: where full-size embeddings are cached (default ``<output_dir>/cache``); runs at several sizes,
+            each with its own ``output_dir``, share one cache here and encode once.
 
     Returns:
         The summary dict also written to ``summary.json`` (per dataset, per meta-task, IND, OOD, Overall).
@@ -239,4 +247,5 @@ def evaluate_mmeb(
         dataset_name=dataset_name,
         verbose=verbose,
         truncate_dim=truncate_dim,
+        cache_dir=cache_dir,
     )

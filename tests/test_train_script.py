@@ -85,10 +85,18 @@ def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path
         eval_dataset_name=str(synthetic["eval_root"]),
         eval_image_dir=str(synthetic["root"]),
         eval_subset_name=["SynCLS", "SynT2I"],
+        matryoshka_dims=[16, 32],
+        hardness_alpha=2.0,
     )
     proc = _run([str(recipe)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "out"
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["matryoshka_dimensions"], saved["hardness_alpha"]) == ([16, 32, 64], 2.0)
+    for size in (16, 32):  # the export scored at each smaller size too, from the one cache
+        assert json.loads((out / "eval" / f"dim{size}" / "SynCLS_score.json").read_text())["embedding_dim"] == size
+        assert f"| {size} |" in proc.stdout
+    assert not (out / "eval" / "dim16" / "cache").exists()
     for name in (
         "config.json",
         "configuration_vlm2vec.py",

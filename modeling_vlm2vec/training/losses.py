@@ -35,7 +35,8 @@ Options (recorded in the checkpoint's config; all default off), for one softmax 
   \sum_k \omega_k``.
 
 Masking and weighting apply to both directions. Every option is a function of each row's similarities, so the
-properties below hold for all of them.
+gradient property below holds for all of them, and so does GradCache's (its cached embeddings equal the full-batch
+ones; only a candidate within float rounding of the margin threshold could be decided differently).
 
 Gradient: the backward of the gather sums every rank's gradient into the embedding's own rank, and DDP averages
 parameter gradients over ranks, so with equal ``B`` the step gradient is

@@ -19,6 +19,7 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
 from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, run_evaluation
 from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
+        if args.benchmark == "mmeb-v2" and (args.truncate_dim is not None or args.cache_dir is not None):
+            raise DataError("--truncate_dim and --cache_dir apply to --benchmark mmeb-v1 only")
         if args.benchmark == "mmeb-v2":
             eval_sets = load_v2_sets(args.subsets, args.dataset_name, args.image_dir)
         else:
@@ -56,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.benchmark == "mmeb-v2":
             run_v2_evaluation(model, eval_sets, model_name=args.model_name_or_path, **common)
         else:
-            dataset_name = args.dataset_name or MMEB_EVAL_DATASET
-            run_evaluation(model, eval_sets, model_name=args.model_name_or_path, dataset_name=dataset_name, **common)
+            run_evaluation(
+                model,
+                eval_sets,
+                model_name=args.model_name_or_path,
+                dataset_name=args.dataset_name or MMEB_EVAL_DATASET,
+                truncate_dim=args.truncate_dim,
+                cache_dir=args.cache_dir,
+                **common,
+            )
 
     return run_cli(body)
 

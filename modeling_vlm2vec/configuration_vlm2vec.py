@@ -16,6 +16,8 @@ DEFAULT_IMAGE_TOKENS = {
     "llava": "<image>",
     "qwen2_vl": "<|image_pad|>",
     "qwen2_5_vl": "<|image_pad|>",
+    "qwen3_vl": "<|image_pad|>",
+    "gemma3": "<start_of_image>",
     "idefics3": "<image>",
     "smolvlm": "<image>",
     "phi3_v": "<|image_1|>",
@@ -66,6 +68,18 @@ class Vlm2VecConfig(PreTrainedConfig):
         image_fixed_size (`list[int]`, *optional*):
             `[width, height]`: every image is resized to exactly this size (the official "high"/"low" resolution modes);
             takes precedence over the pixel bounds.
+        matryoshka_dimensions (`list[int]`, *optional*):
+            Embedding sizes trained as Matryoshka prefixes: the first `d` coordinates, re-normalised, are an
+            embedding of their own. Kept sorted and always ending with the full size (`hidden_size`); engines read
+            this field (vLLM's `dimensions` request parameter). `None`: trained at the full size only.
+        matryoshka_weights (`list[float]`, *optional*):
+            Loss weight of each entry of `matryoshka_dimensions` (same order, full size last); default equal.
+        hardness_alpha (`float`, defaults to 0.0):
+            Hardness-weighted InfoNCE (LLaVE): each negative's term in the softmax denominator is weighted by
+            `exp(alpha * similarity)`, normalised to mean 1 over the row's negatives; 0 is plain InfoNCE.
+        false_negative_margin (`float`, *optional*):
+            In training, a candidate (other than the row's own positive) whose similarity to the query exceeds the
+            positive's similarity minus this margin is left out of that row's softmax. `None`: no masking.
     """
 
     model_type = "vlm2vec"
@@ -81,6 +95,10 @@ class Vlm2VecConfig(PreTrainedConfig):
     image_max_pixels: int | None = None
     image_min_pixels: int | None = None
     image_fixed_size: list[int] | None = None
+    matryoshka_dimensions: list[int] | None = None
+    matryoshka_weights: list[float] | None = None
+    hardness_alpha: float = 0.0
+    false_negative_margin: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -92,6 +110,7 @@ class Vlm2VecConfig(PreTrainedConfig):
                     f"(the string its processor expands into image features)"
                 )
             self.image_token = DEFAULT_IMAGE_TOKENS[backbone_type]
+        self._complete_matryoshka_dimensions()
         self.check_settings()
 
     def check_settings(self) -> None:
@@ -120,6 +139,50 @@ class Vlm2VecConfig(PreTrainedConfig):
             raise ValueError(f"image_fixed_size must be [width, height] in positive pixels, got {size!r}")
         if not isinstance(self.image_token, str) or not self.image_token:
             raise ValueError(f"image_token must be a non-empty string, got {self.image_token!r}")
+        self._check_loss_settings()
+
+    def _check_loss_settings(self) -> None:
+        dims, weights = self.matryoshka_dimensions, self.matryoshka_weights
+        if dims is not None:
+            if (
+                not isinstance(dims, list)
+                or not dims
+                or not all(_is_int(d) and 1 <= d <= self.hidden_size for d in dims)
+            ):
+                raise ValueError(
+                    f"matryoshka_dimensions must be a non-empty list of integers in [1, {self.hidden_size}] "
+                    f"(the embedding size), got {dims!r}"
+                )
+            if dims != sorted(set(dims)) or dims[-1] != self.hidden_size:
+                raise ValueError(
+                    f"matryoshka_dimensions must be increasing and end with the embedding size {self.hidden_size}, "
+                    f"got {dims!r}"
+                )
+        if weights is not None:
+            if dims is None:
+                raise ValueError("matryoshka_weights needs matryoshka_dimensions")
+            if (
+                not isinstance(weights, list)
+                or len(weights) != len(dims)
+                or not all(_is_number(w) and w >= 0 for w in weights)
+                or not sum(weights) > 0
+            ):
+                raise ValueError(
+                    f"matryoshka_weights must hold {len(dims)} finite weights >= 0 (not all 0), one per dimension "
+                    f"of {dims} (the full size last), got {weights!r}"
+                )
+        if not _is_number(self.hardness_alpha):
+            raise ValueError(f"hardness_alpha must be a finite number, got {self.hardness_alpha!r}")
+        margin = self.false_negative_margin
+        if margin is not None and not _is_number(margin):
+            raise ValueError(f"false_negative_margin must be a finite number or None, got {margin!r}")
+
+    def _complete_matryoshka_dimensions(self) -> None:
+        """Sort `matryoshka_dimensions` and append the full size when missing (a list of valid integers only; the
+        check reports anything else)."""
+        dims = self.matryoshka_dimensions
+        if isinstance(dims, list) and dims and all(_is_int(d) for d in dims):
+            self.matryoshka_dimensions = sorted(set(dims) | {self.hidden_size})
 
     def apply_overrides(self, overrides: dict) -> None:
         """Set the named wrapper fields (others keep their saved values), then validate; on a bad value the config is
@@ -131,6 +194,7 @@ class Vlm2VecConfig(PreTrainedConfig):
         for name, value in overrides.items():
             setattr(self, name, value)
         try:
+            self._complete_matryoshka_dimensions()
             self.check_settings()
         except ValueError:
             for name, value in previous.items():
@@ -149,6 +213,14 @@ class Vlm2VecConfig(PreTrainedConfig):
 
     def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
         return self.backbone_config.get_text_config(*args, **kwargs)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: The settings a Vlm2Vec config adds to its backbone (what a raw VLM needs to become an embedding model).

@@ -41,6 +41,17 @@ def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str = 
     raise ValueError(f"unknown pooling mode {mode!r}")
 
 
+def truncate_embeddings(embeddings: torch.Tensor, dim: int, normalize: bool = True) -> torch.Tensor:
+    """Matryoshka prefix: the first ``dim`` coordinates of (rows, d) ``embeddings``, L2-normalised again when
+    ``normalize``; (rows, dim). ``dim == d`` returns ``embeddings`` unchanged (no second normalisation)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= embeddings.shape[-1]:
+        raise ValueError(f"truncate_dim must be an integer in [1, {embeddings.shape[-1]}], got {dim!r}")
+    if dim == embeddings.shape[-1]:
+        return embeddings
+    prefix = embeddings[..., :dim]  # (rows, dim)
+    return F.normalize(prefix, p=2, dim=-1) if normalize else prefix
+
+
 @dataclass
 class Vlm2VecOutput(ModelOutput):
     r"""
@@ -175,6 +186,7 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         convert_to_numpy: bool = False,
         processor=None,
         prefetch: bool | None = None,
+        truncate_dim: int | None = None,
     ):
         """Embed a list of items.
 
@@ -191,17 +203,23 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             prefetch: prepare the next batch (image decoding, processor) in a background thread while the current
                 one runs. Defaults to on when the model sits on an accelerator and off on CPU, where the thread would
                 take cores from the forward pass itself. The embeddings are the same either way.
+            truncate_dim: return the first ``truncate_dim`` coordinates, L2-normalised again when
+                ``config.normalize`` (a Matryoshka embedding; ``config.matryoshka_dimensions`` lists the sizes the
+                model was trained at, but any size from 1 to ``hidden_size`` is accepted). None: the full size.
 
         Returns:
-            (len(inputs), hidden_size) float32 embeddings on CPU, in input order.
+            (len(inputs), truncate_dim or hidden_size) float32 embeddings on CPU, in input order.
 
         Raises:
-            ValueError: ``batch_size`` is not a positive integer, or an item has neither text nor image (an empty
-                text embeds nothing but the backbone's special tokens, which is never what a caller meant).
+            ValueError: ``batch_size`` is not a positive integer, ``truncate_dim`` is not in [1, hidden_size], or an
+                item has neither text nor image (an empty text embeds nothing but the backbone's special tokens,
+                which is never what a caller meant).
             TypeError: an item of another type.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        dim = self.config.hidden_size if truncate_dim is None else truncate_dim
+        truncate_embeddings(torch.zeros(1, self.config.hidden_size), dim)  # validates before any work
         if processor is None:
             processor = self.processor
         elif not hasattr(processor, "backbone_processor"):
@@ -220,13 +238,14 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             prefetch = self.device.type != "cpu"
         was_training = self.training
         self.eval()
-        out = torch.empty(len(items), self.config.hidden_size, dtype=torch.float32)
+        out = torch.empty(len(items), dim, dtype=torch.float32)
         progress = tqdm(total=len(batches), desc="Encoding", disable=not show_progress_bar)
         prepared = _prepared(prepare, batches, background=prefetch)
         try:
             for idx, batch in zip(batches, prepared):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                out[torch.tensor(idx)] = self(**batch).embeddings.float().cpu()
+                embeddings = truncate_embeddings(self(**batch).embeddings, dim, self.config.normalize)  # (rows, dim)
+                out[torch.tensor(idx)] = embeddings.float().cpu()
                 progress.update()
         finally:  # also on errors: no preparation left running, the caller's train/eval mode back
             prepared.close()
@@ -322,4 +341,4 @@ def _open_image(image) -> Image.Image | None:
 
 Vlm2VecModel.register_for_auto_class("AutoModel")
 
-__all__ = ["Vlm2VecModel", "Vlm2VecPreTrainedModel", "Vlm2VecOutput", "pool"]
+__all__ = ["Vlm2VecModel", "Vlm2VecPreTrainedModel", "Vlm2VecOutput", "pool", "truncate_embeddings"]

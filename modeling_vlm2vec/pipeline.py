@@ -9,7 +9,8 @@
 4. trains with :class:`~modeling_vlm2vec.training.trainer.ContrastiveTrainer` (resumable checkpoints);
 5. exports the final model into ``output_dir`` (merged weights, remote code, processor, card) — the folder is the
    Hub-ready checkpoint — then evaluates *that export*, loaded the way users load it, into ``<output_dir>/eval``,
-   re-renders the card with the scores and prints a before/after table.
+   re-renders the card with the scores and prints a before/after table (with Matryoshka sizes, the exported model
+   is also scored at each smaller size, from the same cached embeddings, into ``<output_dir>/eval/dim<d>``).
 """
 
 from __future__ import annotations
@@ -80,10 +81,35 @@ class ModelArguments:
         default=None, metadata={"help": "Upscale smaller images to this many pixels (aspect kept)."}
     )
     image_fixed_size: list[int] | None = field(default=None, metadata={"help": "Resize every image to W H."})
+    # loss options, recorded in the checkpoint's config like the temperature
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka prefix sizes, e.g. 64 128 256: the loss is also computed on each re-normalised "
+            "prefix (the full size is always included). Saved as the config's matryoshka_dimensions."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Loss weight per Matryoshka size, ascending, the full size last (default equal)."},
+    )
+    hardness_alpha: float | None = field(
+        default=None,
+        metadata={"help": "LLaVE hardness weighting: negatives weighted by exp(alpha * similarity) (default 0 = off)."},
+    )
+    false_negative_margin: float | None = field(
+        default=None,
+        metadata={"help": "Mask in-batch candidates scoring above the row's positive minus this margin (default off)."},
+    )
 
     def settings(self) -> dict:
         """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out)."""
-        return {name: getattr(self, name) for name in WRAPPER_FIELDS if getattr(self, name, None) is not None}
+        values = {name: getattr(self, RECIPE_KEYS.get(name, name), None) for name in WRAPPER_FIELDS}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+#: Recipe keys spelled differently from the config field they set.
+RECIPE_KEYS = {"matryoshka_dimensions": "matryoshka_dims"}
 
 
 @dataclass
@@ -121,7 +147,8 @@ def run(
     training_args: ContrastiveTrainingArguments,
     demo_args: DemoArguments | None = None,
 ) -> dict:
-    """Train, export and evaluate; return ``{"baseline": summary | None, "final": summary | None}``."""
+    """Train, export and evaluate; return ``{"baseline": summary | None, "final": summary | None}``, plus
+    ``"final_dim<d>"`` summaries at every smaller Matryoshka size ``d`` (in ``<output_dir>/eval/dim<d>``)."""
     check_reporting(training_args.report_to)
     demo_args = demo_args or DemoArguments()
     output_dir = Path(training_args.output_dir)
@@ -161,9 +188,20 @@ def run(
         results["final"] = evaluate_mmeb(
             exported, output_dir=output_dir / "eval", model_name="after training", **eval_kwargs
         )
+        for size in (exported.config.matryoshka_dimensions or [])[:-1]:  # scored from the cached embeddings
+            results[f"final_dim{size}"] = evaluate_mmeb(
+                exported,
+                output_dir=output_dir / "eval" / f"dim{size}",
+                cache_dir=output_dir / "eval" / "cache",
+                truncate_dim=size,
+                model_name=f"after training, {size} dimensions",
+                verbose=False,
+                **eval_kwargs,
+            )
         if trainer.is_world_process_zero():
             write_model_card(output_dir, card_context={**card_context, "eval_dir": str(output_dir / "eval")})
             print(before_after_table(results["baseline"], results["final"]))
+            print(matryoshka_table(results))
     if training_args.push_to_hub and trainer.is_world_process_zero():
         from .hub.push import push_checkpoint
 
@@ -219,6 +257,18 @@ def before_after_table(baseline: dict | None, final: dict | None) -> str:
         for name, after in final.get(group, {}).items():
             before = (baseline or {}).get(group, {}).get(name, {}).get(key)
             rows.append(f"| {name} | {format_percent(before)} | {format_percent(after.get(key))} |")
+    return "\n".join(rows)
+
+
+def matryoshka_table(results: dict) -> str:
+    """A Markdown table of the Overall hit@1 (%) at each evaluated Matryoshka size (empty without any)."""
+    sizes = sorted(int(key.removeprefix("final_dim")) for key in results if key.startswith("final_dim"))
+    if not sizes or results.get("final") is None:
+        return ""
+    rows = ["| dimensions | Overall hit@1 |", "|---:|---:|"]
+    for size in sizes:
+        rows.append(f"| {size} | {format_percent(results[f'final_dim{size}']['aggregates']['Overall']['hit@1'])} |")
+    rows.append(f"| full | {format_percent(results['final']['aggregates']['Overall']['hit@1'])} |")
     return "\n".join(rows)
 
 

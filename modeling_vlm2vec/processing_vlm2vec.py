@@ -11,8 +11,8 @@ Hub files.
 * :func:`build_prompt` is the single prompt builder. MMEB texts carry their instruction and the canonical image
   placeholder ``<|image_1|>``; the placeholder is replaced by the backbone's image token, nothing else is added.
 * :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
-* :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen2-VL without
-  torchvision too).
+* :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen-VL
+  processors without torchvision too).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from transformers import AutoProcessor, ProcessorMixin
 from transformers.models.auto.processing_auto import processor_class_from_name
 from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLProcessor
+from transformers.models.qwen3_vl import Qwen3VLProcessor
 from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
@@ -36,7 +37,7 @@ IMAGE_PLACEHOLDER = "<|image_1|>"
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
-_NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm")
+_NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm", "gemma3")
 
 
 def build_prompt(text: str | None, has_image: bool, image_token: str, instruction: str | None = None) -> str:
@@ -250,18 +251,33 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         return {**super().to_dict(), "processor_class": "Qwen2_5_VLProcessor"}
 
 
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """Qwen3-VL processor without the video processor (which needs torchvision); images and text only.
+
+    Saved under the stock class name, so other tools load the folder with the stock processor."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.video_processor = None
+        Qwen3VLProcessor.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "processor_class": "Qwen3VLProcessor"}
+
+
 _IMAGE_ONLY_PROCESSORS = {
     "Qwen2VLProcessor": ImageOnlyQwen2VLProcessor,
     "ImageOnlyQwen2VLProcessor": ImageOnlyQwen2VLProcessor,
     "Qwen2_5_VLProcessor": ImageOnlyQwen2_5_VLProcessor,
     "ImageOnlyQwen2_5_VLProcessor": ImageOnlyQwen2_5_VLProcessor,
+    "Qwen3VLProcessor": ImageOnlyQwen3VLProcessor,
+    "ImageOnlyQwen3VLProcessor": ImageOnlyQwen3VLProcessor,
 }
 
 
 def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
     """Load the backbone's own processor saved in a folder or Hub repo (never a :class:`Vlm2VecProcessor`).
 
-    Qwen2-VL / Qwen2.5-VL processors are loaded without their video processor, so they work whether or not
+    Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors are loaded without their video processor, so they work whether or not
     torchvision is installed; other saved classes are loaded by name; a folder naming none (or a class that is Hub
     code) goes through ``AutoProcessor``, which runs Hub code only with ``trust_remote_code=True`` in ``kwargs``.
     """
@@ -295,6 +311,7 @@ __all__ = [
     "IMAGE_PLACEHOLDER",
     "ImageOnlyQwen2VLProcessor",
     "ImageOnlyQwen2_5_VLProcessor",
+    "ImageOnlyQwen3VLProcessor",
     "Vlm2VecProcessor",
     "apply_resolution_policy",
     "build_prompt",

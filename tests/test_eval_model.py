@@ -12,6 +12,7 @@ from launch import TWO_CPU_PROCESSES
 from safetensors.numpy import load_file
 
 from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set
 from modeling_vlm2vec.evaluation.encoding import model_fingerprint
@@ -133,3 +134,40 @@ def test_cli_with_two_processes_matches_one(setup):
             assert ours[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
     summary = json.loads((out / "summary.json").read_text())
     assert summary["aggregates"]["Overall"]["n"] == 5
+
+
+def test_truncate_dim_ranks_with_matryoshka_prefixes_and_reuses_the_full_cache(setup):
+    model = load_vlm2vec(setup["checkpoint"])
+    full_dir, out, cache = (setup["root"] / name for name in ("full", "truncated", "shared-cache"))
+    kwargs = dict(
+        dataset_name=str(setup["data"]["eval_root"]),
+        subsets=["SynT2I", "SynI2T"],
+        image_dir=setup["data"]["root"],
+        batch_size=3,
+        verbose=False,
+        cache_dir=cache,
+    )
+    evaluate_mmeb(model, output_dir=full_dir, **kwargs)
+    full = {n: json.loads((full_dir / f"{n}_score.json").read_text()) for n in ("SynT2I", "SynI2T")}
+    forwards = []
+    model.register_forward_pre_hook(lambda *args: forwards.append(1))
+    summary = evaluate_mmeb(model, output_dir=out, truncate_dim=4, **kwargs)
+    assert not forwards  # the shared full-size cache served the truncated run
+    assert not (out / "cache").exists() and list(cache.glob("*/SynT2I.safetensors"))
+    for name in ("SynT2I", "SynI2T"):
+        record = json.loads((out / f"{name}_score.json").read_text())
+        assert full[name]["embedding_dim"] == model.config.hidden_size
+        assert record["embedding_dim"] == 4 and record["fingerprint"] != full[name]["fingerprint"]
+        # brute force: every row's own candidates ranked with encode(truncate_dim=4), ties never a hit
+        eval_set = load_eval_set(str(setup["data"]["eval_root"]), name, str(setup["data"]["root"]))
+        hits = []
+        for row in range(eval_set.num_rows):
+            query = eval_set.queries[eval_set.query_index[row]]
+            ids = [i for i in eval_set.candidate_index[row] if i >= 0]
+            items = [{"text": t, "image": i} for t, i in [query] + [eval_set.candidates[i] for i in ids]]
+            emb = model.encode(items, truncate_dim=4, batch_size=1)
+            scores = (emb[1:] @ emb[0]).tolist()
+            hits.append(all(scores[0] > s for i, s in zip(ids[1:], scores[1:]) if i != ids[0]))
+        assert record["hit@1"] == pytest.approx(sum(hits) / len(hits)) == summary["datasets"][name]["hit@1"]
+    with pytest.raises(DataError, match="truncate_dim"):
+        evaluate_mmeb(model, dataset_name="unused", output_dir=out, truncate_dim=model.config.hidden_size + 1)

@@ -164,3 +164,22 @@ def test_card_snippets_run_without_the_package(llava_dir, tmp_path):
         ]
     )
     assert "snippets ran" in run_isolated(code)
+
+
+def test_matryoshka_dimensions_are_advertised_in_config_and_card(llava_dir, tmp_path):
+    model = Vlm2VecModel.from_backbone(llava_dir, matryoshka_dimensions=[16, 32])
+    out = export_checkpoint(model, tmp_path / "mrl")
+    assert json.loads((out / "config.json").read_text())["matryoshka_dimensions"] == [16, 32, 64]
+    text = (out / "README.md").read_text()
+    assert "for `d` in 16, 32, 64" in text and "truncate_dim=16" in text
+    assert (
+        "Matryoshka"
+        not in (export_checkpoint(Vlm2VecModel.from_backbone(llava_dir), tmp_path / "plain") / "README.md").read_text()
+    )
+    stdout = run_isolated(
+        "from transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
+        "e = m.encode(['a red circle'], truncate_dim=16)\n"
+        "print(tuple(e.shape), round(float(e.norm()), 5))"
+    )
+    assert "(1, 16) 1.0" in stdout

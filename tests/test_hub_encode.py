@@ -66,6 +66,18 @@ def test_outputs_are_unit_norm_and_numpy_on_request(model, items):
     np.testing.assert_allclose(as_numpy, out.numpy(), rtol=0, atol=1e-6)
 
 
+def test_truncate_dim_gives_the_renormalised_prefix_of_the_full_embedding(model, items):
+    full = model.encode(items, batch_size=3)
+    for dim in (1, 8, model.config.hidden_size):
+        short = model.encode(items, batch_size=3, truncate_dim=dim)
+        assert short.shape == (len(items), dim)
+        expected = full[:, :dim] / full[:, :dim].norm(dim=-1, keepdim=True)  # by hand
+        torch.testing.assert_close(short, expected, rtol=0, atol=1e-6)
+    for bad in (0, model.config.hidden_size + 1, 2.5, True):
+        with pytest.raises(ValueError, match="truncate_dim"):
+            model.encode(items, truncate_dim=bad)
+
+
 def test_instruction_equals_prompt_built_by_hand(model):
     text = "a red circle on a white background"
     image = _picture("red", (40, 30))

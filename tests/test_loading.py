@@ -63,6 +63,26 @@ def test_raw_backbone_gets_the_named_settings_and_defaults(tiny_backbone_dir):
         load_vlm2vec(tiny_backbone_dir("llava_next"), overrides={"temperature": 0.1})
 
 
+def test_loss_option_recipe_keys_are_recorded_in_the_saved_config(tiny_backbone_dir, tmp_path):
+    recipe = ModelArguments(
+        model_name_or_path=str(tiny_backbone_dir("qwen2_vl")),
+        matryoshka_dims=[32, 16],
+        matryoshka_weights=[1.0, 1.0, 2.0],
+        hardness_alpha=9.0,
+        false_negative_margin=0.1,
+    )
+    model = build_model(recipe)
+    model.save_pretrained(tmp_path / "saved")
+    model.processor.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["matryoshka_dimensions"] == [16, 32, 64]  # the field vLLM reads, full size included
+    assert (saved["matryoshka_weights"], saved["hardness_alpha"], saved["false_negative_margin"]) == ([1, 1, 2], 9, 0.1)
+    continued = build_model(ModelArguments(model_name_or_path=str(tmp_path / "saved"), hardness_alpha=2.0))
+    assert continued.config.hardness_alpha == 2.0 and continued.config.matryoshka_dimensions == [16, 32, 64]
+    with pytest.raises(DataError, match="matryoshka_weights"):
+        build_model(ModelArguments(model_name_or_path=str(tmp_path / "saved"), matryoshka_dims=[8]))
+
+
 def _plant_marker(folder: Path, marker: Path) -> None:
     """Append a line writing `marker` to every Python file of a checkpoint folder (as a hostile upload would)."""
     for py in folder.glob("*.py"):

@@ -78,3 +78,35 @@ def test_config_defaults_and_validation():
         Vlm2VecConfig(padding_side="middle")
     round_trip = Vlm2VecConfig.from_dict(cfg.to_dict())
     assert round_trip.backbone_type == "llava_next" and round_trip.image_token == "<image>"
+
+
+def test_loss_options_are_validated_and_matryoshka_dimensions_end_with_the_full_size():
+    cfg = Vlm2VecConfig(backbone_config={"model_type": "llava_next"})  # text hidden size 4096
+    assert (cfg.matryoshka_dimensions, cfg.hardness_alpha, cfg.false_negative_margin) == (None, 0.0, None)
+    cfg = Vlm2VecConfig(
+        backbone_config={"model_type": "llava_next"},
+        matryoshka_dimensions=[256, 64],
+        matryoshka_weights=[1.0, 1.0, 2.0],
+        hardness_alpha=9,
+        false_negative_margin=0.1,
+    )
+    assert cfg.matryoshka_dimensions == [64, 256, 4096]  # sorted, full size added: what vLLM advertises
+    assert Vlm2VecConfig.from_dict(cfg.to_dict()).matryoshka_dimensions == [64, 256, 4096]
+    bad = [
+        ({"matryoshka_dimensions": [0, 64]}, "matryoshka_dimensions"),
+        ({"matryoshka_dimensions": [8192]}, "matryoshka_dimensions"),
+        ({"matryoshka_dimensions": "64"}, "matryoshka_dimensions"),
+        ({"matryoshka_dimensions": [64], "matryoshka_weights": [1.0]}, "matryoshka_weights"),  # sizes 64 and 4096
+        ({"matryoshka_dimensions": [64], "matryoshka_weights": [0.0, 0.0]}, "matryoshka_weights"),
+        ({"matryoshka_weights": [1.0]}, "matryoshka_weights"),
+        ({"hardness_alpha": float("inf")}, "hardness_alpha"),
+        ({"false_negative_margin": "0.1"}, "false_negative_margin"),
+    ]
+    for settings, named in bad:
+        with pytest.raises(ValueError, match=named):
+            Vlm2VecConfig(backbone_config={"model_type": "llava_next"}, **settings)
+    cfg.apply_overrides({"matryoshka_dimensions": [128], "matryoshka_weights": None})
+    assert cfg.matryoshka_dimensions == [128, 4096]
+    with pytest.raises(ValueError, match="matryoshka_weights"):
+        cfg.apply_overrides({"matryoshka_weights": [1.0]})
+    assert cfg.matryoshka_weights is None  # left as it was

@@ -11,7 +11,7 @@ from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.data.collator import collate_group
 from modeling_vlm2vec.training.batching import concat_groups, group_rows, model_inputs, split_group
 
-BACKBONES = ["llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3"]
+BACKBONES = ["llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3"]
 
 
 @pytest.fixture(scope="module")

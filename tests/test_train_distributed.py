@@ -1,8 +1,9 @@
 """Two gloo processes with B/2 rows each == one process with B rows: same loss and gradients, one all-reduce per
-step."""
+step; also with every loss option on (Matryoshka, hardness weighting, false-negative masking)."""
 
 import os
 import warnings
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,7 @@ from train_batches import (
     gradients,
     groups_of,
     loss_of,
+    margin_masking_half,
     relative_error,
     single_thread,  # noqa: F401  (autouse fixture)
 )
@@ -35,7 +37,18 @@ def _local_batch(model, case, rank):
     return contrastive_batch(model, NEG_COUNTS[case], seed=case, rows=slice(rank * half, (rank + 1) * half))
 
 
-def _worker(rank, init_file, backbone_dir, out_dir):
+def _loss_options(model, case):
+    """Each loss option alone, then all together; the margin masks about half of the case's candidates."""
+    margin = margin_masking_half(model, contrastive_batch(model, NEG_COUNTS[case], seed=case))
+    return {
+        "matryoshka": {"matryoshka_dims": [8, 32, 64], "matryoshka_weights": [1.0, 2.0, 1.0]},
+        "hardness": {"hardness_alpha": 9.0},
+        "margin": {"false_negative_margin": margin},
+        "all": {"matryoshka_dims": [8, 32, 64], "hardness_alpha": 9.0, "false_negative_margin": margin},
+    }
+
+
+def _worker(rank, init_file, backbone_dir, out_dir, case_options):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -63,6 +76,11 @@ def _worker(rank, init_file, backbone_dir, out_dir):
             results[f"{case}/loss"] = out.loss.reshape(1)
             results[f"{case}/allreduces"] = torch.tensor([allreduces[0]])
             results.update({f"{case}/grad/{n}": g for n, g in gradients(model).items()})
+            for name, options in case_options[case].items():
+                with_options = GradCache(ddp, partial(loss_of, **options), chunk_sizes=CHUNKS)
+                out = with_options.step(groups_of(_local_batch(model, case, rank)))
+                results[f"{case}+{name}/loss"] = out.loss.reshape(1)
+                results.update({f"{case}+{name}/grad/{n}": g for n, g in gradients(model).items()})
         # gradient accumulation: the first micro-batch inside an outer no_sync stays local, the second syncs both
         allreduces[0] = 0
         with ddp.no_sync():
@@ -82,10 +100,21 @@ def _subset(results, prefix):
 
 def test_two_processes_equal_one_process(tiny_backbone_dir, tmp_path):
     backbone_dir = str(tiny_backbone_dir("qwen2_vl"))
-    mp.spawn(_worker, args=(str(tmp_path / "init"), backbone_dir, str(tmp_path)), nprocs=WORLD, join=True)
+    model = Vlm2VecModel.from_backbone(backbone_dir).train()
+    case_options = [_loss_options(model, case) for case in range(len(NEG_COUNTS))]
+    mp.spawn(_worker, args=(str(tmp_path / "init"), backbone_dir, str(tmp_path), case_options), nprocs=WORLD, join=True)
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(WORLD)]
 
-    model = Vlm2VecModel.from_backbone(backbone_dir).train()
+    for case, named_options in enumerate(case_options):
+        for name, options in named_options.items():
+            reference = full_batch_loss(model, contrastive_batch(model, NEG_COUNTS[case], seed=case), **options)
+            reference.loss.backward()
+            grads = gradients(model)
+            rank_losses = [r[f"{case}+{name}/loss"].item() for r in ranks]
+            assert abs(sum(rank_losses) / WORLD - reference.loss.item()) <= 1e-5 * abs(reference.loss.item()), name
+            for r in ranks:
+                assert relative_error(_subset(r, f"{case}+{name}/grad/"), grads) <= 1e-5, name
+
     expected = []
     for case in range(len(NEG_COUNTS)):
         reference = full_batch_loss(model, contrastive_batch(model, NEG_COUNTS[case], seed=case))

@@ -11,6 +11,7 @@ from train_batches import (
     gradients,
     groups_of,
     loss_of,
+    margin_masking_half,
     relative_error,
     single_thread,  # noqa: F401  (autouse fixture)
 )
@@ -32,14 +33,14 @@ class _NoReplayGradCache(GradCache):
         return contextlib.nullcontext()
 
 
-def _cached_step(model, batch, replay_rng=True, symmetric=False):
+def _cached_step(model, batch, replay_rng=True, symmetric=False, **options):
     cache_class = GradCache if replay_rng else _NoReplayGradCache
-    cache = cache_class(model, lambda e: loss_of(e, symmetric=symmetric), chunk_sizes=CHUNKS)
+    cache = cache_class(model, lambda e: loss_of(e, symmetric=symmetric, **options), chunk_sizes=CHUNKS)
     return cache.step(groups_of(batch))
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("model_type", ["llava_next", "qwen2_vl"])
+@pytest.mark.parametrize("model_type", ["llava_next", "qwen2_vl", "qwen3_vl", "gemma3"])
 def test_grad_cache_equals_full_batch_gradient(tiny_backbone_dir, model_type, symmetric):
     model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type)).train()  # tiny backbones have no dropout
     batch = contrastive_batch(model, NEG_COUNTS)
@@ -52,6 +53,28 @@ def test_grad_cache_equals_full_batch_gradient(tiny_backbone_dir, model_type, sy
     assert output.loss.item() == pytest.approx(reference.loss.item(), rel=1e-6)
     assert output.accuracy.item() == reference.accuracy.item()
     assert not output.loss.requires_grad
+    assert relative_error(gradients(model), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("option", ["matryoshka", "hardness", "margin"])
+def test_grad_cache_equals_full_batch_gradient_with_loss_options(tiny_backbone_dir, option):
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("qwen2_vl")).train()
+    batch = contrastive_batch(model, NEG_COUNTS)
+    options = {
+        "matryoshka": {"matryoshka_dims": [8, 32, 64], "matryoshka_weights": [1.0, 2.0, 0.5]},
+        "hardness": {"hardness_alpha": 9.0},
+        "margin": {"false_negative_margin": margin_masking_half(model, batch)},
+    }[option]
+
+    reference = full_batch_loss(model, batch, symmetric=True, **options)
+    reference.loss.backward()
+    expected = gradients(model)
+    plain = full_batch_loss(model, batch, symmetric=True)
+    model.zero_grad(set_to_none=True)
+    assert abs(reference.loss.item() - plain.loss.item()) > 1e-3  # the option changes the loss
+
+    output = _cached_step(model, batch, symmetric=True, **options)
+    assert output.loss.item() == pytest.approx(reference.loss.item(), rel=1e-6)
     assert relative_error(gradients(model), expected) <= 1e-5
 
 

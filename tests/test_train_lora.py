@@ -12,6 +12,8 @@ LANGUAGE_MODELS = {
     "llava_next": "backbone.language_model",
     "qwen2_vl": "backbone.language_model",
     "qwen2_5_vl": "backbone.language_model",
+    "qwen3_vl": "backbone.language_model",
+    "gemma3": "backbone.language_model",
     "idefics3": "backbone.text_model",
 }
 PROJECTIONS = [

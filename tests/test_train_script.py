@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 from transformers.integrations import integration_utils
 
 import train
-from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.pipeline import TRAIN_ARGUMENTS, check_reporting
 
@@ -86,10 +86,18 @@ def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path
         eval_dataset_name=str(synthetic["eval_root"]),
         eval_image_dir=str(synthetic["root"]),
         eval_subset_name=["SynCLS", "SynT2I"],
+        matryoshka_dims=[16, 32],
+        hardness_alpha=2.0,
     )
     proc = _run([str(recipe)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "out"
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["matryoshka_dimensions"], saved["hardness_alpha"]) == ([16, 32, 64], 2.0)
+    for size in (16, 32):  # the export scored at each smaller size too, from the one cache
+        assert json.loads((out / "eval" / f"dim{size}" / "SynCLS_score.json").read_text())["embedding_dim"] == size
+        assert f"| {size} |" in proc.stdout
+    assert not (out / "eval" / "dim16" / "cache").exists()
     for name in (
         "config.json",
         "configuration_vlm2vec.py",
@@ -231,6 +239,26 @@ def test_demo_recipe_parses_and_needs_no_logging_package(monkeypatch):
     _, data_args, _, training_args, demo_args = parser.parse_yaml_file(str(REPO / "configs" / "demo.yaml"))
     assert demo_args.tiny_backbone and data_args.dataset_config == "synthetic" and training_args.use_cpu
     check_reporting(training_args.report_to)  # raises DataError for any integration whose package is missing
+
+
+RECIPE_BACKBONES = {  # backbone type of each recipe whose backbone is stock transformers (Phi-3.5-V is Hub code)
+    "llava_next_lora_highres.yaml": "llava_next",
+    "qwen2vl_2b_lora.yaml": "qwen2_vl",
+    "qwen3vl_2b_lora.yaml": "qwen3_vl",
+    "gemma3_4b_lora.yaml": "gemma3",
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_recipe_parses_and_its_settings_validate(name):
+    recipe = {**yaml.safe_load((REPO / "configs" / name).read_text()), "bf16": False, "use_cpu": True}  # GPU recipes
+    model_args, *_ = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(recipe)  # an unknown key raises
+    if name in RECIPE_BACKBONES:
+        config = Vlm2VecConfig(backbone_config={"model_type": RECIPE_BACKBONES[name]}, **model_args.settings())
+        expected_token = {"llava_next": "<image>", "gemma3": "<start_of_image>"}.get(
+            config.backbone_type, "<|image_pad|>"
+        )
+        assert config.image_token == expected_token
 
 
 def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, backbone, synthetic):

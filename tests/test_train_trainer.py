@@ -137,6 +137,34 @@ def test_accumulated_gradient_is_the_mean_of_micro_batch_gradients(tiny_backbone
     assert logged == pytest.approx(sum(micro_losses) / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_loss_options_in_the_config_drive_the_trainer_loss(tiny_backbone_dir, tmp_path, cached):
+    backbone_dir = tiny_backbone_dir("llava_next")
+    options = {"matryoshka_dimensions": [16, 32], "hardness_alpha": 5.0, "false_negative_margin": 0.02}
+    model = _model(backbone_dir)
+    model.config.apply_overrides(options)
+    collator, capture = Collator(model), GradientCapture()
+    chunks = dict(gc_q_chunk_size=2, gc_p_chunk_size=2) if cached else {}
+    args = _args(tmp_path, max_steps=1, max_grad_norm=0.0, **chunks)
+    trainer = ContrastiveTrainer(
+        model=model, args=args, train_dataset=toy_rows(), data_collator=collator, callbacks=[capture]
+    )
+    trainer.train()
+
+    reference_model = _model(backbone_dir).train()
+    batch = collator.batches[0]
+    loss_options = dict(matryoshka_dims=[16, 32, 64], hardness_alpha=5.0, false_negative_margin=0.02)
+    expected = full_batch_loss(reference_model, batch, **loss_options)
+    expected.loss.backward()
+    assert relative_error(capture.grads[0], gradients(reference_model)) <= 1e-5
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert logged == pytest.approx(expected.loss.item(), rel=1e-5)
+    with torch.no_grad():  # each option changes the loss: the trainer really applied all three
+        for name in loss_options:
+            without = {k: v for k, v in loss_options.items() if k != name}
+            assert abs(full_batch_loss(reference_model, batch, **without).loss.item() - logged) > 1e-4, name
+
+
 @pytest.mark.parametrize("model_type", ["llava_next", "qwen2_vl"])
 def test_embed_groups_in_one_forward_or_one_per_group_equals_row_by_row(tiny_backbone_dir, model_type):
     model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type)).eval()

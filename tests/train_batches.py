@@ -66,14 +66,31 @@ def groups_of(batch: dict) -> dict:
     return {name: batch[name] for name in ("query", "positive", "negative") if name in batch}
 
 
-def loss_of(embeddings: dict, temperature: float = 0.02, symmetric: bool = False):
+def loss_of(embeddings: dict, temperature: float = 0.02, symmetric: bool = False, **options):
+    """The contrastive loss of embedded groups; ``options`` are the loss options (Matryoshka, hardness, margin)."""
     return contrastive_loss(
         embeddings["query"],
         embeddings["positive"],
         embeddings.get("negative"),
         temperature=temperature,
         symmetric=symmetric,
+        **options,
     )
+
+
+def margin_masking_half(model, batch: dict) -> float:
+    """A ``false_negative_margin`` that masks between a quarter and three quarters of the (query, other candidate)
+    pairs of ``batch``, halfway between the two most distant neighbouring score gaps there (so float noise in the
+    embeddings cannot flip a decision)."""
+    with torch.no_grad():
+        e = {name: model(**model_inputs(g)).embeddings.double() for name, g in groups_of(batch).items()}
+    candidates = torch.cat([e["positive"], *([e["negative"]] if "negative" in e else [])])
+    scores = e["query"] @ candidates.T  # (B, C)
+    own = scores.diagonal()[:, None]
+    gaps = (scores - own)[~torch.eye(*scores.shape, dtype=torch.bool)].sort().values  # x_j - x_y, j != y
+    k = max(range(max(len(gaps) // 4, 1), 3 * len(gaps) // 4), key=lambda k: gaps[k] - gaps[k - 1])
+    assert gaps[k] - gaps[k - 1] > 1e-5, "neighbouring gaps too close for a stable margin"
+    return -float(gaps[k - 1] + gaps[k]) / 2
 
 
 def full_batch_loss(model, batch: dict, **loss_kwargs):

@@ -14,6 +14,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3Processor,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     LlamaConfig,
@@ -25,15 +28,19 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    SiglipVisionConfig,
 )
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.idefics3 import Idefics3Processor
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
+from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor, ImageOnlyQwen3VLProcessor
 
-TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
+TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3")
 
 # Words the tokenizer learns: MMEB-style instructions plus the synthetic demo vocabulary.
 _CORPUS = [
@@ -57,6 +64,7 @@ _QWEN_SPECIALS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+_GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 _IDEFICS_SPECIALS = (
     _LLAMA_SPECIALS
     + ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>"]
@@ -140,11 +148,16 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
         image_token="<|image_pad|>",
         video_token="<|video_pad|>",
     )
+    patch_size = 16 if model_type == "qwen3_vl" else 14
+    merged = 2 * patch_size  # side of one image token (2 x 2 patches merged)
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=28 * 28, max_pixels=image_size * image_size, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=merged * merged,
+        max_pixels=image_size * image_size,
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
     )
     head_dim = hidden_size // 4
-    section = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]  # sums to head_dim / 2
     ids = {
         name: tok.convert_tokens_to_ids(token)
         for name, token in [
@@ -154,6 +167,8 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
             ("vision_end_token_id", "<|vision_end|>"),
         ]
     }
+    # M-RoPE: (temporal, height, width) sections of the head's frequencies, summing to head_dim / 2
+    section = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]
     text = dict(
         vocab_size=len(tok),
         hidden_size=hidden_size,
@@ -172,6 +187,24 @@ def _build_qwen(model_type: str, hidden_size: int, num_layers: int, image_size: 
         return (
             Qwen2VLForConditionalGeneration(config),
             ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok),
+        )
+    if model_type == "qwen3_vl":
+        text["head_dim"] = head_dim
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+        vision = dict(
+            depth=2,
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            patch_size=patch_size,
+            num_position_embeddings=(image_size // patch_size) ** 2,  # a learned grid, interpolated per image
+            deepstack_visual_indexes=[0],  # vision layer 0's features are added to the first LM layer
+        )
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+        return (
+            Qwen3VLForConditionalGeneration(config),
+            ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tok),
         )
     vision = dict(
         depth=2,
@@ -221,6 +254,52 @@ def _build_idefics3(hidden_size: int, num_layers: int, image_size: int, vision_h
     return Idefics3ForConditionalGeneration(config), processor
 
 
+def _build_gemma3(hidden_size: int, num_layers: int, image_size: int, vision_hidden_size: int):
+    tok = train_tokenizer(
+        _GEMMA_SPECIALS,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        boi_token="<start_of_image>",
+        eoi_token="<end_of_image>",
+        image_token="<image_soft_token>",
+    )
+    patch_size, tokens_per_image = image_size // 4, 4  # 4 x 4 patches pooled into 2 x 2 image tokens
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=tokens_per_image)
+    head_dim = hidden_size // 4
+    config = Gemma3Config(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=head_dim,
+            query_pre_attn_scalar=head_dim,
+            sliding_window=16,  # the first layer attends locally (Gemma 3 alternates local and global layers)
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        ),
+        vision_config=SiglipVisionConfig(
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        mm_tokens_per_image=tokens_per_image,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    return Gemma3ForConditionalGeneration(config), processor
+
+
 def build_tiny_backbone(
     model_type: str,
     *,
@@ -238,7 +317,10 @@ def build_tiny_backbone(
         return _build_llava_next(hidden_size, num_layers, image_size or 28, vision_hidden_size)
     if model_type == "idefics3":
         return _build_idefics3(hidden_size, num_layers, image_size or 64, vision_hidden_size)
-    return _build_qwen(model_type, hidden_size, num_layers, image_size or 56, vision_hidden_size)
+    if model_type == "gemma3":
+        return _build_gemma3(hidden_size, num_layers, image_size or 32, vision_hidden_size)
+    default_size = 64 if model_type == "qwen3_vl" else 56
+    return _build_qwen(model_type, hidden_size, num_layers, image_size or default_size, vision_hidden_size)
 
 
 def save_tiny_backbone(
@@ -253,8 +335,9 @@ def save_tiny_backbone(
 ) -> Path:
     """Write a complete tiny VLM checkpoint (config, weights, tokenizer, processor) to `path` and return it.
 
-    `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `idefics3`. The same arguments always give the
-    same weights. `image_size` is the vision tower's input side in pixels (defaults: 28, 56, 56, 64);
+    `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`, `idefics3`, `gemma3`. The same
+    arguments always give the same weights. `image_size` is the vision tower's input side in pixels (defaults: 28,
+    56, 56, 64, 64, 32);
     `vision_hidden_size` the width of the vision tower.
     """
     model, processor = build_tiny_backbone(

@@ -56,6 +56,16 @@ class EvalArguments:
         metadata={"help": "Allow Hub code of a raw VLM or its processor (a Vlm2Vec checkpoint never needs it)."},
     )
     overwrite: bool = field(default=False, metadata={"help": "Ignore finished score files and cached embeddings."})
+    truncate_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score with the first N coordinates of each embedding, re-normalised (a Matryoshka size; "
+            "the cache keeps the full embeddings, so several sizes sharing a --cache_dir encode once)."
+        },
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Embedding cache folder (default: <output_dir>/cache); may be shared by runs."}
+    )
 
     @property
     def subsets(self) -> list[str]:

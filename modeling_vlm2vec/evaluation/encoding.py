@@ -65,8 +65,9 @@ def dataset_fingerprint(model_fp: str, eval_set: EvalSet) -> str:
     return hashlib.sha256(f"{model_fp}:{eval_set.name}:{eval_set.fingerprint}".encode()).hexdigest()
 
 
-def cache_path(output_dir: str | os.PathLike, model_fp: str, dataset: str) -> Path:
-    return Path(output_dir) / "cache" / model_fp[:16] / f"{dataset}.safetensors"
+def cache_path(cache_dir: str | os.PathLike, model_fp: str, dataset: str) -> Path:
+    """``<cache_dir>/<model fingerprint>/<dataset>.safetensors`` (``cache_dir`` defaults to ``<output_dir>/cache``)."""
+    return Path(cache_dir) / model_fp[:16] / f"{dataset}.safetensors"
 
 
 def load_cached(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:

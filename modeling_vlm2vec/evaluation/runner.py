@@ -2,13 +2,16 @@
 
 Files written under ``output_dir`` (all atomically, by process 0 only):
 ``<dataset>_score.json`` per dataset, ``summary.json``, ``results.md``, ``results.png`` and the embedding cache
-``cache/<model fingerprint>/<dataset>.safetensors``. A dataset whose score file carries the current fingerprint
-(model + dataset rows) is skipped, so a killed run resumes where it stopped. Nothing is written before every
-requested dataset has been loaded and validated.
+``cache/<model fingerprint>/<dataset>.safetensors`` (or under ``cache_dir``). A dataset whose score file carries the
+current fingerprint (model + dataset rows + ``truncate_dim``) is skipped, so a killed run resumes where it stopped.
+Nothing is written before every requested dataset has been loaded and validated. With ``truncate_dim`` the cached
+full-size embeddings are cut to their re-normalised prefix before ranking (exactly what
+``encode(..., truncate_dim=)`` returns).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -18,8 +21,10 @@ import numpy as np
 import torch
 
 from ..common.distributed import all_true, barrier, rank_and_world
+from ..common.errors import DataError
 from ..common.files import read_json_if_complete, write_json_atomic
 from ..common.locations import MMEB_EVAL_DATASET
+from ..modeling_vlm2vec import truncate_embeddings
 from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, model_fingerprint, save_cached
 from .loading import EvalSet, load_eval_set
 from .metrics import ranking_metrics
@@ -78,15 +83,20 @@ def _evaluate_one(
     batch_size: int,
     show_progress_bar: bool | None,
     overwrite: bool,
+    truncate_dim: int | None,
+    cache_dir: Path,
 ) -> dict:
     rank, world_size = rank_and_world()
-    fingerprint = dataset_fingerprint(model_fp, eval_set)
+    fingerprint = dataset_fingerprint(model_fp, eval_set)  # of the cached full-size embeddings
+    score_fingerprint = fingerprint
+    if truncate_dim is not None:
+        score_fingerprint = hashlib.sha256(f"{fingerprint}:truncate_dim={truncate_dim}".encode()).hexdigest()
     score_file = output_dir / f"{eval_set.name}_score.json"
     previous = None if overwrite else read_json_if_complete(score_file)
-    if all_true(isinstance(previous, dict) and previous.get("fingerprint") == fingerprint):
+    if all_true(isinstance(previous, dict) and previous.get("fingerprint") == score_fingerprint):
         logger.info("%s: already scored with this model, skipping", eval_set.name)
         return previous
-    cache_file = cache_path(output_dir, model_fp, eval_set.name)
+    cache_file = cache_path(cache_dir, model_fp, eval_set.name)
     cached = None if overwrite else load_cached(cache_file, fingerprint)
     if all_true(cached is not None):
         logger.info("%s: reusing cached embeddings", eval_set.name)
@@ -105,14 +115,31 @@ def _evaluate_one(
         )
         if rank == 0:
             save_cached(cache_file, fingerprint, queries, candidates)
+    if truncate_dim is not None:
+        normalize = getattr(getattr(model, "config", None), "normalize", True)
+        queries, candidates = (
+            truncate_embeddings(torch.from_numpy(e), truncate_dim, normalize).numpy() for e in (queries, candidates)
+        )
     try:
         metrics = score_eval_set(eval_set, queries, candidates)
     except ValueError as exc:
         raise ValueError(f"dataset {eval_set.name!r}: {exc}") from exc
-    record = _score_record(eval_set, metrics, fingerprint, int(queries.shape[1]))
+    record = _score_record(eval_set, metrics, score_fingerprint, int(queries.shape[1]))
     if rank == 0:
         write_json_atomic(score_file, record)
     return record
+
+
+def check_truncate_dim(model: torch.nn.Module, truncate_dim: int | None) -> None:
+    """Raise `DataError` unless ``truncate_dim`` is None or an integer from 1 to the model's embedding size (when
+    the model has a config that states it)."""
+    if truncate_dim is None:
+        return
+    size = getattr(getattr(model, "config", None), "hidden_size", None)
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim < 1:
+        raise DataError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
+    if size is not None and truncate_dim > size:
+        raise DataError(f"truncate_dim {truncate_dim} exceeds the model's embedding size {size}")
 
 
 def load_eval_sets(dataset_name: str, subsets: Iterable[str], image_dir: str | os.PathLike | None) -> list[EvalSet]:
@@ -134,9 +161,13 @@ def run_evaluation(
     model_name: str | None = None,
     dataset_name: str = MMEB_EVAL_DATASET,
     verbose: bool = True,
+    truncate_dim: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Score already validated datasets (see :func:`evaluate_mmeb` for the arguments) and write the report."""
+    check_truncate_dim(model, truncate_dim)
     output_dir = Path(output_dir)
+    cache_dir = output_dir / "cache" if cache_dir is None else Path(cache_dir)
     model_fp = model_fingerprint(model)
     records = [
         _evaluate_one(
@@ -147,6 +178,8 @@ def run_evaluation(
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             overwrite=overwrite,
+            truncate_dim=truncate_dim,
+            cache_dir=cache_dir,
         )
         for eval_set in eval_sets
     ]
@@ -172,6 +205,8 @@ def evaluate_mmeb(
     overwrite: bool = False,
     model_name: str | None = None,
     verbose: bool = True,
+    truncate_dim: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate ``model`` on MMEB datasets and write the score files, summary and report to ``output_dir``.
 
@@ -185,6 +220,9 @@ def evaluate_mmeb(
         overwrite: ignore finished score files and cached embeddings.
         model_name: label used in the report (default: the model's ``name_or_path``).
         verbose: print the results table (process 0).
+        truncate_dim: rank with the re-normalised first ``truncate_dim`` coordinates (a Matryoshka size).
+        cache_dir: where full-size embeddings are cached (default ``<output_dir>/cache``); runs at several sizes,
+            each with its own ``output_dir``, share one cache here and encode once.
 
     Returns:
         The summary dict also written to ``summary.json`` (per dataset, per meta-task, IND, OOD, Overall).
@@ -193,8 +231,10 @@ def evaluate_mmeb(
     (not the DDP wrapper): each encodes a shard, process 0 writes, every process returns the same summary.
 
     Raises:
-        DataError: bad subset name, missing dataset/column/image, malformed rows -- before anything is written.
+        DataError: bad subset name, missing dataset/column/image, malformed rows, ``truncate_dim`` out of range --
+            before anything is written.
     """
+    check_truncate_dim(model, truncate_dim)
     eval_sets = load_eval_sets(dataset_name, subsets, image_dir)
     return run_evaluation(
         model,
@@ -206,4 +246,6 @@ def evaluate_mmeb(
         model_name=model_name,
         dataset_name=dataset_name,
         verbose=verbose,
+        truncate_dim=truncate_dim,
+        cache_dir=cache_dir,
     )

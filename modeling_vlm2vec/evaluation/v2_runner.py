@@ -120,7 +120,7 @@ def _evaluate_one(model, v2set: V2Set, model_fp: str, output_dir: Path, *, batch
     if all_true(isinstance(previous, dict) and previous.get("fingerprint") == fingerprint):
         logger.info("%s: already scored with this model, skipping", v2set.name)
         return previous
-    cache_file = cache_path(output_dir, model_fp, f"v2/{v2set.name}")
+    cache_file = cache_path(output_dir / "cache", model_fp, f"v2/{v2set.name}")
     cached = None if overwrite else load_cached(cache_file, fingerprint)
     if all_true(cached is not None):
         queries, candidates = cached

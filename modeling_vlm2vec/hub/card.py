@@ -191,6 +191,7 @@ def render_model_card(
         backbone=backbone or config.backbone_type,
         backbone_type=config.backbone_type,
         hidden_size=config.hidden_size,
+        matryoshka_dimensions=getattr(config, "matryoshka_dimensions", None),
         pooling_text=_pooling_text(config),
         image_token=config.image_token,
         padding_side=config.padding_side,

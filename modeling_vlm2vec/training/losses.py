@@ -19,6 +19,25 @@ so every query sees every positive and every hard negative of the global batch, 
 ``W B`` gathered queries ``Q``, ``t_{ij} = p_i \cdot Q_j / \tau``, label ``rB + i``. The loss is the mean over local
 rows of each direction, averaged over the directions used.
 
+Options (recorded in the checkpoint's config; all default off), for one softmax row with similarities
+``x_j = q_i \cdot c_j`` (cosine for normalised embeddings), logits ``x_j / \tau``, own positive at ``j = y``:
+
+* **false-negative masking** (``false_negative_margin = m``): every candidate ``j != y`` with
+  ``x_j > x_y - m`` is removed from the row's softmax (like padded slots); the decision is made on detached values,
+  and the row's own positive is never removed.
+* **hardness weighting** (``hardness_alpha = a``, LLaVE, arXiv 2503.04812): each remaining negative's term in the
+  denominator is multiplied by ``w_j = n \, e^{a x_j} / \sum_{k \in neg} e^{a x_k}`` (``n`` = number of the row's
+  remaining negatives, so the weights average 1 and ``a = 0`` is plain InfoNCE), weights detached:
+  ``\ell = -x_y/\tau + \log(e^{x_y/\tau} + \sum_{j \in neg} w_j e^{x_j/\tau})``.
+* **Matryoshka** (``matryoshka_dims = [d_1 < ... < d_K = d]``, weights ``\omega_k``, default equal): the loss above
+  is computed on the first ``d_k`` coordinates of every embedding, re-normalised when the model normalises
+  (:func:`~modeling_vlm2vec.modeling_vlm2vec.truncate_embeddings`), and ``L = \sum_k \omega_k L_{d_k} /
+  \sum_k \omega_k``.
+
+Masking and weighting apply to both directions. Every option is a function of each row's similarities, so the
+gradient property below holds for all of them, and so does GradCache's (its cached embeddings equal the full-batch
+ones; only a candidate within float rounding of the margin threshold could be decided differently).
+
 Gradient: the backward of the gather sums every rank's gradient into the embedding's own rank, and DDP averages
 parameter gradients over ranks, so with equal ``B`` the step gradient is
 ``(1/W) sum_r grad L_r = grad (1/(W B)) sum_{global i} l_i`` — exactly the single-process gradient on the
@@ -28,11 +47,13 @@ concatenated global batch (the softmax does not depend on candidate order).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from ..common.distributed import all_gather_counts, all_gather_with_grad, rank, world_size
+from ..modeling_vlm2vec import truncate_embeddings
 
 
 @dataclass
@@ -51,6 +72,11 @@ def contrastive_loss(
     *,
     temperature: float,
     symmetric: bool = False,
+    matryoshka_dims: list[int] | None = None,
+    matryoshka_weights: list[float] | None = None,
+    hardness_alpha: float = 0.0,
+    false_negative_margin: float | None = None,
+    normalize: bool = True,
 ) -> ContrastiveLossOutput:
     """InfoNCE of the local rows against the global batch (see module docstring).
 
@@ -60,13 +86,25 @@ def contrastive_loss(
         negative: (n, d) local hard negatives, any ``n >= 0`` (may differ between ranks), or None for none.
         temperature: softmax temperature ``tau`` (> 0).
         symmetric: add the positive -> query direction.
+        matryoshka_dims: increasing prefix sizes ending with ``d``; None = the full size only.
+        matryoshka_weights: one loss weight per entry of ``matryoshka_dims``; None = equal.
+        hardness_alpha: LLaVE hardness weighting; 0 = off.
+        false_negative_margin: mask candidates scoring above the positive minus this; None = off.
+        normalize: re-normalise Matryoshka prefixes (set as the model normalises its embeddings).
 
     Every rank must call this together (it gathers); ``B`` must be equal on all ranks, and so must
-    ``positive.requires_grad`` (gathers of tensors in the graph run a collective in backward too).
+    ``positive.requires_grad`` (gathers of tensors in the graph run a collective in backward too). ``accuracy`` is
+    measured at the full size, without false-negative masking.
     """
-    batch = query.shape[0]
+    batch, dim = query.shape
     if positive.shape != query.shape:
         raise ValueError(f"query {tuple(query.shape)} and positive {tuple(positive.shape)} must have the same shape")
+    dims = matryoshka_dims or [dim]
+    if dims[-1] != dim:
+        raise ValueError(f"matryoshka_dims {dims} must end with the embedding size {dim}")
+    weights = matryoshka_weights or [1.0] * len(dims)
+    if len(weights) != len(dims):
+        raise ValueError(f"matryoshka_weights {weights} must hold one weight per dimension of {dims}")
     offset = rank() * batch
     labels = torch.arange(offset, offset + batch, device=query.device)  # (B,)
 
@@ -84,16 +122,52 @@ def contrastive_loss(
         if min(counts) < n_max:
             real = torch.arange(n_max, device=query.device) < torch.tensor(counts, device=query.device)[:, None]
             slot_mask = torch.cat([real.new_ones(world_size() * batch), real.flatten()])  # (W*B + W*n_max,)
+    candidates = torch.cat(candidates)  # (C, d), C = W*B + W*n_max
+    queries = all_gather_with_grad(query) if symmetric else None  # (W*B, d)
 
-    logits = query @ torch.cat(candidates).T / temperature  # (B, W*B + W*n_max)
+    options = dict(temperature=temperature, hardness_alpha=hardness_alpha, margin=false_negative_margin)
+    total = 0.0
+    for size, weight in zip(dims, weights):
+        prefix = partial(truncate_embeddings, dim=size, normalize=normalize)  # (rows, d) -> (rows, size)
+        scores = prefix(query) @ prefix(candidates).T  # (B, C)
+        loss = _row_infonce(scores, labels, slot_mask, **options)
+        if symmetric:
+            reverse = prefix(positive) @ prefix(queries).T  # (B, W*B)
+            loss = (loss + _row_infonce(reverse, labels, None, **options)) / 2
+        total = total + weight * loss
+        if size == dim:
+            full_scores = scores.detach()
     if slot_mask is not None:
-        logits = logits.masked_fill(~slot_mask, float("-inf"))
-    loss = F.cross_entropy(logits, labels)
-    accuracy = (logits.detach().argmax(-1) == labels).float().mean()
-    if symmetric:
-        reverse = positive @ all_gather_with_grad(query).T / temperature  # (B, W*B)
-        loss = (loss + F.cross_entropy(reverse, labels)) / 2
-    return ContrastiveLossOutput(loss=loss, accuracy=accuracy)
+        full_scores = full_scores.masked_fill(~slot_mask, float("-inf"))
+    accuracy = (full_scores.argmax(-1) == labels).float().mean()
+    return ContrastiveLossOutput(loss=total / sum(weights), accuracy=accuracy)
+
+
+def _row_infonce(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    slot_mask: torch.Tensor | None,
+    *,
+    temperature: float,
+    hardness_alpha: float,
+    margin: float | None,
+) -> torch.Tensor:
+    """Mean InfoNCE of (R, C) similarity rows, row ``r``'s positive at column ``labels[r]``; ``slot_mask`` (C,)
+    marks real candidates (None = all). Applies masking and hardness weighting (module docstring)."""
+    is_positive = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, labels[:, None], True)  # (R, C)
+    keep = torch.ones_like(is_positive) if slot_mask is None else slot_mask.expand_as(is_positive).clone()
+    detached = scores.detach()
+    if margin is not None:
+        threshold = detached.gather(1, labels[:, None]) - margin  # (R, 1)
+        keep &= ~((detached > threshold) & ~is_positive)
+    logits = scores / temperature  # (R, C)
+    if hardness_alpha:
+        negatives = keep & ~is_positive  # (R, C)
+        with torch.no_grad():
+            log_weights = torch.log_softmax((hardness_alpha * detached).masked_fill(~negatives, float("-inf")), -1)
+            log_weights = log_weights + negatives.sum(-1, keepdim=True).to(scores.dtype).log()  # mean weight 1
+        logits = logits + torch.where(negatives, log_weights, 0.0)
+    return F.cross_entropy(logits.masked_fill(~keep, float("-inf")), labels)
 
 
 __all__ = ["ContrastiveLossOutput", "contrastive_loss"]

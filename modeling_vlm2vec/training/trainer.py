@@ -5,7 +5,9 @@ Batch contract (what the collator produces)::
     {"query": group, "positive": group, "negative": group (only when the batch has hard negatives)}
 
 Each group is a :class:`~modeling_vlm2vec.data.collator.Vlm2VecCollator` group; ``negative`` holds the batch's real
-hard negatives flattened in row order (any number per row). The loss is :func:`~.losses.contrastive_loss`.
+hard negatives flattened in row order (any number per row). The loss is :func:`~.losses.contrastive_loss` with
+the options the model's config records (temperature, Matryoshka dimensions, hardness weighting, false-negative
+margin).
 
 Two paths, same loss and gradient:
 
@@ -90,12 +92,18 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
         return self.model.config  # Vlm2VecConfig (a PeftModel exposes its base model's config)
 
     def _loss(self, embeddings: dict[str, torch.Tensor]) -> ContrastiveLossOutput:
+        config = self._config
         return contrastive_loss(
             embeddings["query"],
             embeddings["positive"],
             embeddings.get("negative"),
-            temperature=self._config.contrastive_temperature,
+            temperature=config.contrastive_temperature,
             symmetric=self.args.loss_symmetric,
+            matryoshka_dims=config.matryoshka_dimensions,
+            matryoshka_weights=config.matryoshka_weights,
+            hardness_alpha=config.hardness_alpha,
+            false_negative_margin=config.false_negative_margin,
+            normalize=config.normalize,
         )
 
     def _embed_groups(

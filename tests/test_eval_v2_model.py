@@ -62,3 +62,11 @@ def test_video_tasks_stop_before_any_work_for_a_model_without_video_input(setup,
     assert evaluate_mmeb.main(_argv(setup, out, "OK-VQA", "MSR-VTT")) == 2
     assert "video tasks (MSR-VTT) need a model that takes videos" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", [["--truncate_dim", "8"], ["--cache_dir", "shared-cache"]])
+def test_mmeb_v1_only_options_are_refused_before_any_work(setup, capsys, option):
+    out = setup["root"] / "v1-only"
+    assert evaluate_mmeb.main(_argv(setup, out, "OK-VQA") + option) == 2
+    assert "error: --truncate_dim and --cache_dir apply to --benchmark mmeb-v1 only" in capsys.readouterr().err
+    assert not out.exists()

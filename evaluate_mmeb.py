@@ -2,6 +2,8 @@
 
     python evaluate_mmeb.py --model_name_or_path outputs/demo --image_dir eval_images \\
         --subset_name all --output_dir runs/mmeb
+    python evaluate_mmeb.py --model_name_or_path outputs/demo --corpus_dir my_collection --image_dir images \\
+        --output_dir runs/mine --query_instruction "Find a document image that matches the given query:"
     python evaluate_mmeb.py config.yaml                  # the same keys in one YAML file
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 evaluate_mmeb.py ...   # several processes
 
@@ -11,13 +13,15 @@ before any result file is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
 from transformers import HfArgumentParser
 
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
-from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, run_evaluation
+from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.evaluation import EvalArguments, evaluate_corpus, load_collection, load_eval_sets, run_evaluation
 from modeling_vlm2vec.loading import load_vlm2vec
 
 
@@ -37,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
-        eval_sets = load_eval_sets(args.dataset_name, args.subsets, args.image_dir)
+        if args.corpus_dir is not None:
+            if args.subset_name:
+                raise DataError("--corpus_dir evaluates your own collection; drop --subset_name")
+            if args.top_k < 1:
+                raise DataError(f"--top_k must be a positive integer, got {args.top_k}")
+            collection = load_collection(args.corpus_dir, args.image_dir)
+        else:
+            eval_sets = load_eval_sets(args.dataset_name, args.subsets, args.image_dir)
         model = load_vlm2vec(
             args.model_name_or_path,
             lora_adapter=args.lora_adapter,
@@ -45,6 +56,20 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             trust_remote_code=args.trust_remote_code,
         )
+        if args.corpus_dir is not None:
+            record = evaluate_corpus(
+                model,
+                collection,
+                output_dir=args.output_dir,
+                query_instruction=args.query_instruction,
+                corpus_instruction=args.corpus_instruction,
+                top_k=args.top_k,
+                batch_size=args.batch_size,
+                overwrite=args.overwrite,
+                model_name=args.model_name_or_path,
+            )
+            print(json.dumps({k: v for k, v in record.items() if isinstance(v, (int, float))}, indent=2))
+            return
         run_evaluation(
             model,
             eval_sets,

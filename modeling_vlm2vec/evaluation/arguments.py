@@ -38,6 +38,18 @@ class EvalArguments:
         metadata={"help": "Allow Hub code of a raw VLM or its processor (a Vlm2Vec checkpoint never needs it)."},
     )
     overwrite: bool = field(default=False, metadata={"help": "Ignore finished score files and cached embeddings."})
+    corpus_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Corpus retrieval on your own data instead of MMEB: a folder with corpus, queries and qrels "
+            "tables (BEIR layout, parquet or jsonl); writes corpus_score.json and run.trec."
+        },
+    )
+    query_instruction: str | None = field(default=None, metadata={"help": "Put before every query (corpus_dir)."})
+    corpus_instruction: str | None = field(
+        default=None, metadata={"help": "Put before every corpus item (corpus_dir)."}
+    )
+    top_k: int = field(default=100, metadata={"help": "Corpus items per query in run.trec (corpus_dir)."})
 
     @property
     def subsets(self) -> list[str]:

@@ -141,6 +141,8 @@ def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny
     assert (config.position_policy, config.small_image_edge, config.strip_prompt) == ("transformers4", 28, False)
     size = model.processor.backbone_processor.image_processor.size
     assert (size["shortest_edge"], size["longest_edge"]) == (4 * 28 * 28, 1280 * 28 * 28)
+    card = (out / "README.md").read_text()
+    assert "stretched to 56x56" in card and "follow transformers 4" in card and "whitespace is kept" in card
 
     # MMEB-V2 style rows: trailing newlines, a row that does use <|vision_start|> (first: transformers 4 took image
     # grids in order over counted images only), bare images (one tiny), a text-only row

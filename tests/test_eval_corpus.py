@@ -254,3 +254,41 @@ def test_cli_bad_collection_fails_before_loading_the_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "qrels.jsonl" in err and "row 6" in err and "ghost" in err
     assert not out.exists()
+
+
+def test_hub_collection_goes_through_load_dataset(tmp_path, monkeypatch):
+    # The Hub path cannot run offline: serve the same tables through `datasets` (images as its Image feature, which
+    # the loader must read as bytes) and check the collection is identical to the local one.
+    import datasets
+
+    root, images = _collection(tmp_path)
+    local = load_collection(str(root), str(images))
+    tables = {
+        "corpus": datasets.Dataset.from_list(pq.read_table(root / "corpus.parquet").to_pylist()).cast_column(
+            "image", datasets.Image()
+        ),
+        "queries": datasets.Dataset.from_list(
+            [json.loads(x) for x in (root / "queries.jsonl").read_text().split("\n")[:-1]]
+        ),
+        "qrels": datasets.Dataset.from_list(
+            [json.loads(x) for x in (root / "qrels.jsonl").read_text().split("\n")[:-1]]
+        ),
+    }
+    calls = []
+
+    def fake_load_dataset(path, name):
+        calls.append((path, name))
+        return datasets.DatasetDict({"test": tables[name]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub = load_collection("someone/my-collection", str(images))
+    assert calls == [("someone/my-collection", name) for name in ("corpus", "queries", "qrels")]
+    assert (hub.corpus, hub.queries, hub.qrels, hub.fingerprint) == (
+        local.corpus,
+        local.queries,
+        local.qrels,
+        local.fingerprint,
+    )
+    tables["qrels"] = datasets.Dataset.from_list([{"query-id": 0, "corpus-id": "doc0", "score": -1}])
+    with pytest.raises(DataError, match="row 0, file 'someone/my-collection:qrels': score must be"):
+        load_collection("someone/my-collection", str(images))

@@ -1,8 +1,9 @@
 """Load and validate a retrieval collection in the BEIR layout (a user's own corpus, queries and relevance judgements).
 
-A folder holds three tables, each as ``<name>.jsonl``, ``<name>.parquet``, or a folder ``<name>/`` holding the
-table's ``*.parquet`` shards or one ``.jsonl`` file (qrels may also be BEIR's ``qrels/<split>.tsv``, tab-separated
-with a header; keep only the split to evaluate):
+A folder (or a Hub dataset with configs ``corpus``, ``queries`` and ``qrels``, split ``test`` or its only one) holds
+three tables, each as ``<name>.jsonl``, ``<name>.parquet``, or a folder ``<name>/`` holding the table's
+``*.parquet`` shards or one ``.jsonl`` file (qrels may also be BEIR's ``qrels/<split>.tsv``, tab-separated with a
+header; keep only the split to evaluate):
 
 - ``corpus``: ``_id`` (string or integer), optional ``title``, ``text`` and ``image``;
 - ``queries``: ``_id``, ``text`` and ``image``;
@@ -26,6 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..common.errors import DataError
+from ..common.locations import is_hub_id
 from ..data.images import resolve_image_path
 
 
@@ -141,11 +143,10 @@ class _ImageResolver:
         return str(path)
 
 
-def _items(
-    files: list[Path], resolve: _ImageResolver, digest
-) -> tuple[list[str], list[tuple[str, str | bytes | None]]]:
+def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str], list[tuple[str, str | bytes | None]]]:
+    """Ids and (text, image) items of a corpus or queries table given as (file, row, record) triples."""
     ids, items, seen = [], [], {}
-    for file, row, record in _rows(files):
+    for file, row, record in rows:
         item_id = _identifier(record.get("_id"), "_id", file, row)
         if item_id in seen:
             raise DataError(f"duplicate _id {item_id!r} (first at {seen[item_id]})", row=row, file=file)
@@ -162,23 +163,48 @@ def _items(
         ids.append(item_id)
         items.append((text, image))
     if not ids:
-        raise DataError("table has no rows", file=str(files[0]))
+        raise DataError("table has no rows", file=label)
     return ids, items
 
 
+def _hub_rows(repo: str, name: str):
+    """Rows of config ``name`` of Hub dataset ``repo`` (its only split, else ``test``), images kept as bytes."""
+    import datasets
+
+    label = f"{repo}:{name}"
+    try:
+        splits = datasets.load_dataset(repo, name)
+    except Exception as exc:  # offline, unknown config, ... -> one clear message instead of a traceback
+        raise DataError(f"cannot load it from the Hub ({type(exc).__name__}: {exc})", file=label) from exc
+    if len(splits) != 1 and "test" not in splits:
+        raise DataError(f"several splits ({', '.join(splits)}) and none is 'test'", file=label)
+    table = splits["test"] if len(splits) != 1 else next(iter(splits.values()))
+    if isinstance(table.features.get("image"), datasets.Image):
+        table = table.cast_column("image", datasets.Image(decode=False))  # {"bytes", "path"}, decoded when encoded
+    return ((label, i, row) for i, row in enumerate(table))
+
+
 def load_collection(folder: str, image_dir: str | None) -> Collection:
-    """Load and validate the collection in ``folder`` (see the module doc); raises ``DataError`` on bad input."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError("corpus folder not found", file=str(root))
-    paths = {name: _find_table(root, name) for name in ("corpus", "queries", "qrels")}
+    """Load and validate the collection in ``folder`` (a local folder, or a Hub dataset id with configs ``corpus``,
+    ``queries`` and ``qrels``; see the module doc); raises ``DataError`` on bad input."""
+    names = ("corpus", "queries", "qrels")
+    if is_hub_id(folder):
+        labels = {name: f"{folder}:{name}" for name in names}
+        tables = {name: _hub_rows(folder, name) for name in names}
+    else:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise DataError("corpus folder not found", file=str(root))
+        paths = {name: _find_table(root, name) for name in names}
+        labels = {name: str(files[0]) for name, files in paths.items()}
+        tables = {name: _rows(files) for name, files in paths.items()}
     resolve, digest = _ImageResolver(image_dir), hashlib.sha256()
-    corpus_ids, corpus = _items(paths["corpus"], resolve, digest)
-    query_ids, queries = _items(paths["queries"], resolve, digest)
+    corpus_ids, corpus = _items(tables["corpus"], labels["corpus"], resolve, digest)
+    query_ids, queries = _items(tables["queries"], labels["queries"], resolve, digest)
     corpus_pos = {item_id: i for i, item_id in enumerate(corpus_ids)}
     query_pos = {item_id: i for i, item_id in enumerate(query_ids)}
     qrels: list[dict[int, int]] = [{} for _ in query_ids]
-    for file, row, record in _rows(paths["qrels"]):
+    for file, row, record in tables["qrels"]:
         qid = _identifier(record.get("query-id"), "query-id", file, row)
         cid = _identifier(record.get("corpus-id"), "corpus-id", file, row)
         if qid not in query_pos:
@@ -192,10 +218,8 @@ def load_collection(folder: str, image_dir: str | None) -> Collection:
         judged[corpus_pos[cid]] = grade_value
         digest.update(json.dumps([qid, cid, grade_value]).encode())
     if not any(grade > 0 for judged in qrels for grade in judged.values()):
-        raise DataError("no relevant judgement (score > 0) in the qrels", file=str(paths["qrels"][0]))
-    return Collection(
-        corpus_ids, corpus, query_ids, queries, qrels, digest.hexdigest(), {k: str(v[0]) for k, v in paths.items()}
-    )
+        raise DataError("no relevant judgement (score > 0) in the qrels", file=labels["qrels"])
+    return Collection(corpus_ids, corpus, query_ids, queries, qrels, digest.hexdigest(), labels)
 
 
 __all__ = ["Collection", "load_collection"]

@@ -20,6 +20,10 @@ V4_NAMES = {
         ("base_model.model.model.language_model.", "base_model.model.model."),
         ("base_model.model.model.visual.", "base_model.model.visual."),
     ],
+    "qwen2_5_vl": [
+        ("base_model.model.model.language_model.", "base_model.model.model."),
+        ("base_model.model.model.visual.", "base_model.model.visual."),
+    ],
     "llava_next": [
         ("base_model.model.model.language_model.", "base_model.model.language_model.model."),
         ("base_model.model.model.vision_tower.", "base_model.model.vision_tower."),
@@ -97,7 +101,8 @@ def test_pickled_or_foreign_adapters_are_refused(tiny_backbone_dir, tmp_path):
 
 
 def _transformers4_positions(batch, vision_start_id, image_pad_id, merge):
-    """Qwen2-VL position ids (3, batch, seq) by transformers 4's rule, written from the rule itself.
+    """Qwen2-VL / Qwen2.5-VL position ids (3, batch, seq) by transformers 4's rule, written from the rule itself
+    (for images both gave the temporal axis index 0 within a one-frame grid).
 
     Per row (real tokens only): n = number of <|vision_start|> tokens directly followed by <|image_pad|>; the first
     n image runs, in order, get 3-D (t, h, w) positions on the merged patch grid, offset by the next text position;
@@ -132,9 +137,10 @@ def _transformers4_positions(batch, vision_start_id, image_pad_id, merge):
     return positions
 
 
-def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny_backbone_dir, tmp_path):
-    raw_dir = tiny_backbone_dir("qwen2_vl")
-    merged_raw = _official_release(raw_dir, tmp_path / "release", "qwen2_vl").eval()
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny_backbone_dir, tmp_path, model_type):
+    raw_dir = tiny_backbone_dir(model_type)
+    merged_raw = _official_release(raw_dir, tmp_path / "release", model_type).eval()
     out = convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "converted")
     model = Vlm2VecModel.from_pretrained(out)
     config = model.config

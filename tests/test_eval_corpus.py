@@ -222,6 +222,8 @@ def test_cli_writes_scores_and_run_equal_to_brute_force_and_resumes(tiny_backbon
     for name in ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100"):
         assert score[name] == pytest.approx(expected[name], abs=1e-6), name
     assert (score["num_queries"], score["num_corpus"], score["num_judged_queries"]) == (5, 7, 5)
+    table = (out / "corpus_results.md").read_text().splitlines()
+    assert table[-3].split(" | ")[1] == "ndcg@10" and table[-1].split(" | ")[1] == f"{100 * expected['ndcg@10']:.2f}"
 
     # resume: without the score file, the cached embeddings give the same results with no encoding at all
     (out / "corpus_score.json").unlink()

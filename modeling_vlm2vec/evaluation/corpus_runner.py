@@ -1,8 +1,9 @@
 """Corpus retrieval end to end on a validated :class:`~.beir.Collection`: encode once, rank, score, write, resume.
 
 Files written under ``output_dir`` (atomically, by process 0 only): ``corpus_score.json`` (metrics, counts, the
-fingerprint), ``run.trec`` (``qid Q0 docid rank score run`` lines, the ``top_k`` best items of every query) and the
-embedding cache ``cache/<model fingerprint>/{queries,corpus}-<block>.safetensors``: items are encoded in blocks of
+fingerprint), ``corpus_results.md`` (the metrics as a table), ``run.trec`` (``qid Q0 docid rank score run`` lines,
+the ``top_k`` best items of every query) and the embedding cache
+``cache/<model fingerprint>/{queries,corpus}-<block>.safetensors``: items are encoded in blocks of
 :data:`CACHE_BLOCK`, each cached as soon as it is done, so a killed run resumes at the block it stopped in. A score
 file carrying the current fingerprint (model, collection, instructions, ``top_k``) means the run is complete and is
 returned as it is.
@@ -106,6 +107,19 @@ def _run_file(collection: Collection, scores: np.ndarray, indices: np.ndarray, t
     return "\n".join(lines) + "\n"
 
 
+METRIC_NAMES = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100")
+
+
+def _results_table(record: dict) -> str:
+    header = "| " + " | ".join(METRIC_NAMES) + " |"
+    values = "| " + " | ".join(f"{100 * record[name]:.2f}" for name in METRIC_NAMES) + " |"
+    return (
+        f"# Corpus retrieval: {record['model']}\n\n"
+        f"{record['num_judged_queries']} judged queries of {record['num_queries']}, {record['num_corpus']} corpus "
+        f"items; scores in %.\n\n{header}\n|{'---:|' * len(METRIC_NAMES)}\n{values}\n"
+    )
+
+
 def evaluate_corpus(
     model: torch.nn.Module,
     collection: Collection,
@@ -167,6 +181,7 @@ def evaluate_corpus(
     }
     if rank_and_world()[0] == 0:
         write_text_atomic(output_dir / "run.trec", _run_file(collection, scores, indices, top_k, "vlm2vec"))
+        write_text_atomic(output_dir / "corpus_results.md", _results_table(record))
         write_json_atomic(score_file, record)
     barrier()
     return record

@@ -11,6 +11,8 @@ Hub files.
 * :func:`build_prompt` is the single prompt builder. MMEB texts carry their instruction and the canonical image
   placeholder ``<|image_1|>``; the placeholder is replaced by the backbone's image token, nothing else is added.
 * :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
+* :func:`apply_position_policy` marks the image runs transformers 4 gave 1-D positions as text in
+  ``mm_token_type_ids`` (the ``transformers4`` policy of converted official Qwen releases).
 * :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen2-VL without
   torchvision too).
 """

@@ -4,6 +4,8 @@
         --subset_name all --output_dir runs/mmeb
     python evaluate_mmeb.py --benchmark mmeb-v2 --model_name_or_path outputs/demo --image_dir MMEB-V2 \\
         --subset_name image visdoc --output_dir runs/mmeb-v2   # MMEB-V2: 78 tasks (image, video, visdoc)
+    python evaluate_mmeb.py --model_name_or_path outputs/demo --corpus_dir my_collection --image_dir images \\
+        --output_dir runs/mine --query_instruction "Find a document image that matches the given query:"
     python evaluate_mmeb.py config.yaml                  # the same keys in one YAML file
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 evaluate_mmeb.py ...   # several processes
 
@@ -13,6 +15,7 @@ before any result file is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -21,7 +24,7 @@ from transformers import HfArgumentParser
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
-from modeling_vlm2vec.evaluation import EvalArguments, load_eval_sets, run_evaluation
+from modeling_vlm2vec.evaluation import EvalArguments, evaluate_corpus, load_collection, load_eval_sets, run_evaluation
 from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
 from modeling_vlm2vec.loading import load_vlm2vec
 
@@ -42,9 +45,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.
-        if args.benchmark == "mmeb-v2" and (args.truncate_dim is not None or args.cache_dir is not None):
+        if args.corpus_dir is not None:
+            if args.subset_name or args.benchmark != "mmeb-v1":
+                raise DataError("--corpus_dir evaluates your own collection; drop --subset_name and --benchmark")
+            if args.top_k < 1:
+                raise DataError(f"--top_k must be a positive integer, got {args.top_k}")
+        if (args.benchmark == "mmeb-v2" or args.corpus_dir) and (args.truncate_dim, args.cache_dir) != (None, None):
             raise DataError("--truncate_dim and --cache_dir apply to --benchmark mmeb-v1 only")
-        if args.benchmark == "mmeb-v2":
+        if args.corpus_dir is not None:
+            collection = load_collection(args.corpus_dir, args.image_dir)
+        elif args.benchmark == "mmeb-v2":
             eval_sets = load_v2_sets(args.subsets, args.dataset_name, args.image_dir)
         else:
             eval_sets = load_eval_sets(args.dataset_name or MMEB_EVAL_DATASET, args.subsets, args.image_dir)
@@ -56,7 +66,18 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=args.trust_remote_code,
         )
         common = dict(output_dir=args.output_dir, batch_size=args.batch_size, overwrite=args.overwrite)
-        if args.benchmark == "mmeb-v2":
+        if args.corpus_dir is not None:
+            record = evaluate_corpus(
+                model,
+                collection,
+                query_instruction=args.query_instruction,
+                corpus_instruction=args.corpus_instruction,
+                top_k=args.top_k,
+                model_name=args.model_name_or_path,
+                **common,
+            )
+            print(json.dumps({k: v for k, v in record.items() if isinstance(v, (int, float))}, indent=2))
+        elif args.benchmark == "mmeb-v2":
             run_v2_evaluation(model, eval_sets, model_name=args.model_name_or_path, **common)
         else:
             run_evaluation(

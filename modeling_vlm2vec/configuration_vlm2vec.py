@@ -32,8 +32,15 @@ INPUT_CONTRACT_FIELDS = (
     "image_max_pixels",
     "image_min_pixels",
     "image_fixed_size",
+    "small_image_edge",
+    "strip_prompt",
+    "position_policy",
 )
 PADDING_SIDES = ("left", "right")
+#: ``native``: the backbone's own position ids. ``transformers4``: Qwen2-VL / Qwen2.5-VL positions as transformers 4
+#: computed them, which official VLM2Vec releases were trained and evaluated with (see ``position_policy``).
+POSITION_POLICIES = ("native", "transformers4")
+_MROPE_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
 
 
 class Vlm2VecConfig(PreTrainedConfig):
@@ -68,6 +75,19 @@ class Vlm2VecConfig(PreTrainedConfig):
         image_fixed_size (`list[int]`, *optional*):
             `[width, height]`: every image is resized to exactly this size (the official "high"/"low" resolution modes);
             takes precedence over the pixel bounds.
+        small_image_edge (`int`, *optional*):
+            After the policy above, an image whose width or height is below this many pixels is stretched to a square
+            of twice this edge (the official Qwen rule: an edge under 28 px -> 56x56, aspect ratio not kept).
+        strip_prompt (`bool`, defaults to `True`):
+            Strip leading and trailing whitespace of the instruction and the text before joining them with one space.
+            Converted official checkpoints keep it (`False`): the official MMEB-V2 formats end queries with `"\n"`,
+            and the pooled last token is that newline.
+        position_policy (`str`, defaults to `"native"`):
+            `"native"`: the backbone's own position ids (transformers 5 gives every Qwen image 3-D M-RoPE positions).
+            `"transformers4"` (Qwen2-VL / Qwen2.5-VL only): transformers 4's rule, which official VLM2Vec releases were
+            trained and evaluated with -- per row, only as many image (video) runs as there are `<|vision_start|>`
+            tokens directly followed by an image (video) token get 3-D positions, the first ones in order; every other
+            token, a bare `<|image_pad|>` included, gets plain 1-D positions.
         matryoshka_dimensions (`list[int]`, *optional*):
             Embedding sizes trained as Matryoshka prefixes: the first `d` coordinates, re-normalised, are an
             embedding of their own. Kept sorted and always ending with the full size (`hidden_size`); engines read
@@ -95,6 +115,9 @@ class Vlm2VecConfig(PreTrainedConfig):
     image_max_pixels: int | None = None
     image_min_pixels: int | None = None
     image_fixed_size: list[int] | None = None
+    small_image_edge: int | None = None
+    strip_prompt: bool = True
+    position_policy: str = "native"
     matryoshka_dimensions: list[int] | None = None
     matryoshka_weights: list[float] | None = None
     hardness_alpha: float = 0.0
@@ -123,7 +146,16 @@ class Vlm2VecConfig(PreTrainedConfig):
         temperature = self.contrastive_temperature
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
             raise ValueError(f"contrastive_temperature must be a finite number > 0, got {temperature!r}")
-        for name in ("max_length", "image_max_pixels", "image_min_pixels"):
+        if self.position_policy not in POSITION_POLICIES:
+            raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}")
+        if self.position_policy == "transformers4" and self.backbone_type not in _MROPE_BACKBONES:
+            raise ValueError(
+                f"position_policy 'transformers4' applies to {', '.join(_MROPE_BACKBONES)} backbones only, "
+                f"not {self.backbone_type!r}"
+            )
+        if not isinstance(self.strip_prompt, bool):
+            raise ValueError(f"strip_prompt must be true or false, got {self.strip_prompt!r}")
+        for name in ("max_length", "image_max_pixels", "image_min_pixels", "small_image_edge"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
@@ -232,4 +264,4 @@ WRAPPER_FIELDS = tuple(
 
 Vlm2VecConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["DEFAULT_IMAGE_TOKENS", "INPUT_CONTRACT_FIELDS", "WRAPPER_FIELDS", "Vlm2VecConfig"]
+__all__ = ["DEFAULT_IMAGE_TOKENS", "INPUT_CONTRACT_FIELDS", "POSITION_POLICIES", "WRAPPER_FIELDS", "Vlm2VecConfig"]

@@ -101,6 +101,16 @@ class ModelArguments:
         default=None,
         metadata={"help": "Mask in-batch candidates scoring above the row's positive minus this margin (default off)."},
     )
+    small_image_edge: int | None = field(
+        default=None, metadata={"help": "Stretch images with a side below this to a square of twice it (official: 28)."}
+    )
+    strip_prompt: bool | None = field(
+        default=None, metadata={"help": "Strip whitespace around instruction and text (default true)."}
+    )
+    position_policy: str | None = field(
+        default=None,
+        metadata={"help": "native (default) or transformers4 (Qwen positions as the official releases used them)."},
+    )
 
     def settings(self) -> dict:
         """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out)."""

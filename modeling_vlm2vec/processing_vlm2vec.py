@@ -11,8 +11,10 @@ Hub files.
 * :func:`build_prompt` is the single prompt builder. MMEB texts carry their instruction and the canonical image
   placeholder ``<|image_1|>``; the placeholder is replaced by the backbone's image token, nothing else is added.
 * :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
-* :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen-VL
-  processors without torchvision too).
+* :func:`apply_position_policy` marks the image runs transformers 4 gave 1-D positions as text in
+  ``mm_token_type_ids`` (the ``transformers4`` policy of converted official Qwen releases).
+* :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen-VL without
+  torchvision too).
 """
 
 from __future__ import annotations
@@ -34,25 +36,36 @@ from transformers.utils import cached_file
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 
 IMAGE_PLACEHOLDER = "<|image_1|>"
+_VISION_START = "<|vision_start|>"
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
 _NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm", "gemma3")
 
 
-def build_prompt(text: str | None, has_image: bool, image_token: str, instruction: str | None = None) -> str:
+def build_prompt(
+    text: str | None, has_image: bool, image_token: str, instruction: str | None = None, *, strip: bool = True
+) -> str:
     """Return the backbone input string for one item.
 
     Contract (the official VLM2Vec raw format): ``instruction`` and ``text`` are joined by one space; an item with an
     image must contain exactly one ``<|image_1|>`` — if it has none, the placeholder is put first, followed by one
     space; the placeholder is then replaced by ``image_token``. A placeholder in an item *without* an image is removed
     (MMEB has text-only rows whose instruction template mentions an image).
+
+    With ``strip`` (the default) instruction and text are stripped first and a removed placeholder leaves runs of
+    whitespace collapsed to one space; without it every other character is kept as given (a trailing ``"\n"`` of
+    the official MMEB-V2 formats included) and a removed placeholder takes one following space with it.
     """
-    parts = [p.strip() for p in (instruction, text) if p and p.strip()]
+    parts = [p.strip() if strip else p for p in (instruction, text) if p and p.strip()]
     prompt = " ".join(parts)
     count = prompt.count(IMAGE_PLACEHOLDER)
     if not has_image:
-        return " ".join(prompt.replace(IMAGE_PLACEHOLDER, " ").split()) if count else prompt
+        if not count:
+            return prompt
+        if strip:
+            return " ".join(prompt.replace(IMAGE_PLACEHOLDER, " ").split())
+        return prompt.replace(IMAGE_PLACEHOLDER + " ", "").replace(IMAGE_PLACEHOLDER, "")
     if count > 1:
         raise ValueError(f"a prompt may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}: {prompt!r}")
     if count == 0:
@@ -62,12 +75,20 @@ def build_prompt(text: str | None, has_image: bool, image_token: str, instructio
 
 def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
     """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
-    fixed size, else the pixel count clamped between the bounds.
+    fixed size, else the pixel count clamped between the bounds; then the ``small_image_edge`` rule.
 
     Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
+    image = _resize_by_policy(image, config)
+    edge = config.small_image_edge
+    if edge is not None and min(image.size) < edge:
+        image = image.resize((2 * edge, 2 * edge), Image.Resampling.BICUBIC)  # PIL's default filter, as official
+    return image
+
+
+def _resize_by_policy(image: Image.Image, config) -> Image.Image:
     if config.image_fixed_size is not None:
         size = tuple(int(v) for v in config.image_fixed_size)
         return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
@@ -92,10 +113,12 @@ class Vlm2VecProcessor(ProcessorMixin):
     Args:
         backbone_processor: the VLM's processor (e.g. ``LlavaNextProcessor``), or its tokenizer for a text-only model.
         config: the checkpoint's ``Vlm2VecConfig``. Its input-contract fields (:data:`INPUT_CONTRACT_FIELDS`) are
-            read from it on every call — ``image_token`` (replaces MMEB's ``<|image_1|>``), ``padding_side``,
-            ``max_length`` (token budget; only text is truncated, never image tokens) and the resolution policy
-            ``image_max_pixels`` / ``image_min_pixels`` / ``image_fixed_size`` (see :func:`apply_resolution_policy`)
-            — so a model and its processor never disagree; they are also readable as attributes of the processor.
+            read from it on every call — ``image_token`` (replaces MMEB's ``<|image_1|>``), ``strip_prompt``,
+            ``padding_side``, ``max_length`` (token budget; only text is truncated, never image tokens), the
+            resolution policy ``image_max_pixels`` / ``image_min_pixels`` / ``image_fixed_size`` /
+            ``small_image_edge`` (see :func:`apply_resolution_policy`) and ``position_policy`` (see
+            :func:`apply_position_policy`) — so a model and its processor never disagree; they are also readable as
+            attributes of the processor.
 
     :meth:`from_pretrained` loads the backbone processor and the config saved in a checkpoint folder or Hub repo.
     Calling the processor turns items into backbone tensors (see :meth:`__call__`).
@@ -114,6 +137,9 @@ class Vlm2VecProcessor(ProcessorMixin):
     image_max_pixels = property(lambda self: self.config.image_max_pixels, doc="Upper pixel bound, or None.")
     image_min_pixels = property(lambda self: self.config.image_min_pixels, doc="Lower pixel bound, or None.")
     image_fixed_size = property(lambda self: self.config.image_fixed_size, doc="[width, height], or None.")
+    small_image_edge = property(lambda self: self.config.small_image_edge, doc="Small-image edge rule, or None.")
+    strip_prompt = property(lambda self: self.config.strip_prompt, doc="Strip whitespace around prompt parts.")
+    position_policy = property(lambda self: self.config.position_policy, doc="``native`` or ``transformers4``.")
 
     @classmethod
     def from_config(cls, backbone_processor, config: Vlm2VecConfig) -> Vlm2VecProcessor:
@@ -168,7 +194,7 @@ class Vlm2VecProcessor(ProcessorMixin):
 
     def build_prompt(self, text: str | None, has_image: bool, instruction: str | None = None) -> str:
         """:func:`build_prompt` with this checkpoint's image token."""
-        return build_prompt(text, has_image, self.image_token, instruction)
+        return build_prompt(text, has_image, self.image_token, instruction, strip=self.strip_prompt)
 
     def __call__(
         self, texts: list[str | None], images: list[Image.Image | None], instruction: str | None = None
@@ -204,7 +230,13 @@ class Vlm2VecProcessor(ProcessorMixin):
                 batch = self._run_backbone(prompts, pil_images)
             else:
                 raise ValueError(f"could not fit inputs into max_length={self.max_length}")
-        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if self.position_policy == "transformers4" and "mm_token_type_ids" in tensors:
+            vision_start = self.tokenizer.convert_tokens_to_ids(_VISION_START)
+            tensors["mm_token_type_ids"] = apply_position_policy(
+                tensors["input_ids"], tensors["mm_token_type_ids"], vision_start
+            )
+        return tensors
 
     def _run_backbone(self, prompts: list[str], images: list[Image.Image | None]):
         present = [img for img in images if img is not None]
@@ -223,6 +255,35 @@ class Vlm2VecProcessor(ProcessorMixin):
         if excess > len(ids):
             raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
         return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
+
+
+def apply_position_policy(
+    input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, vision_start_id: int
+) -> torch.Tensor:
+    """``mm_token_type_ids`` (batch, seq; 0 text, 1 image, 2 video) under the ``transformers4`` position policy.
+
+    transformers 4's Qwen2-VL ``get_rope_index`` counted, per row, the ``<|vision_start|>`` tokens directly followed
+    by an image (video) token, and gave 3-D M-RoPE positions to that many image (video) runs, the first ones in
+    order; every other token got the next 1-D position. transformers 5 gives 3-D positions to every run marked in
+    ``mm_token_type_ids``, so the runs transformers 4 treated as text are marked 0 (text) here. Returns a new tensor.
+    """
+    out = mm_token_type_ids.clone()
+    for row in range(out.shape[0]):
+        ids, types = input_ids[row], out[row]
+        after_start = torch.zeros_like(types)  # the type of each token that directly follows <|vision_start|>
+        after_start[1:] = torch.where(ids[:-1] == vision_start_id, types[1:], 0)
+        budget = {kind: int((after_start == kind).sum()) for kind in (1, 2)}
+        starts = torch.nonzero(types != torch.cat([types.new_zeros(1), types[:-1]])).flatten().tolist()
+        bounds = starts + [len(types)]
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            kind = int(types[begin])
+            if kind == 0:
+                continue
+            if budget.get(kind, 0) > 0:
+                budget[kind] -= 1
+            else:
+                types[begin:end] = 0
+    return out
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -313,6 +374,7 @@ __all__ = [
     "ImageOnlyQwen2_5_VLProcessor",
     "ImageOnlyQwen3VLProcessor",
     "Vlm2VecProcessor",
+    "apply_position_policy",
     "apply_resolution_policy",
     "build_prompt",
     "load_backbone_processor",

@@ -20,6 +20,10 @@ V4_NAMES = {
         ("base_model.model.model.language_model.", "base_model.model.model."),
         ("base_model.model.model.visual.", "base_model.model.visual."),
     ],
+    "qwen2_5_vl": [
+        ("base_model.model.model.language_model.", "base_model.model.model."),
+        ("base_model.model.model.visual.", "base_model.model.visual."),
+    ],
     "llava_next": [
         ("base_model.model.model.language_model.", "base_model.model.language_model.model."),
         ("base_model.model.model.vision_tower.", "base_model.model.vision_tower."),
@@ -94,3 +98,87 @@ def test_pickled_or_foreign_adapters_are_refused(tiny_backbone_dir, tmp_path):
     with pytest.raises(DataError, match="weights_only=True"):
         convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _transformers4_positions(batch, vision_start_id, image_pad_id, merge):
+    """Qwen2-VL / Qwen2.5-VL position ids (3, batch, seq) by transformers 4's rule, written from the rule itself
+    (for images both gave the temporal axis index 0 within a one-frame grid).
+
+    Per row (real tokens only): n = number of <|vision_start|> tokens directly followed by <|image_pad|>; the first
+    n image runs, in order, get 3-D (t, h, w) positions on the merged patch grid, offset by the next text position;
+    every other token, a bare <|image_pad|> included, gets the next 1-D position on all three axes. Image grids are
+    taken in order across the batch, counted images only (transformers 4's global image index). Padding gets 1.
+    """
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = torch.ones(3, *input_ids.shape, dtype=torch.long)
+    grids = iter(batch["image_grid_thw"].tolist())
+    for row in range(input_ids.shape[0]):
+        ids = input_ids[row][mask[row].bool()].tolist()
+        counted = sum(1 for a, b in zip(ids, ids[1:]) if a == vision_start_id and b == image_pad_id)
+        pieces, start, nxt = [], 0, 0
+        for _ in range(counted):
+            end = ids.index(image_pad_id, start)
+            pieces.append(torch.arange(nxt, nxt + end - start).expand(3, -1))
+            nxt += end - start
+            t, h, w = next(grids)
+            h, w = h // merge, w // merge
+            grid = torch.stack(
+                [
+                    torch.arange(t).view(-1, 1, 1).expand(t, h, w).flatten(),
+                    torch.arange(h).view(1, -1, 1).expand(t, h, w).flatten(),
+                    torch.arange(w).view(1, 1, -1).expand(t, h, w).flatten(),
+                ]
+            )
+            pieces.append(grid + nxt)
+            nxt = int(grid.max()) + nxt + 1
+            start = end + t * h * w
+        pieces.append(torch.arange(nxt, nxt + len(ids) - start).expand(3, -1))
+        positions[:, row, mask[row].bool()] = torch.cat(pieces, dim=1)
+    return positions
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny_backbone_dir, tmp_path, model_type):
+    raw_dir = tiny_backbone_dir(model_type)
+    merged_raw = _official_release(raw_dir, tmp_path / "release", model_type).eval()
+    out = convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "converted")
+    model = Vlm2VecModel.from_pretrained(out)
+    config = model.config
+    assert (config.position_policy, config.small_image_edge, config.strip_prompt) == ("transformers4", 28, False)
+    size = model.processor.backbone_processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (4 * 28 * 28, 1280 * 28 * 28)
+    card = (out / "README.md").read_text()
+    assert "stretched to 56x56" in card and "follow transformers 4" in card and "whitespace is kept" in card
+
+    # MMEB-V2 style rows: trailing newlines, a row that does use <|vision_start|> (first: transformers 4 took image
+    # grids in order over counted images only), bare images (one tiny), a text-only row
+    texts = [
+        "<|vision_start|><|image_1|><|vision_end|> Represent the given image.\n",
+        "<|image_1|> Represent the given image for classification.\n",
+        "<|image_1|> What is in the image?\n",
+        "a red circle on a white background\n",
+    ]
+    images = [Image.new("RGB", (56, 28)), Image.new("RGB", (40, 30), "red"), Image.new("RGB", (60, 12), "blue"), None]
+    batch = model.processor(texts, images)
+    tokenizer = model.processor.tokenizer
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    last = batch["attention_mask"].sum(-1) - 1
+    assert batch["input_ids"][torch.arange(4), last].tolist() == newline * 4  # the newline is the pooled token
+    # the 60x12 image was stretched to 56x56: its grid equals a 56x56 image's under the same processor
+    square = model.processor.backbone_processor(text=["<|image_pad|>"], images=[Image.new("RGB", (56, 56))])
+    assert batch["image_grid_thw"][2].tolist() == square["image_grid_thw"][0].tolist()
+
+    vision_start, image_pad = tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>"])
+    merge = merged_raw.config.vision_config.spatial_merge_size
+    positions = _transformers4_positions(batch, vision_start, image_pad, merge)
+    inputs = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    with torch.no_grad():
+        expected = _reference_embeddings(merged_raw, {**inputs, "position_ids": positions})
+        got = model(**batch).embeddings
+        native_model = Vlm2VecModel.from_pretrained(out, position_policy="native")
+        native = native_model(**native_model.processor(texts, images)).embeddings
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # the rule matters: native positions move the bare-image rows, not the <|vision_start|> row nor the text row
+    moved = (native - expected).abs().amax(-1)
+    assert moved[1] > 1e-3 and moved[2] > 1e-3
+    assert moved[0] < 1e-5 and moved[3] < 1e-5

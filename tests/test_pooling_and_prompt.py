@@ -55,6 +55,16 @@ def test_prompt_builder_official_raw_format():
         build_prompt("<|image_1|> a <|image_1|>", True, "<image>")
 
 
+def test_prompt_builder_keeps_whitespace_when_asked():
+    # the official MMEB-V2 formats end queries with a newline; the pooled token is that newline
+    query = "Find an image that matches the caption: a dog\n"
+    assert build_prompt(query, True, "<|image_pad|>") == "<|image_pad|> Find an image that matches the caption: a dog"
+    kept = build_prompt(query, True, "<|image_pad|>", strip=False)
+    assert kept == "<|image_pad|> Find an image that matches the caption: a dog\n"
+    assert build_prompt("<|image_1|> Represent the image.\n", False, "<image>", strip=False) == "Represent the image.\n"
+    assert build_prompt("a  b\n", False, "<image>", instruction="Q:", strip=False) == "Q: a  b\n"
+
+
 def test_resolution_policy():
     cfg = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_max_pixels=100 * 100)
     big = Image.new("RGB", (400, 200))
@@ -66,6 +76,11 @@ def test_resolution_policy():
     assert up.mode == "RGB" and up.size[0] * up.size[1] >= 56 * 56
     cfg_fixed = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_fixed_size=[32, 16])
     assert apply_resolution_policy(big, cfg_fixed).size == (32, 16)
+    # the official small-image rule: an edge under 28 px -> 56x56 (after the policy), other images untouched
+    cfg_edge = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, small_image_edge=28)
+    assert apply_resolution_policy(Image.new("RGB", (300, 27)), cfg_edge).size == (56, 56)
+    assert apply_resolution_policy(Image.new("RGB", (28, 28)), cfg_edge).size == (28, 28)
+    assert apply_resolution_policy(Image.new("RGB", (300, 27)), cfg).size == (300, 27)
 
 
 def test_config_defaults_and_validation():
@@ -76,6 +91,11 @@ def test_config_defaults_and_validation():
         Vlm2VecConfig(pooling="cls")
     with pytest.raises(ValueError, match="padding_side"):
         Vlm2VecConfig(padding_side="middle")
+    assert (cfg.position_policy, cfg.strip_prompt, cfg.small_image_edge) == ("native", True, None)
+    with pytest.raises(ValueError, match="position_policy"):
+        Vlm2VecConfig(position_policy="official")
+    with pytest.raises(ValueError, match="qwen2_vl, qwen2_5_vl backbones only"):
+        Vlm2VecConfig(backbone_config={"model_type": "llava_next"}, position_policy="transformers4")
     round_trip = Vlm2VecConfig.from_dict(cfg.to_dict())
     assert round_trip.backbone_type == "llava_next" and round_trip.image_token == "<image>"
 

@@ -66,6 +66,18 @@ class EvalArguments:
     cache_dir: str | None = field(
         default=None, metadata={"help": "Embedding cache folder (default: <output_dir>/cache); may be shared by runs."}
     )
+    corpus_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Corpus retrieval on your own data instead of MMEB: a folder with corpus, queries and qrels "
+            "tables (BEIR layout, parquet or jsonl); writes corpus_score.json and run.trec."
+        },
+    )
+    query_instruction: str | None = field(default=None, metadata={"help": "Put before every query (corpus_dir)."})
+    corpus_instruction: str | None = field(
+        default=None, metadata={"help": "Put before every corpus item (corpus_dir)."}
+    )
+    top_k: int = field(default=100, metadata={"help": "Corpus items per query in run.trec (corpus_dir)."})
 
     @property
     def subsets(self) -> list[str]:

@@ -127,13 +127,22 @@ def framework_versions() -> dict[str, str]:
 
 def _resolution_text(config) -> str:
     if config.image_fixed_size is not None:
-        return f"resize to exactly {config.image_fixed_size[0]}x{config.image_fixed_size[1]} pixels"
-    bounds = [
-        f"at most {config.image_max_pixels} pixels" if config.image_max_pixels else None,
-        f"at least {config.image_min_pixels} pixels" if config.image_min_pixels else None,
-    ]
-    bounds = [b for b in bounds if b]
-    return (" and ".join(bounds) + " (aspect ratio kept)") if bounds else "the processor's own defaults"
+        text = f"resize to exactly {config.image_fixed_size[0]}x{config.image_fixed_size[1]} pixels"
+    else:
+        bounds = [
+            f"at most {config.image_max_pixels} pixels" if config.image_max_pixels else None,
+            f"at least {config.image_min_pixels} pixels" if config.image_min_pixels else None,
+        ]
+        bounds = [b for b in bounds if b]
+        text = (" and ".join(bounds) + " (aspect ratio kept)") if bounds else "the processor's own defaults"
+    edge = config.small_image_edge
+    if edge is not None:
+        text += f"; an image with an edge under {edge} px is stretched to {2 * edge}x{2 * edge}"
+    if config.position_policy == "transformers4":
+        text += "; position ids follow transformers 4 (images without `<|vision_start|>` get 1-D positions)"
+    if not config.strip_prompt:
+        text += "; prompt whitespace is kept as given"
+    return text
 
 
 def _pooling_text(config) -> str:

@@ -11,8 +11,11 @@ Official releases (e.g. ``TIGER-Lab/VLM2Vec-Qwen2VL-2B``) were trained with tran
 
 Adapters saved on the raw model with transformers 5 (``model.language_model...``) are accepted too. The renamed
 adapter is applied to ``Vlm2VecModel.from_backbone(base)`` configured like the official model — the raw prompt
-format (bare ``<|image_pad|>`` for Qwen, ``<image>`` for LLaVA-Next), last-token pooling, L2 normalisation — merged,
-and exported with :func:`export_checkpoint`.
+format (bare ``<|image_pad|>`` for Qwen, ``<image>`` for LLaVA-Next) with its whitespace kept (``strip_prompt``
+off: the official MMEB-V2 formats end queries with a newline), last-token pooling, L2 normalisation, and for Qwen the
+official code's image rules (:data:`OFFICIAL_SETTINGS`: transformers-4 positions, images with an edge under 28 px
+stretched to 56x56; without processor files in the release, the official evaluation's pixel bounds
+:data:`OFFICIAL_QWEN_IMAGE_SIZE`) — merged, and exported with :func:`export_checkpoint`.
 
 Only ``adapter_model.safetensors`` is read. Releases that ship a pickled ``adapter_model.bin`` are converted once,
 outside this tool, with a loader that cannot execute code::
@@ -48,6 +51,14 @@ from ..loading import (
 from .export import export_checkpoint
 
 PEFT_PREFIX = "base_model.model."
+#: Settings of the official code, by backbone type (on top of last-token pooling, normalisation, kept whitespace).
+OFFICIAL_SETTINGS = {
+    "qwen2_vl": {"position_policy": "transformers4", "small_image_edge": 28},
+    "qwen2_5_vl": {"position_policy": "transformers4", "small_image_edge": 28},
+}
+#: Pixel bounds the official MMEB-V2 evaluation gives the Qwen image processor (its ``resize_min_pixels`` /
+#: ``resize_max_pixels`` defaults), used when a release ships no processor files of its own.
+OFFICIAL_QWEN_IMAGE_SIZE = {"shortest_edge": 4 * 28 * 28, "longest_edge": 1280 * 28 * 28}
 _QWEN_RULES = (
     (r"^model\.language_model\.", "backbone.language_model."),  # transformers 5, raw model
     (r"^model\.visual\.", "backbone.visual."),
@@ -134,8 +145,10 @@ def convert_official_checkpoint(
         raise DataError(f"not a PEFT adapter folder (no {ADAPTER_CONFIG})", file=str(adapter_dir))
     read_json(adapter_dir / ADAPTER_CONFIG)  # a malformed file becomes a DataError naming it
     weights = read_adapter_weights(adapter_dir)
-    settings = {"pooling": "last", "normalize": True, **config_kwargs}
+    settings = {"pooling": "last", "normalize": True, "strip_prompt": False, **config_kwargs}
     base = load_vlm2vec(base_backbone_dir_or_id, overrides=settings, trust_remote_code=trust_remote_code)
+    official = OFFICIAL_SETTINGS.get(base.config.backbone_type, {})
+    base.config.apply_overrides({k: v for k, v in official.items() if k not in config_kwargs})
     file = str(adapter_dir / ADAPTER_WEIGHTS)
     renamed = rename_official_keys(weights, base.config.backbone_type, file=file)
     peft_config = PeftConfig.from_pretrained(adapter_dir)
@@ -144,6 +157,8 @@ def convert_official_checkpoint(
     merged = attach_adapter(base, peft_config, renamed, file=file).merge_and_unload()
     if has_processor_files(adapter_dir):
         merged.processor = load_processor(adapter_dir, merged, trust_remote_code=trust_remote_code)
+    elif merged.config.backbone_type in OFFICIAL_SETTINGS:
+        merged.processor.backbone_processor.image_processor.size = dict(OFFICIAL_QWEN_IMAGE_SIZE)
     context = {"base_model": str(base_backbone_dir_or_id), **(card_context or {})}
     context.setdefault("lora", {k: getattr(peft_config, k, None) for k in ("r", "lora_alpha", "use_dora")})
     return export_checkpoint(merged, output_dir, card_context=context, overwrite=overwrite)

@@ -1,0 +1,225 @@
+"""Load and validate a retrieval collection in the BEIR layout (a user's own corpus, queries and relevance judgements).
+
+A folder (or a Hub dataset with configs ``corpus``, ``queries`` and ``qrels``, split ``test`` or its only one) holds
+three tables, each as ``<name>.jsonl``, ``<name>.parquet``, or a folder ``<name>/`` holding the table's
+``*.parquet`` shards or one ``.jsonl`` file (qrels may also be BEIR's ``qrels/<split>.tsv``, tab-separated with a
+header; keep only the split to evaluate):
+
+- ``corpus``: ``_id`` (string or integer), optional ``title``, ``text`` and ``image``;
+- ``queries``: ``_id``, ``text`` and ``image``;
+- ``qrels``: ``query-id``, ``corpus-id``, ``score`` (a non-negative integer grade; 0 = judged not relevant).
+
+An ``image`` is a path relative to ``image_dir`` (confined to it), the image's bytes (a binary column), a
+``{"bytes": ..., "path": ...}`` struct as Hugging Face ``datasets`` stores images, or null. Every item needs a text
+or an image. Everything is checked before any work (duplicate ids, qrels naming unknown ids, missing or escaping
+image files, undecodable embedded images, bad grades), each problem raising
+:class:`~modeling_vlm2vec.common.errors.DataError` naming the file and the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..common.errors import DataError
+from ..common.locations import is_hub_id
+from ..data.images import resolve_image_path
+
+
+@dataclass
+class Collection:
+    """A validated collection. Items are (text, image); an image is an absolute path, image bytes, or None.
+
+    ``qrels[i]`` maps corpus positions to grades for query ``i``; ``fingerprint`` is a SHA-256 of all content.
+    """
+
+    corpus_ids: list[str]
+    corpus: list[tuple[str, str | bytes | None]]
+    query_ids: list[str]
+    queries: list[tuple[str, str | bytes | None]]
+    qrels: list[dict[int, int]]
+    fingerprint: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _find_table(folder: Path, name: str) -> list[Path]:
+    """The files of table ``name``: ``<name>.jsonl``, ``<name>.parquet`` or the files of one kind in ``<name>/``."""
+    kinds = (".parquet", ".jsonl", ".tsv") if name == "qrels" else (".parquet", ".jsonl")
+    options = [
+        [folder / f"{name}{suffix}"] for suffix in (".jsonl", ".parquet") if (folder / f"{name}{suffix}").is_file()
+    ]
+    if (folder / name).is_dir():
+        options += [files for suffix in kinds if (files := sorted((folder / name).glob(f"*{suffix}")))]
+    if not options:
+        raise DataError(
+            f"no {name} table (expected {name}.jsonl, {name}.parquet or {name}/*.parquet)", file=str(folder)
+        )
+    if len(options) > 1:
+        found = ", ".join(str(files[0].relative_to(folder)) for files in options)
+        raise DataError(f"more than one {name} table ({found}); keep one", file=str(folder))
+    files = options[0]
+    if len(files) > 1 and files[0].suffix != ".parquet":  # BEIR's qrels/{train,dev,test}.tsv are splits, not shards
+        names = ", ".join(f.name for f in files)
+        raise DataError(f"{name}/ holds several files ({names}); keep the split to evaluate", file=str(folder))
+    return files
+
+
+def _rows(files: list[Path]):
+    """Yield (file, row number in that file, dict) for every row of a table."""
+    for file in files:
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(file).to_pylist()
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise DataError(f"cannot read parquet ({type(exc).__name__}: {exc})", file=str(file)) from exc
+            yield from ((str(file), i, row) for i, row in enumerate(table))
+        elif file.suffix == ".tsv":
+            with open(file, encoding="utf-8") as f:
+                header = f.readline().rstrip("\n").split("\t")
+                for i, line in enumerate(f):
+                    if line.strip():
+                        yield str(file), i, dict(zip(header, line.rstrip("\n").split("\t")))
+        else:
+            with open(file, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exc:
+                        raise DataError(f"invalid JSON ({exc})", row=i, file=str(file)) from exc
+                    if not isinstance(row, dict):
+                        raise DataError("a row must be a JSON object", row=i, file=str(file))
+                    yield str(file), i, row
+
+
+def _identifier(value: object, column: str, file: str, row: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise DataError(f"{column} must be a non-empty string or integer, got {value!r}", row=row, file=file)
+    return str(value)
+
+
+def _grade(value: object, file: str, row: int) -> int:
+    """A qrels score as an integer grade: ints, integral floats and digit strings (TSV) pass."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"score must be a non-negative integer grade, got {value!r}", row=row, file=file)
+    return value
+
+
+class _ImageResolver:
+    def __init__(self, image_dir: str | None):
+        self.image_dir = image_dir
+
+    def __call__(self, value: object, file: str, row: int) -> str | bytes | None:
+        if isinstance(value, dict):  # Hugging Face datasets' Image feature: embedded bytes win over the path
+            value = value.get("bytes") or value.get("path")
+        if value is None or value == "":
+            return None
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                with Image.open(io.BytesIO(value)) as img:
+                    img.verify()
+            except Exception as exc:  # Pillow raises many types for bad data
+                raise DataError(f"embedded image cannot be decoded ({type(exc).__name__})", row=row, file=file) from exc
+            return bytes(value)
+        if not isinstance(value, str):
+            raise DataError(f"image must be a path, bytes or null, got {type(value).__name__}", row=row, file=file)
+        if self.image_dir is None:
+            raise DataError(f"row references image {value!r} but no --image_dir was given", row=row, file=file)
+        path = resolve_image_path(self.image_dir, value, dataset=Path(file).name, row=row)
+        if not path.is_file():
+            raise DataError(f"image file not found: {str(path)!r}", row=row, file=file)
+        return str(path)
+
+
+def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str], list[tuple[str, str | bytes | None]]]:
+    """Ids and (text, image) items of a corpus or queries table given as (file, row, record) triples."""
+    ids, items, seen = [], [], {}
+    for file, row, record in rows:
+        item_id = _identifier(record.get("_id"), "_id", file, row)
+        if item_id in seen:
+            raise DataError(f"duplicate _id {item_id!r} (first at {seen[item_id]})", row=row, file=file)
+        seen[item_id] = f"{Path(file).name} row {row}"
+        parts = [record.get("title"), record.get("text")]
+        if any(p is not None and not isinstance(p, str) for p in parts):
+            raise DataError("title and text must be strings or null", row=row, file=file)
+        text = " ".join(p.strip() for p in parts if p and p.strip())
+        image = resolve(record.get("image"), file, row)
+        if not text and image is None:
+            raise DataError(f"item {item_id!r} has neither text nor image", row=row, file=file)
+        digest.update(json.dumps([item_id, text]).encode())
+        digest.update(hashlib.sha256(image).digest() if isinstance(image, bytes) else str(image).encode())
+        ids.append(item_id)
+        items.append((text, image))
+    if not ids:
+        raise DataError("table has no rows", file=label)
+    return ids, items
+
+
+def _hub_rows(repo: str, name: str):
+    """Rows of config ``name`` of Hub dataset ``repo`` (its only split, else ``test``), images kept as bytes."""
+    import datasets
+
+    label = f"{repo}:{name}"
+    try:
+        splits = datasets.load_dataset(repo, name)
+    except Exception as exc:  # offline, unknown config, ... -> one clear message instead of a traceback
+        raise DataError(f"cannot load it from the Hub ({type(exc).__name__}: {exc})", file=label) from exc
+    if len(splits) != 1 and "test" not in splits:
+        raise DataError(f"several splits ({', '.join(splits)}) and none is 'test'", file=label)
+    table = splits["test"] if len(splits) != 1 else next(iter(splits.values()))
+    if isinstance(table.features.get("image"), datasets.Image):
+        table = table.cast_column("image", datasets.Image(decode=False))  # {"bytes", "path"}, decoded when encoded
+    return ((label, i, row) for i, row in enumerate(table))
+
+
+def load_collection(folder: str, image_dir: str | None) -> Collection:
+    """Load and validate the collection in ``folder`` (a local folder, or a Hub dataset id with configs ``corpus``,
+    ``queries`` and ``qrels``; see the module doc); raises ``DataError`` on bad input."""
+    names = ("corpus", "queries", "qrels")
+    if is_hub_id(folder):
+        labels = {name: f"{folder}:{name}" for name in names}
+        tables = {name: _hub_rows(folder, name) for name in names}
+    else:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise DataError("corpus folder not found", file=str(root))
+        paths = {name: _find_table(root, name) for name in names}
+        labels = {name: str(files[0]) for name, files in paths.items()}
+        tables = {name: _rows(files) for name, files in paths.items()}
+    resolve, digest = _ImageResolver(image_dir), hashlib.sha256()
+    corpus_ids, corpus = _items(tables["corpus"], labels["corpus"], resolve, digest)
+    query_ids, queries = _items(tables["queries"], labels["queries"], resolve, digest)
+    corpus_pos = {item_id: i for i, item_id in enumerate(corpus_ids)}
+    query_pos = {item_id: i for i, item_id in enumerate(query_ids)}
+    qrels: list[dict[int, int]] = [{} for _ in query_ids]
+    for file, row, record in tables["qrels"]:
+        qid = _identifier(record.get("query-id"), "query-id", file, row)
+        cid = _identifier(record.get("corpus-id"), "corpus-id", file, row)
+        if qid not in query_pos:
+            raise DataError(f"unknown query-id {qid!r} (not in the queries table)", row=row, file=file)
+        if cid not in corpus_pos:
+            raise DataError(f"unknown corpus-id {cid!r} (not in the corpus table)", row=row, file=file)
+        grade_value = _grade(record.get("score"), file, row)
+        judged = qrels[query_pos[qid]]
+        if corpus_pos[cid] in judged:
+            raise DataError(f"duplicate judgement for ({qid!r}, {cid!r})", row=row, file=file)
+        judged[corpus_pos[cid]] = grade_value
+        digest.update(json.dumps([qid, cid, grade_value]).encode())
+    if not any(grade > 0 for judged in qrels for grade in judged.values()):
+        raise DataError("no relevant judgement (score > 0) in the qrels", file=labels["qrels"])
+    return Collection(corpus_ids, corpus, query_ids, queries, qrels, digest.hexdigest(), labels)
+
+
+__all__ = ["Collection", "load_collection"]

@@ -1,0 +1,90 @@
+"""Pick each row's hard negatives from teacher scores, in chunks so the rows x pool score matrix never exists whole.
+
+For row ``r`` with query ``q``, positive ``p`` (positive score ``s_p = q . p``) and a candidate ``c`` scoring
+``s_c = q . c`` (cosine for normalised embeddings):
+
+1. ``c`` is dropped when it is the positive itself (same text and image, i.e. the same item);
+2. ``c`` is dropped as a likely false negative when ``s_c > max_score_ratio * s_p`` (unless the ratio is None) or
+   ``s_c > s_p - margin`` (unless the margin is None);
+3. the rest are ranked by score, best first (ties: lower item index first), the ``skip_top`` best skipped and the
+   next ``num_negatives`` kept (fewer when the pool runs out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """Steps 2-3 of the module doc."""
+
+    num_negatives: int = 8
+    max_score_ratio: float | None = 0.95
+    margin: float | None = None
+    skip_top: int = 0
+
+
+def select_negatives(
+    embeddings: np.ndarray,
+    query_ids: np.ndarray,
+    positive_ids: np.ndarray,
+    candidate_ids: np.ndarray,
+    rule: SelectionRule,
+    *,
+    row_chunk: int = 256,
+    pool_chunk: int = 8192,
+    progress=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mine every row's negatives (see the module doc).
+
+    Args:
+        embeddings: (items, dim) float32 item embeddings.
+        query_ids, positive_ids: (rows,) int64 item indices of each row's query and positive.
+        candidate_ids: (pool,) int64 item indices of the candidate pool.
+        row_chunk, pool_chunk: at most (row_chunk, pool_chunk + kept) scores are held at once.
+        progress: optional tqdm-like object, advanced by the number of rows done.
+
+    Returns:
+        ``negatives`` (rows, num_negatives) int64 item indices, best first, padded with -1; ``negative_scores``
+        (rows, num_negatives) float32, NaN where padded; ``positive_scores`` (rows,) float32.
+    """
+    rows, keep = len(query_ids), rule.skip_top + rule.num_negatives
+    negatives = np.full((rows, rule.num_negatives), -1, dtype=np.int64)
+    negative_scores = np.full((rows, rule.num_negatives), np.nan, dtype=np.float32)
+    positive_scores = np.empty(rows, dtype=np.float32)
+    for r0 in range(0, rows, row_chunk):
+        r1 = min(r0 + row_chunk, rows)
+        queries = embeddings[query_ids[r0:r1]]  # (chunk_rows, dim)
+        pos = np.einsum("rd,rd->r", queries, embeddings[positive_ids[r0:r1]])  # (chunk_rows,)
+        positive_scores[r0:r1] = pos
+        ceiling = np.full(r1 - r0, np.inf, dtype=np.float32)  # scores above it are likely false negatives
+        if rule.max_score_ratio is not None:
+            ceiling = np.minimum(ceiling, rule.max_score_ratio * pos)
+        if rule.margin is not None:
+            ceiling = np.minimum(ceiling, pos - rule.margin)
+        best_scores = np.full((r1 - r0, 0), -np.inf, dtype=np.float32)  # running top-`keep`, best first
+        best_ids = np.full((r1 - r0, 0), -1, dtype=np.int64)
+        for c0 in range(0, len(candidate_ids), pool_chunk):
+            ids = candidate_ids[c0 : c0 + pool_chunk]
+            scores = queries @ embeddings[ids].T  # (chunk_rows, chunk_pool)
+            dropped = (ids[None, :] == positive_ids[r0:r1, None]) | (scores > ceiling[:, None])
+            scores = np.where(dropped, -np.inf, scores).astype(np.float32)
+            merged_scores = np.concatenate([best_scores, scores], axis=1)
+            merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+            order = np.lexsort((merged_ids, -merged_scores), axis=-1)[:, :keep]  # score desc, then item index
+            best_scores = np.take_along_axis(merged_scores, order, axis=1)
+            best_ids = np.take_along_axis(merged_ids, order, axis=1)
+        best_scores, best_ids = best_scores[:, rule.skip_top :], best_ids[:, rule.skip_top :]
+        found = np.isfinite(best_scores)
+        width = best_scores.shape[1]
+        negatives[r0:r1, :width] = np.where(found, best_ids, -1)
+        negative_scores[r0:r1, :width] = np.where(found, best_scores, np.nan)
+        if progress is not None:
+            progress.update(r1 - r0)
+    return negatives, negative_scores, positive_scores
+
+
+__all__ = ["SelectionRule", "select_negatives"]

@@ -1,6 +1,7 @@
 """Hard-negative mining: selection rules by hand, brute force from encode(), resume after a kill, bad input, the
 mined set trains with train.py, and two processes write what one writes."""
 
+import json
 import math
 import os
 import re
@@ -124,11 +125,11 @@ def test_chunked_selection_equals_whole_matrix_selection():
 # -- end to end with the tiny teacher --------------------------------------------------------------------------------
 
 
-def _brute_force(teacher, source, rule: SelectionRule) -> tuple[list, list, list]:
+def _brute_force(teacher, source, rule: SelectionRule, pool: list | None = None) -> tuple[list, list, list]:
     """Each row's negatives as (text, image path relative to the source), their scores and the positive score, from
-    one plain encode() of the rows' queries and the source's unique positives."""
+    one plain encode() of the rows' queries and the pool (default: the source's unique positives)."""
     examples = [source.example(i) for i in range(len(source))]
-    pool = sorted({(e["pos_text"], e["pos_image"]) for e in examples}, key=str)
+    pool = sorted(set(pool or [(e["pos_text"], e["pos_image"]) for e in examples]), key=str)
     queries = teacher.encode([{"text": e["qry"] or None, "image": e["qry_image"]} for e in examples], batch_size=3)
     cands = teacher.encode([{"text": t or None, "image": i} for t, i in pool], batch_size=5)
     positives = teacher.encode([{"text": e["pos_text"] or None, "image": e["pos_image"]} for e in examples])
@@ -140,7 +141,9 @@ def _brute_force(teacher, source, rule: SelectionRule) -> tuple[list, list, list
         kept = sorted(
             (-s, c)
             for s, c in zip(scores, pool)
-            if c != (e["pos_text"], e["pos_image"]) and s <= rule.max_score_ratio * pos and s <= pos - rule.margin
+            if c != (e["pos_text"], e["pos_image"])
+            and (rule.max_score_ratio is None or s <= rule.max_score_ratio * pos)
+            and (rule.margin is None or s <= pos - rule.margin)
         )[rule.skip_top : rule.skip_top + rule.num_negatives]
         negatives.append([(t, str(Path(i).relative_to(root)) if i else "") for _, (t, i) in kept])
         neg_scores.append([-s for s, _ in kept])
@@ -148,22 +151,76 @@ def _brute_force(teacher, source, rule: SelectionRule) -> tuple[list, list, list
     return negatives, neg_scores, pos_scores
 
 
-def test_mined_negatives_and_scores_equal_a_brute_force_reference(teacher, data, tmp_path):
-    args = _args(data, tmp_path / "out", max_score_ratio=0.999, margin=0.0005, skip_top=1)
+def _pool(kind: str, data, tmp_path) -> tuple[str | None, list | None]:
+    """A ``--candidate_pool`` of the given kind and its items as (text, absolute image path or None)."""
+    root = data["root"].resolve()
+    if kind == "own":
+        return None, None
+    if kind == "corpus":  # texts and images, one identical to a SynCLS positive and one to a SynT2I positive
+        cls_label = pq.read_table(root / "train" / "SynCLS.parquet").column("pos_text")[0].as_py()
+        t2i = pq.read_table(root / "train" / "SynT2I.parquet").to_pylist()[0]
+        rows = [
+            {"text": cls_label},
+            {"text": "a purple square"},
+            {"text": "green circle", "image_path": ""},
+            {"text": t2i["pos_text"], "image_path": t2i["pos_image_path"]},
+            {"image_path": "images/train/SynI2T/00001.png"},
+            {"text": "<|image_1|> Represent the given image.", "image_path": "images/train/SynCLS/00002.png"},
+        ]
+        corpus = tmp_path / "pool.jsonl"
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        items = [(r.get("text", ""), str(root / r["image_path"]) if r.get("image_path") else None) for r in rows]
+        return str(corpus), items
+    config = tmp_path / "pool.yaml"  # another data config: the unique positives of its sources
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {
+                        "name": "captions",
+                        "path": str(root / "train" / "SynI2T.parquet"),
+                        "image_dir": str(root),
+                        "num_samples": 6,
+                    }
+                ]
+            }
+        )
+    )
+    source = load_corpus(config).sources[0]
+    return str(config), [(e["pos_text"], e["pos_image"]) for e in map(source.example, range(len(source)))]
+
+
+@pytest.mark.parametrize("pool_kind", ["own", "corpus", "config"])
+def test_mined_negatives_and_scores_equal_a_brute_force_reference(teacher, data, tmp_path, pool_kind):
+    candidate_pool, pool_items = _pool(pool_kind, data, tmp_path)
+    args = _args(
+        data,
+        tmp_path / "out",
+        # the filters on the source's own positives; off for the foreign pools, which a random teacher may rank
+        # above every positive (the filters do not depend on the pool)
+        max_score_ratio=0.999 if pool_kind == "own" else 0.0,
+        margin=0.0005 if pool_kind == "own" else None,
+        skip_top=1,
+        candidate_pool=candidate_pool,
+        candidate_image_dir=str(data["root"]) if pool_kind == "corpus" else None,
+    )
     plan = prepare_mining(args)
     report = mine_hard_negatives(teacher, plan, args, show_progress_bar=False)
     assert set(report) == set(TASKS)
     for plan_source in plan.sources:
         got = _read(tmp_path / "out", plan_source.name)
-        negatives, neg_scores, pos_scores = _brute_force(teacher, plan_source.source, args.rule)
+        negatives, neg_scores, pos_scores = _brute_force(teacher, plan_source.source, args.rule, pool_items)
         assert [list(zip(t, i)) for t, i in zip(got["neg_text"], got["neg_image_path"])] == negatives
-        assert sum(map(len, negatives)) > len(negatives)  # the reference is not trivially empty
+        assert sum(map(len, negatives)) >= 3  # the reference is not trivially empty
         for mined, want in zip(got["neg_scores"], neg_scores):
             np.testing.assert_allclose(mined, want, atol=1e-5)
         np.testing.assert_allclose(got["pos_score"], pos_scores, atol=1e-5)
         source_table = plan_source.source.table.to_pydict()
         for column in ("qry", "qry_image_path", "pos_text", "pos_image_path"):
             assert got[column] == [v or "" for v in source_table[column]]
+        # a row never gets its own positive (or an item identical to it) back as a negative
+        for row, (texts, images) in enumerate(zip(got["neg_text"], got["neg_image_path"])):
+            assert (got["pos_text"][row], got["pos_image_path"][row]) not in set(zip(texts, images))
 
 
 def test_mined_config_trains_with_train_py(teacher, data, backbone, tmp_path):

@@ -19,7 +19,7 @@ import mine_hard_negatives as mine_script
 from modeling_vlm2vec.data.sources import load_corpus
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.loading import load_vlm2vec
-from modeling_vlm2vec.mining import MiningArguments, SelectionRule, mine_hard_negatives, prepare_mining
+from modeling_vlm2vec.mining import MiningArguments, SelectionRule, mine_hard_negatives, miner, prepare_mining
 from modeling_vlm2vec.mining.selection import select_negatives
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,7 +268,7 @@ class _Teacher(torch.nn.Module):
         return self.model.encode(inputs, **kw)
 
 
-def test_a_killed_run_resumes_from_its_cache_and_writes_the_same_set(teacher, data, tmp_path):
+def test_a_killed_run_resumes_from_its_cache_and_writes_the_same_set(teacher, data, tmp_path, monkeypatch):
     straight = _args(data, tmp_path / "straight")
     plan = prepare_mining(straight)
     full = _Teacher(teacher)
@@ -287,6 +287,22 @@ def test_a_killed_run_resumes_from_its_cache_and_writes_the_same_set(teacher, da
     for name in TASKS:
         assert _read(tmp_path / "resumed", name) == _read(tmp_path / "straight", name)
     assert (tmp_path / "resumed" / "data_config.yaml").is_file()
+
+    # killed again while the files of a new run replace those of the finished one: no config points at the mix
+    written = []
+
+    def killed_after_one(path, table):
+        if written:
+            raise KeyboardInterrupt("killed")
+        written.append(path)
+        original(path, table)
+
+    original = miner._write_parquet
+    monkeypatch.setattr(miner, "_write_parquet", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        mine_hard_negatives(_Teacher(teacher), plan, args, show_progress_bar=False)
+    assert not (tmp_path / "resumed" / "data_config.yaml").exists()
+    assert not list((tmp_path / "resumed").glob(".*.tmp"))
 
 
 # -- command line -------------------------------------------------------------------------------------------------

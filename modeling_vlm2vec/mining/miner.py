@@ -216,6 +216,9 @@ def mine_hard_negatives(
     report = None
     if rank == 0:
         report = {}
+        # A data config of an earlier run (this command's own output, checked in prepare_mining) goes first: while
+        # the parquet files are being replaced, no config may point at a mix of old and new ones.
+        (output_dir / "data_config.yaml").unlink(missing_ok=True)
         for source in plan.sources:
             with tqdm(
                 total=len(source.query_ids), desc=f"Mining {source.name}", unit="row", disable=not show_progress_bar

@@ -104,22 +104,28 @@ def test_each_filter_against_hand_computed_choices(rule, expected):
     np.testing.assert_allclose(scores, want, atol=1e-6)
 
 
-def test_chunked_selection_equals_whole_matrix_selection():
+@pytest.mark.parametrize("row_chunk, pool_chunk", [(3, 4), (5, 16), (13, 30)])
+def test_chunked_selection_equals_whole_matrix_selection_ties_included(row_chunk, pool_chunk):
+    # small integer vectors: every dot product is exact whatever the summation order, and many scores tie exactly,
+    # so the tie rule (lower item index first) is checked across chunk and partial-selection boundaries
     rng = np.random.default_rng(0)
-    embeddings = rng.normal(size=(40, 8)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    embeddings = rng.integers(-2, 3, size=(40, 6)).astype(np.float32)
     queries, positives = rng.integers(0, 10, size=13), rng.integers(10, 40, size=13)
     pool = np.arange(10, 40)
-    rule = SelectionRule(num_negatives=5, max_score_ratio=None, margin=-0.2, skip_top=1)
-    chunked = select_negatives(embeddings, queries, positives, pool, rule, row_chunk=3, pool_chunk=4)
+    rule = SelectionRule(num_negatives=5, max_score_ratio=None, margin=-0.5, skip_top=1)
+    chunked = select_negatives(embeddings, queries, positives, pool, rule, row_chunk=row_chunk, pool_chunk=pool_chunk)
     # reference: the full score matrix, filtered and sorted row by row in plain Python
     full = embeddings[queries] @ embeddings[pool].T
+    ties = 0
     for r in range(13):
         pos = float(embeddings[queries[r]] @ embeddings[positives[r]])
-        kept = [(-full[r, j], c) for j, c in enumerate(pool) if c != positives[r] and full[r, j] <= pos + 0.2]
-        want = [c for _, c in sorted(kept)][1:6]
-        assert chunked[0][r, : len(want)].tolist() == want
+        kept = [(-full[r, j], c) for j, c in enumerate(pool) if c != positives[r] and full[r, j] <= pos + 0.5]
+        want = sorted(kept)[1:6]
+        assert chunked[0][r, : len(want)].tolist() == [c for _, c in want]
+        assert chunked[1][r, : len(want)].tolist() == [-s for s, _ in want]
         assert (chunked[0][r, len(want) :] == -1).all()
+        ties += len(want) - len({s for s, _ in want})
+    assert ties > 5  # the data does exercise the tie rule
 
 
 # -- end to end with the tiny teacher --------------------------------------------------------------------------------

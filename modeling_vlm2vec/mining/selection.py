@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,27 @@ class SelectionRule:
     skip_top: int = 0
 
 
+def _best(scores: np.ndarray, ids: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best (score, id) pairs of each row of (rows, n) arrays, ordered by score descending, then id.
+
+    A partial selection (``torch.topk``, unsorted) finds each row's ``keep`` best first; only rows whose ``keep``-th
+    score is tied with one left out (which tied ids stay depends on the id order) and the final ordering go through
+    a full sort.
+    """
+    if scores.shape[1] > keep:
+        part = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), keep, dim=1, sorted=False).indices.numpy()
+        kept_scores, kept_ids = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
+        kth = kept_scores.min(axis=1)  # (rows,)
+        tied = np.isfinite(kth) & ((scores >= kth[:, None]).sum(axis=1) > keep)
+        if tied.any():
+            exact = np.lexsort((ids[tied], -scores[tied]), axis=-1)[:, :keep]
+            kept_scores[tied] = np.take_along_axis(scores[tied], exact, 1)
+            kept_ids[tied] = np.take_along_axis(ids[tied], exact, 1)
+        scores, ids = kept_scores, kept_ids
+    order = np.lexsort((ids, -scores), axis=-1)  # score descending, then item index
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
 def select_negatives(
     embeddings: np.ndarray,
     query_ids: np.ndarray,
@@ -34,8 +56,8 @@ def select_negatives(
     candidate_ids: np.ndarray,
     rule: SelectionRule,
     *,
-    row_chunk: int = 256,
-    pool_chunk: int = 8192,
+    row_chunk: int = 1024,
+    pool_chunk: int = 4096,
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mine every row's negatives (see the module doc).
@@ -71,12 +93,11 @@ def select_negatives(
             ids = candidate_ids[c0 : c0 + pool_chunk]
             scores = queries @ embeddings[ids].T  # (chunk_rows, chunk_pool)
             dropped = (ids[None, :] == positive_ids[r0:r1, None]) | (scores > ceiling[:, None])
-            scores = np.where(dropped, -np.inf, scores).astype(np.float32)
-            merged_scores = np.concatenate([best_scores, scores], axis=1)
-            merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
-            order = np.lexsort((merged_ids, -merged_scores), axis=-1)[:, :keep]  # score desc, then item index
-            best_scores = np.take_along_axis(merged_scores, order, axis=1)
-            best_ids = np.take_along_axis(merged_ids, order, axis=1)
+            np.putmask(scores, dropped, -np.inf)  # in place: np.where with a float64 -inf would copy to float64
+            block_scores, block_ids = _best(scores, np.broadcast_to(ids, scores.shape), keep)
+            best_scores, best_ids = _best(
+                np.concatenate([best_scores, block_scores], axis=1), np.concatenate([best_ids, block_ids], axis=1), keep
+            )
         best_scores, best_ids = best_scores[:, rule.skip_top :], best_ids[:, rule.skip_top :]
         found = np.isfinite(best_scores)
         width = best_scores.shape[1]

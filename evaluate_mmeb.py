@@ -22,6 +22,7 @@ import sys
 from transformers import HfArgumentParser
 
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
+from modeling_vlm2vec.common.distributed import process_device
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
 from modeling_vlm2vec.evaluation import EvalArguments, evaluate_corpus, load_collection, load_eval_sets, run_evaluation
@@ -29,19 +30,10 @@ from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluatio
 from modeling_vlm2vec.loading import load_vlm2vec
 
 
-def _default_device() -> str:
-    # PartialState joins the process group under accelerate/torchrun (gloo on CPU-only machines) and gives this
-    # process its own device; in a plain single process it is cuda:0 when available, else cpu.
-    import torch
-    from accelerate import PartialState
-
-    return str(PartialState(cpu=not torch.cuda.is_available()).device)
-
-
 def main(argv: list[str] | None = None) -> int:
     (args,) = parse_dataclasses(HfArgumentParser(EvalArguments), sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = args.device or _default_device()
+    device = args.device or process_device()
 
     def body():
         # Validate every dataset (and image) before spending minutes loading a large model.

@@ -13,9 +13,9 @@ from safetensors.numpy import load_file
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.common.fingerprint import model_fingerprint
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set
-from modeling_vlm2vec.evaluation.encoding import model_fingerprint
 from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 

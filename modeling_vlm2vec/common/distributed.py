@@ -95,6 +95,15 @@ def gather_rows(local: np.ndarray, num_items: int) -> np.ndarray:
     return np.concatenate([part[: stop - start].cpu().numpy() for part, (start, stop) in zip(parts, sizes)])
 
 
+def process_device() -> str:
+    """This process's device: under ``accelerate launch`` / ``torchrun`` it joins the process group (gloo on
+    CPU-only machines) and gets its own accelerator; in a plain single process it is ``cuda:0`` when available,
+    else ``cpu``."""
+    from accelerate import PartialState  # imported here: only command lines need it
+
+    return str(PartialState(cpu=not torch.cuda.is_available()).device)
+
+
 def all_true(flag: bool) -> bool:
     """True on every rank iff ``flag`` is True on every rank (so all ranks take the same branch)."""
     if not is_distributed():
@@ -111,6 +120,7 @@ __all__ = [
     "barrier",
     "gather_rows",
     "is_distributed",
+    "process_device",
     "rank",
     "rank_and_world",
     "shard_bounds",

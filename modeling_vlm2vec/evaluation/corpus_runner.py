@@ -25,9 +25,9 @@ from safetensors.numpy import save as safetensors_bytes
 
 from ..common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
 from ..common.files import read_json_if_complete, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..common.fingerprint import CACHE_VERSION, model_fingerprint
 from .beir import Collection
 from .corpus import score_corpus
-from .encoding import CACHE_VERSION, model_fingerprint
 
 logger = logging.getLogger(__name__)
 

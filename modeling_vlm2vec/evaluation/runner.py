@@ -23,9 +23,10 @@ import torch
 from ..common.distributed import all_true, barrier, rank_and_world
 from ..common.errors import DataError
 from ..common.files import read_json_if_complete, write_json_atomic
+from ..common.fingerprint import model_fingerprint
 from ..common.locations import MMEB_EVAL_DATASET
 from ..modeling_vlm2vec import truncate_embeddings
-from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, model_fingerprint, save_cached
+from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, save_cached
 from .loading import EvalSet, load_eval_set
 from .metrics import ranking_metrics
 from .registry import REGISTRY, resolve_subsets

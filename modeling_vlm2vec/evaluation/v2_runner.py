@@ -26,7 +26,8 @@ from PIL import Image
 from ..common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
 from ..common.errors import DataError
 from ..common.files import read_json_if_complete, write_json_atomic
-from .encoding import cache_path, dataset_fingerprint, load_cached, model_fingerprint, save_cached
+from ..common.fingerprint import model_fingerprint
+from .encoding import cache_path, dataset_fingerprint, load_cached, save_cached
 from .v2_data import Item, TableSource, V2Set, V2Task
 from .v2_registry import V2_REGISTRY, resolve_v2_tasks
 from .v2_report import build_v2_summary, write_v2_report

@@ -1,0 +1,157 @@
+"""What to mine: every source's rows as indices into one table of unique items, and each source's candidate pool.
+
+An item is ``(text, absolute image path or None)``; two rows naming the same text and image share one item, so each
+unique item is encoded once across all sources. The candidate pool of a source is, by default, its own unique
+positives (a classification source mines wrong labels, a retrieval source other images or captions); a pool given
+as another data config (the unique positives of all its sources) or as a corpus file is shared by every source.
+
+Corpus file (``.jsonl`` or ``.parquet``): one candidate per row, columns ``text`` and ``image_path`` (either may be
+empty or missing, not both), image paths relative to the corpus image folder (default: the file's folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..common.errors import DataError
+from ..data.data_config import load_data_config
+from ..data.images import resolve_image_path
+from ..data.sources import SourceRows, load_source
+
+#: An item to embed: (text, absolute image path or None).
+Item = tuple[str, "str | None"]
+CORPUS_COLUMNS = ("text", "image_path")
+
+
+class ItemTable:
+    """Unique items in order of first appearance; :meth:`add` returns an item's index."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self._index: dict[Item, int] = {}
+
+    def add(self, text: str | None, image: str | None) -> int:
+        key = (text or "", image)
+        if key not in self._index:
+            self._index[key] = len(self.items)
+            self.items.append(key)
+        return self._index[key]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class SourcePlan:
+    """One source to mine: its rows (``source``), each row's query and positive item, and its candidate pool.
+
+    ``query_ids`` and ``positive_ids`` are (rows,) int64 indices into the item table; ``candidate_ids`` (pool,) int64
+    holds the pool's item indices, ascending.
+    """
+
+    source: SourceRows
+    query_ids: np.ndarray
+    positive_ids: np.ndarray
+    candidate_ids: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+
+def _positives(source: SourceRows) -> list[Item]:
+    return [(e["pos_text"], e["pos_image"]) for e in map(source.example, range(len(source)))]
+
+
+def _read_corpus(path: Path, image_dir: Path) -> list[Item]:
+    """The items of a corpus file (see the module doc), every image resolved under ``image_dir`` and present."""
+    name = f"candidate pool {path.name}"
+    if path.suffix == ".jsonl":
+        records = []
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line_no, line in enumerate(f, start=1):
+                    if line.strip():
+                        record = json.loads(line)
+                        if not isinstance(record, dict):
+                            raise DataError(f"line {line_no} is not a JSON object", dataset=name, file=str(path))
+                        records.append(record)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON lines ({exc})", dataset=name, file=str(path)) from exc
+    elif path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read parquet ({exc})", dataset=name, file=str(path)) from exc
+        if not set(CORPUS_COLUMNS) & set(table.column_names):
+            raise DataError(f"needs a column {' or '.join(CORPUS_COLUMNS)}", dataset=name, file=str(path))
+        records = table.select([c for c in CORPUS_COLUMNS if c in table.column_names]).to_pylist()
+    else:
+        raise DataError("a corpus file must be .jsonl or .parquet (or pass a data config .yaml)", file=str(path))
+    items = []
+    for row, record in enumerate(records):
+        text, image = (record.get(c) or "" for c in CORPUS_COLUMNS)
+        if not isinstance(text, str) or not isinstance(image, str):
+            raise DataError("text and image_path must be strings", dataset=name, row=row, file=str(path))
+        if not text.strip() and not image.strip():
+            raise DataError("candidate has neither text nor image_path", dataset=name, row=row, file=str(path))
+        resolved = None
+        if image.strip():
+            resolved = resolve_image_path(image_dir, image.strip(), dataset=name, row=row)
+            if not resolved.is_file():
+                raise DataError(
+                    f"image file not found (image dir {str(image_dir)!r})", dataset=name, row=row, file=str(resolved)
+                )
+        items.append((text, None if resolved is None else str(resolved)))
+    if not items:
+        raise DataError("candidate pool is empty", dataset=name, file=str(path))
+    return items
+
+
+def load_candidate_pool(reference: str | os.PathLike, image_dir: str | os.PathLike | None, *, seed: int) -> list[Item]:
+    """Items of a ``--candidate_pool``: a data config (``.yaml``/``.yml``: the unique positives of all its sources)
+    or a corpus file (images under ``image_dir``, default its folder). Raises `DataError`."""
+    path = Path(reference)
+    if not path.is_file():
+        raise DataError("candidate pool file not found", file=str(path))
+    if path.suffix in (".yaml", ".yml"):
+        return [item for spec in load_data_config(path) for item in _positives(load_source(spec, seed=seed))]
+    return _read_corpus(path, Path(image_dir) if image_dir is not None else path.parent)
+
+
+def plan_sources(sources: list[SourceRows], pool: list[Item] | None) -> tuple[ItemTable, list[SourcePlan]]:
+    """Index every row's query and positive and each source's pool (``pool`` for all, or the source's own unique
+    positives when None) in one item table. A shared pool's images must lie under each source's ``image_dir``
+    (mined negatives are written relative to it); `DataError` otherwise."""
+    table = ItemTable()
+    shared = None if pool is None else np.unique([table.add(*item) for item in pool])
+    plans = []
+    for source in sources:
+        examples = [source.example(i) for i in range(len(source))]
+        query_ids = np.asarray([table.add(e["qry"], e["qry_image"]) for e in examples], dtype=np.int64)
+        positive_ids = np.asarray([table.add(e["pos_text"], e["pos_image"]) for e in examples], dtype=np.int64)
+        if shared is None:
+            candidates = np.unique(positive_ids)
+        else:
+            candidates = shared.astype(np.int64)
+            root = source.image_dir.resolve()
+            for item_id in candidates:
+                image = table.items[item_id][1]
+                if image is not None and root not in Path(image).parents:
+                    raise DataError(
+                        f"candidate image is outside this source's image_dir {str(root)!r}; mined negatives are "
+                        f"written relative to it, so the pool's images must live under it",
+                        dataset=source.name,
+                        file=image,
+                    )
+        plans.append(SourcePlan(source, query_ids, positive_ids, candidates))
+    return table, plans
+
+
+__all__ = ["CORPUS_COLUMNS", "Item", "ItemTable", "SourcePlan", "load_candidate_pool", "plan_sources"]

@@ -286,52 +286,29 @@ def apply_position_policy(
     return out
 
 
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2-VL processor without the video processor (which needs torchvision); images and text only.
-
-    Saved under the stock class name, so other tools load the folder with the stock processor."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.video_processor = None
-        Qwen2VLProcessor.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "processor_class": "Qwen2VLProcessor"}
-
-
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the video processor (which needs torchvision); images and text only.
-
-    Saved under the stock class name, so other tools load the folder with the stock processor."""
+def _image_only(stock: type) -> type:
+    """A subclass of the stock Qwen-VL processor class ``stock`` without the video processor (which needs
+    torchvision): images and text only. It saves under the stock class name, so other tools load the folder with the
+    stock processor."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.video_processor = None
-        Qwen2_5_VLProcessor.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+        stock.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "processor_class": "Qwen2_5_VLProcessor"}
+        return {**stock.to_dict(self), "processor_class": stock.__name__}
+
+    name = f"ImageOnly{stock.__name__}"
+    return type(name, (stock,), {"__init__": __init__, "to_dict": to_dict, "__doc__": _image_only.__doc__})
 
 
-class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
-    """Qwen3-VL processor without the video processor (which needs torchvision); images and text only.
-
-    Saved under the stock class name, so other tools load the folder with the stock processor."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.video_processor = None
-        Qwen3VLProcessor.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "processor_class": "Qwen3VLProcessor"}
-
-
+ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor)
+ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor)
+ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor)
 _IMAGE_ONLY_PROCESSORS = {
-    "Qwen2VLProcessor": ImageOnlyQwen2VLProcessor,
-    "ImageOnlyQwen2VLProcessor": ImageOnlyQwen2VLProcessor,
-    "Qwen2_5_VLProcessor": ImageOnlyQwen2_5_VLProcessor,
-    "ImageOnlyQwen2_5_VLProcessor": ImageOnlyQwen2_5_VLProcessor,
-    "Qwen3VLProcessor": ImageOnlyQwen3VLProcessor,
-    "ImageOnlyQwen3VLProcessor": ImageOnlyQwen3VLProcessor,
+    name: cls
+    for cls in (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor)
+    for name in (cls.__name__, cls.__mro__[1].__name__)
 }
 
 

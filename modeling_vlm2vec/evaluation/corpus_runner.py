@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as safetensors_bytes
 
 from ..common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
-from ..common.files import read_json_if_complete, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..common.embedding_blocks import read_block, write_block
+from ..common.files import read_json_if_complete, write_json_atomic, write_text_atomic
 from ..common.fingerprint import CACHE_VERSION, model_fingerprint
 from .beir import Collection
 from .corpus import score_corpus
@@ -51,16 +50,6 @@ def _encode_slice(model, items, instruction, batch_size, show_progress_bar) -> n
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def _load_block(path: Path, fingerprint: str) -> np.ndarray | None:
-    try:
-        with safe_open(str(path), framework="np") as f:
-            if (f.metadata() or {}).get("fingerprint") != fingerprint:
-                return None
-            return f.get_tensor("embeddings")
-    except (OSError, KeyError, SafetensorError):  # missing, torn or unreadable: encode again
-        return None
-
-
 def encode_cached(
     model,
     items: list[tuple[str, str | bytes | None]],
@@ -81,7 +70,7 @@ def encode_cached(
         block = items[block_start : block_start + CACHE_BLOCK]
         path = cache_dir / f"{name}-{block_start // CACHE_BLOCK:06d}.safetensors"
         block_fp = f"{fingerprint}:{name}:{block_start}:{len(block)}"
-        cached = _load_block(path, block_fp) if reuse else None
+        cached = read_block(path, block_fp) if reuse else None
         if all_true(cached is not None):
             blocks.append(cached)
             continue
@@ -93,8 +82,7 @@ def encode_cached(
             local = _encode_slice(model, block[start:stop], instruction, batch_size, show)
         embeddings = gather_rows(local, len(block))
         if rank == 0:
-            data = {"embeddings": np.ascontiguousarray(embeddings)}
-            write_bytes_atomic(path, safetensors_bytes(data, metadata={"fingerprint": block_fp}))
+            write_block(path, embeddings, block_fp)
         blocks.append(embeddings)
     return np.concatenate(blocks)
 

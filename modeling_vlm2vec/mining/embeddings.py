@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as safetensors_bytes
 from transformers.utils.logging import tqdm
 
 from ..common.distributed import barrier, rank_and_world, shard_bounds
-from ..common.files import write_bytes_atomic
+from ..common.embedding_blocks import block_is_cached, read_block, write_block
 from .pool import Item
 
 logger = logging.getLogger(__name__)
@@ -35,25 +33,6 @@ def block_fingerprint(model_fp: str, items: list[Item]) -> str:
 
 def _block_file(cache_dir: Path, block: int) -> Path:
     return cache_dir / f"block-{block:06d}.safetensors"
-
-
-def read_block(path: Path, fingerprint: str) -> np.ndarray | None:
-    """The block's (items, dim) embeddings when the file exists and its fingerprint matches, else None."""
-    try:
-        with safe_open(str(path), framework="np") as f:
-            if (f.metadata() or {}).get("fingerprint") != fingerprint:
-                return None
-            return f.get_tensor("embeddings")
-    except (OSError, KeyError, SafetensorError):  # missing, torn or unreadable: encode again
-        return None
-
-
-def _block_is_cached(path: Path, fingerprint: str) -> bool:
-    try:
-        with safe_open(str(path), framework="np") as f:
-            return (f.metadata() or {}).get("fingerprint") == fingerprint
-    except (OSError, SafetensorError):
-        return False
 
 
 def encode_with_cache(
@@ -75,7 +54,7 @@ def encode_with_cache(
     rank, world_size = rank_and_world()
     bounds = [(start, min(start + block_size, len(items))) for start in range(0, len(items), block_size)]
     fingerprints = [block_fingerprint(model_fp, items[start:stop]) for start, stop in bounds]
-    missing = [b for b, fp in enumerate(fingerprints) if not _block_is_cached(_block_file(cache_dir, b), fp)]
+    missing = [b for b, fp in enumerate(fingerprints) if not block_is_cached(_block_file(cache_dir, b), fp)]
     barrier()  # every process has seen the same cache before any writes to it
     first, last = shard_bounds(len(missing), rank, world_size)
     mine = missing[first:last]
@@ -101,10 +80,7 @@ def encode_with_cache(
             block = out.detach().float().cpu().numpy() if torch.is_tensor(out) else np.asarray(out, np.float32)
             if block.shape[0] != stop - start:
                 raise RuntimeError(f"encode() returned {block.shape[0]} embeddings for {stop - start} inputs")
-            data = safetensors_bytes(
-                {"embeddings": np.ascontiguousarray(block, dtype=np.float32)}, metadata={"fingerprint": fingerprints[b]}
-            )
-            write_bytes_atomic(_block_file(cache_dir, b), data)
+            write_block(_block_file(cache_dir, b), block, fingerprints[b])
             progress.update(stop - start)
     finally:
         progress.close()
@@ -118,4 +94,4 @@ def encode_with_cache(
     return np.concatenate(blocks, axis=0)
 
 
-__all__ = ["block_fingerprint", "encode_with_cache", "read_block"]
+__all__ = ["block_fingerprint", "encode_with_cache"]

@@ -8,6 +8,7 @@ otherwise the mean of Table 6 over the same evaluated datasets (marked n/N).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +113,12 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(output_dir: str | os.PathLike, summary: dict) -> str:
-    """Write ``summary.json``, ``results.md`` and ``results.png`` atomically; return the Markdown."""
+def write_report(output_dir: str | os.PathLike, summary: dict, render: Callable[[dict], str] | None = None) -> str:
+    """Write ``summary.json``, ``results.md`` (``render(summary)``, default :func:`render_markdown`) and
+    ``results.png`` atomically; return the Markdown."""
     output_dir = Path(output_dir)
     write_json_atomic(output_dir / "summary.json", summary)
-    markdown = render_markdown(summary)
+    markdown = (render or render_markdown)(summary)
     write_text_atomic(output_dir / "results.md", markdown)
     write_bytes_atomic(output_dir / "results.png", render_chart(summary))
     return markdown

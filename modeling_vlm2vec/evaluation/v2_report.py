@@ -8,13 +8,8 @@ published per-task values over the same evaluated tasks (marked n/N).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-from ..common.files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from .chart import render_chart
 from .report import format_percent
 from .v2_registry import V2_PUBLISHED_AGGREGATES, V2_REGISTRY, v2_groups
 
@@ -104,13 +99,3 @@ def render_v2_markdown(summary: dict) -> str:
         "tasks. A partial group's VLM2Vec-V2 value is the mean of its published per-task scores over the same tasks.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_v2_report(output_dir: str | os.PathLike, summary: dict) -> str:
-    """Write ``summary.json``, ``results.md`` and ``results.png`` atomically; return the Markdown."""
-    output_dir = Path(output_dir)
-    write_json_atomic(output_dir / "summary.json", summary)
-    markdown = render_v2_markdown(summary)
-    write_text_atomic(output_dir / "results.md", markdown)
-    write_bytes_atomic(output_dir / "results.png", render_chart(summary))
-    return markdown

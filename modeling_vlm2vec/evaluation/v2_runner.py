@@ -28,9 +28,10 @@ from ..common.errors import DataError
 from ..common.files import read_json_if_complete, write_json_atomic
 from ..common.fingerprint import model_fingerprint
 from .encoding import cache_path, dataset_fingerprint, load_cached, save_cached
+from .report import write_report
 from .v2_data import Item, TableSource, V2Set, V2Task
 from .v2_registry import V2_REGISTRY, resolve_v2_tasks
-from .v2_report import build_v2_summary, write_v2_report
+from .v2_report import build_v2_summary, render_v2_markdown
 from .v2_scoring import mean_metrics, relevant_ranks_global, relevant_ranks_local
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def run_v2_evaluation(
     label = model_name or str(getattr(model, "name_or_path", "") or type(model).__name__)
     summary = build_v2_summary(records, model=label, model_fingerprint=model_fp)
     if rank_and_world()[0] == 0:
-        markdown = write_v2_report(output_dir, summary)
+        markdown = write_report(output_dir, summary, render_v2_markdown)
         if verbose:
             print(markdown)
     barrier()

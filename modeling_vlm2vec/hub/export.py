@@ -70,7 +70,7 @@ def export_checkpoint(
         card_context: training details and metadata for the model card (see `modeling_vlm2vec.hub.card`);
             ``eval_dir`` defaults to ``<checkpoint>/eval``.
         base_model: the adapter's base; overrides the reference stored in the adapter config.
-        overwrite: replace an existing non-empty `output_dir`.
+        overwrite: replace a previous export in `output_dir` (see `check_output_folder`; inputs are never replaced).
         trust_remote_code: allow Hub code of a raw base VLM an adapter applies to (our checkpoints never need it).
 
     Raises:
@@ -78,10 +78,9 @@ def export_checkpoint(
             adapter not matching its base, output folder not empty.
     """
     output_dir = Path(output_dir).absolute()
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise DataError(
-            "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
-        )
+    inputs = [model_or_dir] if isinstance(model_or_dir, (str, os.PathLike)) else []
+    inputs += [base_model] if base_model and Path(base_model).expanduser().exists() else []
+    check_output_folder(output_dir, inputs=inputs, overwrite=overwrite)
     source = load_source(model_or_dir, base_model=base_model, trust_remote_code=trust_remote_code)
     is_adapter = is_peft_model(source.model)
     if adapter_only and not is_adapter:
@@ -125,6 +124,40 @@ def export_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def check_output_folder(output_dir: Path, *, inputs: list, overwrite: bool) -> None:
+    """Refuse an output folder whose replacement would lose data, with a `DataError` naming it.
+
+    The output may not be an existing file, nor equal to or contain any of `inputs` (the source checkpoint, a local
+    adapter base). An existing non-empty folder is replaced only with `overwrite`, and only when it is a previous
+    export: a ``README.md`` beside a ``config.json`` or ``adapter_config.json``, no sub-folder but ``eval/``.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError("output path exists and is not a folder", file=str(output_dir))
+    real = output_dir.resolve()
+    for item in inputs:
+        item = Path(item).expanduser().resolve()
+        if item == real or real in item.parents:
+            raise DataError(
+                f"the output folder would replace an input of the export ({str(item)!r}); choose another output folder",
+                file=str(output_dir),
+            )
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise DataError(
+            "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
+        )
+    names = {p.name for p in output_dir.iterdir()}
+    subfolders = sorted(p.name for p in output_dir.iterdir() if p.is_dir() and p.name != "eval")
+    if "README.md" not in names or not names & {"config.json", ADAPTER_CONFIG} or subfolders:
+        raise DataError(
+            "overwrite replaces only a previous export (README.md with config.json or adapter_config.json, no "
+            f"sub-folder but eval/); this folder holds other data{f' ({subfolders[0]}/)' if subfolders else ''}; "
+            "remove it yourself or choose another output folder",
+            file=str(output_dir),
+        )
 
 
 def verify_export(folder: str | os.PathLike, *, adapter_only: bool = False) -> None:

@@ -264,7 +264,11 @@ def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
     Qwen2-VL / Qwen2.5-VL processors are loaded without their video processor, so they work whether or not
     torchvision is installed; other saved classes are loaded by name; a folder naming none (or a class that is Hub
     code) goes through ``AutoProcessor``, which runs Hub code only with ``trust_remote_code=True`` in ``kwargs``.
+    ``trust_remote_code`` is always passed on as an explicit ``True`` / ``False`` (default), so no loader ever stops
+    at transformers' interactive "run custom code?" question (e.g. a tokenizer reading the folder's ``config.json``,
+    whose ``auto_map`` names the Vlm2Vec files).
     """
+    kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
     processor_class = _saved_processor_class(str(path_or_id), kwargs)
     if processor_class in _IMAGE_ONLY_PROCESSORS:
         return _IMAGE_ONLY_PROCESSORS[processor_class].from_pretrained(path_or_id, **kwargs)

@@ -241,3 +241,17 @@ def test_command_line_exit_code(tmp_path):
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "not a checkpoint" in error_lines[0]
+
+
+def test_truncated_weights_and_a_file_in_the_way_are_one_error_line(raw_dir, tmp_path, capsys):
+    source = export_checkpoint(Vlm2VecModel.from_backbone(raw_dir), tmp_path / "source")
+    (tmp_path / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([str(source), str(tmp_path / "notes.txt" / "export")]) == 2
+    assert capsys.readouterr().err.startswith("error: file ") and (tmp_path / "notes.txt").read_text() == "mine"
+    weights = source / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 100)
+    assert main([str(source), str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.safetensors': corrupt or truncated safetensors" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "source"]

@@ -50,6 +50,20 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def check_writable_folder(path: str | os.PathLike) -> None:
+    """Create the folder ``path`` if needed and check a file can be written in it; `DataError` naming it if not
+    (a file in the way, no permission, a read-only disk)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError("output path exists and is not a folder", file=str(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise DataError(f"cannot write in the output folder ({exc.strerror or exc})", file=str(path)) from exc
+
+
 def read_json(path: str | os.PathLike) -> dict:
     """The JSON object stored in ``path``; `DataError` naming the file if it is unreadable or not an object."""
     try:
@@ -70,4 +84,11 @@ def read_json_if_complete(path: str | os.PathLike) -> dict | None:
         return None
 
 
-__all__ = ["read_json", "read_json_if_complete", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "check_writable_folder",
+    "read_json",
+    "read_json_if_complete",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]

@@ -29,7 +29,7 @@ import torch
 
 from ..common.cli import run_cli
 from ..common.errors import DataError
-from ..common.files import read_json
+from ..common.files import check_writable_folder, read_json
 from ..loading import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, is_vlm2vec_base
 from .card import load_eval_summary, write_model_card
 from .checkpoint import (
@@ -129,12 +129,14 @@ def export_checkpoint(
 def check_output_folder(output_dir: Path, *, inputs: list, overwrite: bool) -> None:
     """Refuse an output folder whose replacement would lose data, with a `DataError` naming it.
 
-    The output may not be an existing file, nor equal to or contain any of `inputs` (the source checkpoint, a local
-    adapter base). An existing non-empty folder is replaced only with `overwrite`, and only when it is a previous
-    export: a ``README.md`` beside a ``config.json`` or ``adapter_config.json``, no sub-folder but ``eval/``.
+    The output may not be an existing file, its parent must be a writable folder, and it may not equal or contain
+    any of `inputs` (the source checkpoint, a local adapter base). An existing non-empty folder is replaced only with
+    `overwrite`, and only when it is a previous export: a ``README.md`` beside a ``config.json`` or
+    ``adapter_config.json``, no sub-folder but ``eval/``.
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError("output path exists and is not a folder", file=str(output_dir))
+    check_writable_folder(output_dir.parent)  # the export is assembled beside the output folder
     real = output_dir.resolve()
     for item in inputs:
         item = Path(item).expanduser().resolve()

@@ -59,6 +59,18 @@ def build_prompt(text: str | None, has_image: bool, image_token: str, instructio
     return prompt.replace(IMAGE_PLACEHOLDER, image_token)
 
 
+def check_item_text(text: str) -> None:
+    """Raise ``ValueError`` for an item text no prompt can be built from, whatever the backbone: text that is not
+    encodable UTF-8 (a lone surrogate, e.g. from a JSON ``\\ud800`` escape) or holds more than one ``<|image_1|>``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid UTF-8 ({exc.reason} at character {exc.start})") from None
+    count = text.count(IMAGE_PLACEHOLDER)
+    if count > 1:
+        raise ValueError(f"a text may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}")
+
+
 def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
     """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
     fixed size, else the pixel count clamped between the bounds.
@@ -168,6 +180,29 @@ class Vlm2VecProcessor(ProcessorMixin):
     def build_prompt(self, text: str | None, has_image: bool, instruction: str | None = None) -> str:
         """:func:`build_prompt` with this checkpoint's image token."""
         return build_prompt(text, has_image, self.image_token, instruction)
+
+    def check_text(self, text: str) -> None:
+        """Raise ``ValueError`` when ``text`` cannot become a correct prompt for this backbone, before any forward.
+
+        Beyond :func:`check_item_text`: a literal backbone image token (``<|image_pad|>``, ``<image>``...) in the
+        data would count as an image without pixels; and without ``max_length`` a text longer than the backbone's
+        context (``max_position_embeddings``) would be attempted whole. Only texts with more UTF-8 bytes than that
+        limit are tokenized (a token covers at least one byte), so the check costs little.
+        """
+        check_item_text(text)
+        tokens = {self.image_token, getattr(self.backbone_processor, "image_token", None)}
+        found = sorted(t for t in tokens if t and t in text)
+        if found:
+            raise ValueError(
+                f"text holds the backbone's image token {found[0]!r}; mark the image with {IMAGE_PLACEHOLDER}"
+            )
+        limit = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        if self.max_length is None and limit and len(text.encode("utf-8")) > limit:
+            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n > limit:
+                raise ValueError(
+                    f"text has {n} tokens, more than the backbone's {limit} positions; set max_length to truncate"
+                )
 
     def __call__(
         self, texts: list[str | None], images: list[Image.Image | None], instruction: str | None = None

@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.numpy import load_file
 
 from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.demo.eval_fixtures import write_eval_dataset
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set
 from modeling_vlm2vec.evaluation.encoding import model_fingerprint
@@ -144,3 +147,31 @@ def test_cli_with_two_processes_matches_one(setup):
             assert ours[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
     summary = json.loads((out / "summary.json").read_text())
     assert summary["aggregates"]["Overall"]["n"] == 5
+
+
+@pytest.mark.parametrize(
+    "text, settings, pattern",
+    [
+        ("<|image_pad|> a label", {}, r"row 2, .*image token '<\|image_pad\|>'"),
+        ("word " * 40000, {}, r"row 2, .*more than the backbone's \d+ positions; set max_length"),
+        (None, {"max_length": 3}, r"row 0, .*max_length is too small for the image tokens"),
+    ],
+)
+def test_prompts_are_checked_before_the_first_forward(setup, tmp_path, text, settings, pattern):
+    rows = pq.read_table(setup["data"]["eval"]["SynI2T"]).to_pylist()  # image queries, text candidates
+    if text is not None:
+        rows[2]["tgt_text"][1] = text
+    write_eval_dataset(tmp_path / "eval", "SynI2T", rows)
+    model = load_vlm2vec(setup["checkpoint"], overrides=settings)
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(1), with_kwargs=True)
+    with pytest.raises(DataError, match=rf"dataset 'SynI2T', {pattern}"):
+        evaluate_mmeb(
+            model,
+            dataset_name=str(tmp_path / "eval"),
+            subsets=["SynI2T"],
+            image_dir=setup["data"]["root"],
+            output_dir=tmp_path / "out",
+            verbose=False,
+        )
+    assert forwards == [] and not any((tmp_path / "out").glob("*.json"))

@@ -3,8 +3,9 @@
 Files written under ``output_dir`` (all atomically, by process 0 only):
 ``<dataset>_score.json`` per dataset, ``summary.json``, ``results.md``, ``results.png`` and the embedding cache
 ``cache/<model fingerprint>/<dataset>.safetensors``. A dataset whose score file carries the current fingerprint
-(model + dataset rows) is skipped, so a killed run resumes where it stopped. Nothing is written before every
-requested dataset has been loaded and validated.
+(model weights, config and processor settings + the dataset's rows and the bytes of its images) is skipped, so a
+killed run resumes where it stopped. Nothing is written before every requested dataset has been loaded and
+validated.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 
 from ..common.distributed import all_true, barrier, rank_and_world
-from ..common.files import read_json_if_complete, write_json_atomic
+from ..common.files import check_writable_folder, read_json_if_complete, write_json_atomic
 from ..common.locations import MMEB_EVAL_DATASET
 from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, model_fingerprint, save_cached
-from .loading import EvalSet, load_eval_set
+from .loading import EvalSet, check_eval_prompts, load_eval_set
 from .metrics import ranking_metrics
 from .registry import REGISTRY, resolve_subsets
 from .report import build_summary, write_report
@@ -137,6 +138,9 @@ def run_evaluation(
 ) -> dict:
     """Score already validated datasets (see :func:`evaluate_mmeb` for the arguments) and write the report."""
     output_dir = Path(output_dir)
+    check_writable_folder(output_dir)
+    if hasattr(getattr(model, "processor", None), "check_text"):  # a Vlm2VecModel: its prompts, before any forward
+        check_eval_prompts(eval_sets, model.processor)
     model_fp = model_fingerprint(model)
     records = [
         _evaluate_one(

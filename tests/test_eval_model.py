@@ -175,3 +175,15 @@ def test_prompts_are_checked_before_the_first_forward(setup, tmp_path, text, set
             verbose=False,
         )
     assert forwards == [] and not any((tmp_path / "out").glob("*.json"))
+
+
+def test_fingerprint_covers_config_and_processor_settings(setup):
+    base = load_vlm2vec(setup["checkpoint"])
+    reference = model_fingerprint(base)
+    assert model_fingerprint(load_vlm2vec(setup["checkpoint"])) == reference  # same model, same key
+    resized = load_vlm2vec(setup["checkpoint"], overrides={"image_max_pixels": 56 * 56})
+    assert model_fingerprint(resized) != reference
+    other_processor = load_vlm2vec(setup["checkpoint"])
+    image_processor = other_processor.processor.backbone_processor.image_processor
+    image_processor.image_mean = [0.0, 0.0, 0.0]  # a saved processor setting that changes pixel values
+    assert model_fingerprint(other_processor) != reference

@@ -45,7 +45,7 @@ from .hub.export import export_checkpoint
 from .loading import check_safetensors, load_vlm2vec
 from .modeling_vlm2vec import Vlm2VecModel
 from .training.arguments import ContrastiveTrainingArguments, LoraArguments
-from .training.lora import prepare_trainable_model
+from .training.lora import check_lora_targets, prepare_trainable_model
 from .training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ def run(
     eval_sets = load_eval_sets(eval_kwargs["dataset_name"], **where) if training_args.do_eval else []
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
     model = build_model(model_args)
+    check_lora_targets(model, lora_args)
     check_prompts(corpus, model.processor)
     if training_args.process_index == 0 and resume is None:
         set_aside_previous_results(output_dir)

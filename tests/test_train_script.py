@@ -304,6 +304,12 @@ def _bad_recipe(case: str, tmp_path: Path, backbone: Path, image_dir: Path) -> d
         "corpus smaller than one global batch": {"per_device_train_batch_size": 512},
         "batch of 1 without hard negatives": {"per_device_train_batch_size": 1},
         "max_length below the image tokens": {"max_length": 3},
+        "sub-batch 0": {"sampler_mode": "homogeneous", "homogeneous_sub_batch": 0},
+        "sub-batch not dividing the batch": {"sampler_mode": "homogeneous", "homogeneous_sub_batch": 3},
+        "LoRA rank 0": {"lora": True, "lora_r": 0},
+        "LoRA targets nothing": {"lora": True, "lora_target_modules": "no_such_proj"},
+        "negative learning rate": {"learning_rate": -1.0},
+        "no training step": {"max_steps": 0, "num_train_epochs": 0},
     }[case]
 
 
@@ -322,6 +328,12 @@ def _bad_recipe(case: str, tmp_path: Path, backbone: Path, image_dir: Path) -> d
         ("corpus smaller than one global batch", "fewer than one global batch of 512"),
         ("batch of 1 without hard negatives", "loss is constantly 0"),
         ("max_length below the image tokens", "row 0, file '"),  # the source's first image row, named
+        ("sub-batch 0", "homogeneous_sub_batch must be >= 1"),
+        ("sub-batch not dividing the batch", "not a multiple of homogeneous_sub_batch 3"),
+        ("LoRA rank 0", "lora_r must be >= 1"),
+        ("LoRA targets nothing", "lora_target_modules 'no_such_proj' selects no module"),
+        ("negative learning rate", "learning_rate must be >= 0"),
+        ("no training step", "leave no training step"),
         ("two placeholders", "'Bad', row 5, file '"),
         ("two placeholders", "one image placeholder <|image_1|>, found 2"),
         ("literal image token", "row 5, file '"),

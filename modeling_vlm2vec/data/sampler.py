@@ -62,14 +62,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
         source_names: Sequence[str] | None = None,
     ):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise DataError(f"mode must be one of {MODES}, got {mode!r}")
         if global_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"invalid global_batch_size={global_batch_size}, world_size={world_size}, rank={rank}")
+            raise DataError(f"invalid global_batch_size={global_batch_size}, world_size={world_size}, rank={rank}")
         if global_batch_size % world_size:
-            raise ValueError(f"global batch size {global_batch_size} is not divisible by world size {world_size}")
+            raise DataError(f"global batch size {global_batch_size} is not divisible by world size {world_size}")
         sub_batch = homogeneous_sub_batch or global_batch_size
         if mode == "homogeneous" and global_batch_size % sub_batch:
-            raise ValueError(
+            raise DataError(
                 f"global batch size {global_batch_size} is not a multiple of homogeneous_sub_batch {sub_batch}"
             )
         self.sizes = [int(n) for n in source_sizes]

@@ -94,3 +94,15 @@ def test_pickled_or_foreign_adapters_are_refused(tiny_backbone_dir, tmp_path):
     with pytest.raises(DataError, match="weights_only=True"):
         convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["release", "run"])
+def test_conversion_never_replaces_the_release_it_reads(tiny_backbone_dir, tmp_path, target):
+    raw_dir = tiny_backbone_dir("qwen2_vl")
+    release = tmp_path / "run" / "release"
+    _official_release(raw_dir, release, "qwen2_vl")
+    before = {p.name: p.read_bytes() for p in release.iterdir()}
+    assert {"README.md", "adapter_config.json"} <= set(before)  # it looks like an export that overwrite may replace
+    with pytest.raises(DataError, match="would replace an input"):
+        convert_official_checkpoint(raw_dir, release, tmp_path / target if target == "run" else release, overwrite=True)
+    assert {p.name: p.read_bytes() for p in release.iterdir()} == before

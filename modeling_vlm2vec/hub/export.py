@@ -55,6 +55,7 @@ def export_checkpoint(
     base_model: str | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    protect: tuple = (),
 ) -> Path:
     """Write a Hub-ready checkpoint of `model_or_dir` to `output_dir` and return its path.
 
@@ -72,13 +73,15 @@ def export_checkpoint(
         base_model: the adapter's base; overrides the reference stored in the adapter config.
         overwrite: replace a previous export in `output_dir` (see `check_output_folder`; inputs are never replaced).
         trust_remote_code: allow Hub code of a raw base VLM an adapter applies to (our checkpoints never need it).
+        protect: more folders the model was read from (e.g. a converted adapter and its base), never to be replaced;
+            `model_or_dir` and a local `base_model` are protected always.
 
     Raises:
         DataError: not a checkpoint, not a vlm2vec config, remote code or weights missing, adapter base not found,
             adapter not matching its base, output folder not empty.
     """
     output_dir = Path(output_dir).absolute()
-    inputs = [model_or_dir] if isinstance(model_or_dir, (str, os.PathLike)) else []
+    inputs = list(protect) + ([model_or_dir] if isinstance(model_or_dir, (str, os.PathLike)) else [])
     inputs += [base_model] if base_model and Path(base_model).expanduser().exists() else []
     check_output_folder(output_dir, inputs=inputs, overwrite=overwrite)
     source = load_source(model_or_dir, base_model=base_model, trust_remote_code=trust_remote_code)

@@ -9,8 +9,9 @@
     python evaluate_mmeb.py config.yaml                  # the same keys in one YAML file
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 evaluate_mmeb.py ...   # several processes
 
-Bad input (unknown subset, missing column or image, malformed rows) prints ``error: ...`` and exits with status 2
-before any result file is written.
+Bad input (an unknown argument or subset, a missing column, a missing, empty, corrupt or oversized image, malformed
+rows, an output folder that cannot be written, a model folder with missing or corrupt weights) prints one
+``error: ...`` line and exits with status 2 before any result file is written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import HfArgumentParser
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
 from modeling_vlm2vec.common.distributed import process_device
 from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.common.files import check_writable_folder
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
 from modeling_vlm2vec.evaluation import EvalArguments, evaluate_corpus, load_collection, load_eval_sets, run_evaluation
 from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
@@ -31,11 +33,11 @@ from modeling_vlm2vec.loading import load_vlm2vec
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_dataclasses(HfArgumentParser(EvalArguments), sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = args.device or process_device()
 
     def body():
+        (args,) = parse_dataclasses(HfArgumentParser(EvalArguments), sys.argv[1:] if argv is None else argv)
+        device = args.device or process_device()
         # Validate every dataset (and image) before spending minutes loading a large model.
         if args.corpus_dir is not None:
             if args.subset_name or args.benchmark != "mmeb-v1":
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_sets = load_v2_sets(args.subsets, args.dataset_name, args.image_dir)
         else:
             eval_sets = load_eval_sets(args.dataset_name or MMEB_EVAL_DATASET, args.subsets, args.image_dir)
+        check_writable_folder(args.output_dir)
         model = load_vlm2vec(
             args.model_name_or_path,
             lora_adapter=args.lora_adapter,

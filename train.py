@@ -9,6 +9,7 @@ with status 2.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from transformers import HfArgumentParser
@@ -18,9 +19,11 @@ from modeling_vlm2vec.pipeline import TRAIN_ARGUMENTS, run
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Our own progress lines (rows kept and dropped per source, evaluation steps) at INFO; other libraries' at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("modeling_vlm2vec").setLevel(logging.INFO)
     parser = HfArgumentParser(TRAIN_ARGUMENTS)
-    args = parse_dataclasses(parser, sys.argv[1:] if argv is None else argv)
-    return run_cli(lambda: run(*args))
+    return run_cli(lambda: run(*parse_dataclasses(parser, sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers.utils import cached_file
 
@@ -128,16 +129,33 @@ def load_processor(
     return Vlm2VecProcessor.from_config(backbone_processor, model.config)
 
 
-def _load_checkpoint(path: str, load_kwargs: dict) -> Vlm2VecModel:
-    folder = Path(path)
-    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+def check_safetensors(folder: str | os.PathLike) -> None:
+    """`DataError` naming the file unless ``folder`` holds safetensors weights whose files are all complete.
+
+    Only each file's header is read (it records every tensor's byte range, which must fit the file), so a truncated
+    or corrupt file is found before minutes of loading, not in the middle.
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
         found = sorted(p.name for p in folder.glob("*.bin"))
         detail = f" (found {', '.join(found)}; pickled weights are not loaded)" if found else ""
-        raise DataError(f"no safetensors weights{detail}", file=path)
+        raise DataError(f"no safetensors weights{detail}", file=str(folder))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (OSError, SafetensorError) as exc:  # truncated or corrupt header
+            raise DataError(f"corrupt or truncated safetensors file ({exc})", file=str(file)) from exc
+
+
+def _load_checkpoint(path: str, load_kwargs: dict) -> Vlm2VecModel:
+    if Path(path).is_dir():
+        check_safetensors(path)
     kwargs = {k: v for k, v in load_kwargs.items() if k != "trust_remote_code" or v}
     try:
         model, info = Vlm2VecModel.from_pretrained(path, output_loading_info=True, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise DataError(f"cannot load the checkpoint: {exc}", file=path) from exc
     if info["missing_keys"]:
         raise DataError(f"weights missing from the checkpoint: {sorted(info['missing_keys'])[:5]}", file=path)
@@ -150,7 +168,7 @@ def _wrap_backbone(path: str, load_kwargs: dict, settings: dict) -> Vlm2VecModel
         raise DataError(f"unknown Vlm2Vec setting(s) {unknown}; known: {list(WRAPPER_FIELDS)}", file=path)
     try:
         return Vlm2VecModel.from_backbone(path, **load_kwargs, **settings)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # missing files, bad config, truncated weights
         raise DataError(f"cannot load the model: {exc}", file=path) from exc
 
 
@@ -261,6 +279,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "PROCESSOR_FILES",
     "attach_adapter",
+    "check_safetensors",
     "has_processor_files",
     "is_vlm2vec_base",
     "is_vlm2vec_checkpoint",

@@ -89,7 +89,17 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         super().__init__(config)
         self.backbone = backbone if backbone is not None else _backbone_from_config(config.backbone_config)
         self._processor = None
+        self._trust_remote_code = False  # the trust the model was loaded with; the processor loads with the same
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, remembering ``trust_remote_code`` (also when `AutoModel` passes it on) so
+        the processor loaded on first use gets the same explicit answer and never asks interactively."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
+        model._trust_remote_code = bool(kwargs.get("trust_remote_code"))
+        return loaded
 
     @classmethod
     def from_backbone(
@@ -120,6 +130,7 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         # building the composite config resets the sub-config's attention choice; restore it everywhere
         config._attn_implementation = attn
         model = cls(config, backbone=backbone)
+        model._trust_remote_code = trust_remote_code
         model.name_or_path = str(backbone_name_or_path)
         model.config._name_or_path = str(backbone_name_or_path)
         return model
@@ -163,10 +174,11 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
 
     @property
     def processor(self) -> Vlm2VecProcessor:
-        """The `Vlm2VecProcessor` of these weights: the backbone processor saved beside them (loaded on first use)
-        with this model's input contract."""
+        """The `Vlm2VecProcessor` of these weights: the backbone processor saved beside them (loaded on first use,
+        with the ``trust_remote_code`` the model was loaded with) with this model's input contract."""
         if self._processor is None:
-            self._processor = Vlm2VecProcessor.from_config(load_backbone_processor(self.name_or_path), self.config)
+            backbone_processor = load_backbone_processor(self.name_or_path, trust_remote_code=self._trust_remote_code)
+            self._processor = Vlm2VecProcessor.from_config(backbone_processor, self.config)
         return self._processor
 
     @processor.setter

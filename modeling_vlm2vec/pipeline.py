@@ -4,10 +4,14 @@
 
 1. builds a tiny offline backbone when ``tiny_backbone`` asks for one, and the synthetic data when
    ``dataset_config: synthetic`` (process 0 writes, the others wait);
-2. wraps the backbone (a raw VLM, or continues from a Vlm2Vec checkpoint) and adds LoRA / DoRA when asked;
-3. evaluates the untrained model on the held-out MMEB sets (``do_eval``) into ``<output_dir>/eval/baseline``;
-4. trains with :class:`~modeling_vlm2vec.training.trainer.ContrastiveTrainer` (resumable checkpoints);
-5. exports the final model into ``output_dir`` (merged weights, remote code, processor, card) — the folder is the
+2. validates every input before the model's first forward: the output folder (writable), the training data and
+   its size against the global batch (:func:`~.data.sampler.check_corpus_trainable`), the evaluation data, the
+   checkpoint to resume, then — once the model and its processor are loaded — every prompt
+   (:func:`~.data.sources.check_prompts`); a fresh run moves an earlier run's ``eval/`` to ``eval.previous-<n>/``;
+3. wraps the backbone (a raw VLM, or continues from a Vlm2Vec checkpoint) and adds LoRA / DoRA when asked;
+4. evaluates the untrained model on the held-out MMEB sets (``do_eval``) into ``<output_dir>/eval/baseline``;
+5. trains with :class:`~modeling_vlm2vec.training.trainer.ContrastiveTrainer` (resumable checkpoints);
+6. exports the final model into ``output_dir`` (merged weights, remote code, processor, card) — the folder is the
    Hub-ready checkpoint — then evaluates *that export*, loaded the way users load it, into ``<output_dir>/eval``,
    re-renders the card with the scores and prints a before/after table (with Matryoshka sizes, the exported model
    is also scored at each smaller size, from the same cached embeddings, into ``<output_dir>/eval/dim<d>``).
@@ -24,22 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers.integrations import get_reporting_integration_callbacks
+from transformers.trainer_utils import get_last_checkpoint
 
 from .common.distributed import barrier
 from .common.errors import DataError
+from .common.files import check_writable_folder, read_json
 from .common.locations import MMEB_EVAL_DATASET, MMEB_TRAIN_DATASET
 from .configuration_vlm2vec import WRAPPER_FIELDS
 from .data.collator import Vlm2VecCollator
-from .data.sources import load_corpus
+from .data.sampler import check_corpus_trainable
+from .data.sources import check_prompts, load_corpus
 from .demo.hook import SYNTHETIC, DemoArguments, prepare_demo, synthetic_locations
-from .evaluation import evaluate_mmeb
+from .evaluation import load_eval_sets, run_evaluation
 from .evaluation.report import format_percent
 from .hub.card import write_model_card
 from .hub.export import export_checkpoint
-from .loading import load_vlm2vec
+from .loading import check_safetensors, load_vlm2vec
 from .modeling_vlm2vec import Vlm2VecModel
 from .training.arguments import ContrastiveTrainingArguments, LoraArguments
-from .training.lora import prepare_trainable_model
+from .training.lora import check_lora_targets, prepare_trainable_model
 from .training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger(__name__)
@@ -145,6 +152,14 @@ class DataArguments:
     eval_image_dir: str | None = field(default=None, metadata={"help": "Image root of the evaluation data."})
     eval_batch_size: int = field(default=32, metadata={"help": "Items per forward when encoding for evaluation."})
 
+    def __post_init__(self):
+        if (
+            isinstance(self.eval_batch_size, bool)
+            or not isinstance(self.eval_batch_size, int)
+            or self.eval_batch_size < 1
+        ):
+            raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+
 
 #: The argument dataclasses of ``train.py``, in the order :func:`run` takes them.
 TRAIN_ARGUMENTS = (ModelArguments, DataArguments, LoraArguments, ContrastiveTrainingArguments, DemoArguments)
@@ -162,6 +177,7 @@ def run(
     check_reporting(training_args.report_to)
     demo_args = demo_args or DemoArguments()
     output_dir = Path(training_args.output_dir)
+    check_writable_folder(output_dir)
     with training_args.main_process_first(desc="preparing backbone and data"):
         if training_args.process_index == 0:
             prepare_demo(
@@ -172,12 +188,28 @@ def run(
             )
     data_config, eval_kwargs = _data_locations(data_args, demo_args, output_dir)
 
-    corpus = load_corpus(data_config, seed=training_args.seed)  # validates every source before any heavy work
+    # Every input is validated before any heavy work: training data, evaluation data, the checkpoint to resume.
+    corpus = load_corpus(data_config, seed=training_args.seed)
+    check_corpus_trainable(
+        corpus,
+        per_device_batch_size=training_args.per_device_train_batch_size,
+        world_size=training_args.world_size,
+        mode=training_args.sampler_mode,
+        homogeneous_sub_batch=training_args.homogeneous_sub_batch,
+    )
+    where = {key: eval_kwargs.pop(key) for key in ("subsets", "image_dir")}
+    eval_sets = load_eval_sets(eval_kwargs["dataset_name"], **where) if training_args.do_eval else []
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
     model = build_model(model_args)
+    check_lora_targets(model, lora_args)
+    check_prompts(corpus, model.processor)
+    if training_args.process_index == 0 and resume is None:
+        set_aside_previous_results(output_dir)
+    barrier()
     results = {"baseline": None, "final": None}
     if training_args.do_eval:
-        results["baseline"] = evaluate_mmeb(
-            model, output_dir=output_dir / "eval" / "baseline", model_name="before training", **eval_kwargs
+        results["baseline"] = run_evaluation(
+            model, eval_sets, output_dir=output_dir / "eval" / "baseline", model_name="before training", **eval_kwargs
         )
     trainable = prepare_trainable_model(model, lora_args)
     trainer = ContrastiveTrainer(
@@ -187,7 +219,7 @@ def run(
         data_collator=Vlm2VecCollator(model.processor),
         processing_class=model.processor,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
 
     card_context = _card_context(trainer, corpus, model_args, data_args)
     if trainer.is_world_process_zero():
@@ -195,12 +227,13 @@ def run(
     barrier()
     if training_args.do_eval:
         exported = load_vlm2vec(output_dir, device=training_args.device)  # the export, as users load it
-        results["final"] = evaluate_mmeb(
-            exported, output_dir=output_dir / "eval", model_name="after training", **eval_kwargs
+        results["final"] = run_evaluation(
+            exported, eval_sets, output_dir=output_dir / "eval", model_name="after training", **eval_kwargs
         )
         for size in (exported.config.matryoshka_dimensions or [])[:-1]:  # scored from the cached embeddings
-            results[f"final_dim{size}"] = evaluate_mmeb(
+            results[f"final_dim{size}"] = run_evaluation(
                 exported,
+                eval_sets,
                 output_dir=output_dir / "eval" / f"dim{size}",
                 cache_dir=output_dir / "eval" / "cache",
                 truncate_dim=size,
@@ -235,6 +268,41 @@ def check_reporting(report_to: list[str]) -> None:
                 f"report_to {callback.__name__}: {exc} Install the package or drop it from report_to "
                 f"(report_to: [] logs to the console only)."
             ) from exc
+
+
+def resolve_resume_checkpoint(resume: str | bool | None, output_dir: Path) -> str | None:
+    """The checkpoint folder training resumes from, checked before any work; None for a fresh run.
+
+    ``resume`` is a checkpoint folder, or true (``"true"`` from a YAML file or a flag) for the last ``checkpoint-*``
+    of ``output_dir``. `DataError` when it is missing, lacks ``trainer_state.json`` or weights, or a file is corrupt.
+    """
+    if resume in (None, False, "", "false", "False"):
+        return None
+    if resume in (True, "true", "True"):
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise DataError(
+                "resume_from_checkpoint: true, but the output folder holds no checkpoint-*", file=str(output_dir)
+            )
+        resume = last
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise DataError("resume_from_checkpoint is not a folder", file=str(folder))
+    read_json(folder / "trainer_state.json")  # missing or corrupt -> DataError naming it
+    check_safetensors(folder)
+    return str(folder)
+
+
+def set_aside_previous_results(output_dir: Path) -> None:
+    """Move a previous run's ``eval/`` to ``eval.previous-<n>/`` so its results never describe the new model."""
+    previous = output_dir / "eval"
+    if not previous.exists():
+        return
+    n = 1
+    while (output_dir / f"eval.previous-{n}").exists():
+        n += 1
+    os.replace(previous, output_dir / f"eval.previous-{n}")
+    logger.warning("%s holds results of an earlier run: moved to %s", previous, output_dir / f"eval.previous-{n}")
 
 
 def build_model(model_args: ModelArguments) -> Vlm2VecModel:

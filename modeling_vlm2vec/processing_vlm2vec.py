@@ -73,6 +73,18 @@ def build_prompt(
     return prompt.replace(IMAGE_PLACEHOLDER, image_token)
 
 
+def check_item_text(text: str) -> None:
+    """Raise ``ValueError`` for an item text no prompt can be built from, whatever the backbone: text that is not
+    encodable UTF-8 (a lone surrogate, e.g. from a JSON ``\\ud800`` escape) or holds more than one ``<|image_1|>``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid UTF-8 ({exc.reason} at character {exc.start})") from None
+    count = text.count(IMAGE_PLACEHOLDER)
+    if count > 1:
+        raise ValueError(f"a text may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}")
+
+
 def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
     """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
     fixed size, else the pixel count clamped between the bounds; then the ``small_image_edge`` rule.
@@ -196,6 +208,29 @@ class Vlm2VecProcessor(ProcessorMixin):
         """:func:`build_prompt` with this checkpoint's image token."""
         return build_prompt(text, has_image, self.image_token, instruction, strip=self.strip_prompt)
 
+    def check_text(self, text: str) -> None:
+        """Raise ``ValueError`` when ``text`` cannot become a correct prompt for this backbone, before any forward.
+
+        Beyond :func:`check_item_text`: a literal backbone image token (``<|image_pad|>``, ``<image>``...) in the
+        data would count as an image without pixels; and without ``max_length`` a text longer than the backbone's
+        context (``max_position_embeddings``) would be attempted whole. Only texts with more UTF-8 bytes than that
+        limit are tokenized (a token covers at least one byte), so the check costs little.
+        """
+        check_item_text(text)
+        tokens = {self.image_token, getattr(self.backbone_processor, "image_token", None)}
+        found = sorted(t for t in tokens if t and t in text)
+        if found:
+            raise ValueError(
+                f"text holds the backbone's image token {found[0]!r}; mark the image with {IMAGE_PLACEHOLDER}"
+            )
+        limit = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        if self.max_length is None and limit and len(text.encode("utf-8")) > limit:
+            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n > limit:
+                raise ValueError(
+                    f"text has {n} tokens, more than the backbone's {limit} positions; set max_length to truncate"
+                )
+
     def __call__(
         self, texts: list[str | None], images: list[Image.Image | None], instruction: str | None = None
     ) -> dict[str, torch.Tensor]:
@@ -318,7 +353,11 @@ def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
     Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors are loaded without their video processor, so they work whether or not
     torchvision is installed; other saved classes are loaded by name; a folder naming none (or a class that is Hub
     code) goes through ``AutoProcessor``, which runs Hub code only with ``trust_remote_code=True`` in ``kwargs``.
+    ``trust_remote_code`` is always passed on as an explicit ``True`` / ``False`` (default), so no loader ever stops
+    at transformers' interactive "run custom code?" question (e.g. a tokenizer reading the folder's ``config.json``,
+    whose ``auto_map`` names the Vlm2Vec files).
     """
+    kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
     processor_class = _saved_processor_class(str(path_or_id), kwargs)
     if processor_class in _IMAGE_ONLY_PROCESSORS:
         return _IMAGE_ONLY_PROCESSORS[processor_class].from_pretrained(path_or_id, **kwargs)

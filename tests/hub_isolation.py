@@ -52,6 +52,7 @@ def run_isolated(code: str, *, cwd: str | os.PathLike | None = None, timeout: fl
     cwd = cwd or tempfile.mkdtemp(prefix="vlm2vec-isolated-cwd-")
     proc = subprocess.run(
         [sys.executable, "-c", PRELUDE + code + EPILOGUE],
+        stdin=subprocess.DEVNULL,  # an interactive question would read EOF here, never wait
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -102,3 +102,19 @@ def test_bad_images_name_source_row_path(tiny_backbone_dir, images, tmp_path):
     bad = {**_examples(images)[2], "neg_images": [None, str(corrupt)]}
     with pytest.raises(DataError, match=r"dataset 'b', row 9, file '.*corrupt\.png': cannot read image"):
         Vlm2VecCollator(processor)([bad])
+
+
+def test_a_row_the_processor_refuses_is_named(tiny_backbone_dir, images, tmp_path):
+    processor = _processor(tiny_backbone_dir("qwen2_vl"))
+    examples = _examples(images)
+    Image.new("RGB", (400, 400), "white").save(tmp_path / "large.png")
+    small, large = (
+        max(processor([""], [_open(path)])["input_ids"].shape[1] for path in paths)
+        for paths in (images.glob("*.png"), [tmp_path / "large.png"])
+    )
+    assert large > small
+    processor.config.max_length = small  # the image tokens of every small image fit; those of the large one do not
+    examples[2] = {**examples[2], "neg_images": [None, str(tmp_path / "large.png")]}
+    Vlm2VecCollator(processor)(examples[:2])
+    with pytest.raises(DataError, match=r"dataset 'b', row 9: max_length is too small for the image tokens"):
+        Vlm2VecCollator(processor)(examples)

@@ -217,6 +217,8 @@ def test_a_source_without_usable_rows_is_an_error(root):
         ([{"name": "s", "path": "d.parquet", "image_dir": "no_such_dir"}], r"dataset 's'.*c\.yaml.*not a folder"),
         ([{"name": "s", "path": "d.parquet", "image_dir": "$VLM2VEC_UNSET_DIR"}], r"'s'.*VLM2VEC_UNSET_DIR"),
         ([{"name": "s", "path": "d.parquet", "image_dir": ".", "weight": 0}], r"dataset 's'.*weight"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": ".", "weight": float("inf")}], r"'s'.*finite.*inf"),
+        ([{"name": "s", "path": "d.parquet", "image_dir": ".", "weight": float("nan")}], r"'s'.*finite.*nan"),
         ([{"name": "s", "path": "hub", "subset": "Nope", "image_dir": "."}], r"dataset 's'.*subset folder"),
     ],
 )

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from launch import TWO_CPU_PROCESSES
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.common.fingerprint import model_fingerprint
+from modeling_vlm2vec.demo.eval_fixtures import write_eval_dataset
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_set
 from modeling_vlm2vec.loading import load_vlm2vec
@@ -171,3 +173,43 @@ def test_truncate_dim_ranks_with_matryoshka_prefixes_and_reuses_the_full_cache(s
         assert record["hit@1"] == pytest.approx(sum(hits) / len(hits)) == summary["datasets"][name]["hit@1"]
     with pytest.raises(DataError, match="truncate_dim"):
         evaluate_mmeb(model, dataset_name="unused", output_dir=out, truncate_dim=model.config.hidden_size + 1)
+
+
+@pytest.mark.parametrize(
+    "text, settings, pattern",
+    [
+        ("<|image_pad|> a label", {}, r"row 2, .*image token '<\|image_pad\|>'"),
+        ("word " * 40000, {}, r"row 2, .*more than the backbone's \d+ positions; set max_length"),
+        (None, {"max_length": 3}, r"row 0, .*max_length is too small for the image tokens"),
+    ],
+)
+def test_prompts_are_checked_before_the_first_forward(setup, tmp_path, text, settings, pattern):
+    rows = pq.read_table(setup["data"]["eval"]["SynI2T"]).to_pylist()  # image queries, text candidates
+    if text is not None:
+        rows[2]["tgt_text"][1] = text
+    write_eval_dataset(tmp_path / "eval", "SynI2T", rows)
+    model = load_vlm2vec(setup["checkpoint"], overrides=settings)
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(1), with_kwargs=True)
+    with pytest.raises(DataError, match=rf"dataset 'SynI2T', {pattern}"):
+        evaluate_mmeb(
+            model,
+            dataset_name=str(tmp_path / "eval"),
+            subsets=["SynI2T"],
+            image_dir=setup["data"]["root"],
+            output_dir=tmp_path / "out",
+            verbose=False,
+        )
+    assert forwards == [] and not any((tmp_path / "out").glob("*.json"))
+
+
+def test_fingerprint_covers_config_and_processor_settings(setup):
+    base = load_vlm2vec(setup["checkpoint"])
+    reference = model_fingerprint(base)
+    assert model_fingerprint(load_vlm2vec(setup["checkpoint"])) == reference  # same model, same key
+    resized = load_vlm2vec(setup["checkpoint"], overrides={"image_max_pixels": 56 * 56})
+    assert model_fingerprint(resized) != reference
+    other_processor = load_vlm2vec(setup["checkpoint"])
+    image_processor = other_processor.processor.backbone_processor.image_processor
+    image_processor.image_mean = [0.0, 0.0, 0.0]  # a saved processor setting that changes pixel values
+    assert model_fingerprint(other_processor) != reference

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,12 +89,12 @@ def suite(tmp_path):
     return _known_suite(tmp_path)
 
 
-def _run(suite, out, encoder, subsets=NAMES, **kw):
+def _run(suite, out, encoder, subsets=NAMES, image_dir=None, **kw):
     return run_mmeb(
         encoder,
         dataset_name=str(suite["data"]),
         subsets=subsets,
-        image_dir=suite["images"],
+        image_dir=image_dir or suite["images"],
         output_dir=out,
         batch_size=2,
         verbose=False,
@@ -170,6 +171,15 @@ def test_resume_after_crash_skips_finished_datasets(suite, tmp_path):
     assert _run(suite, out, encoder) == summary and encoder.calls == []
     assert (out / "N24News_score.json").read_text() == (reference_out / "N24News_score.json").read_text()
 
+    # the same relative paths under another image root: only the dataset whose image bytes differ is encoded again
+    other_images = tmp_path / "other-images"
+    shutil.copytree(suite["images"], other_images)
+    Image.new("RGB", (8, 8), "black").save(other_images / "coco" / "c[12].png")
+    encoder = KeyedEncoder()
+    _run(suite, out, encoder, image_dir=other_images)
+    assert [item["image"] for item in encoder.encoded if item["image"] and "c[12]" in item["image"]]
+    assert len(encoder.calls) == 1 and all("coco" in (item["image"] or "coco") for item in encoder.encoded)
+
     # another model (different weights) is a different fingerprint: everything is encoded again
     encoder = KeyedEncoder(seed=1)
     _run(suite, out, encoder)
@@ -198,6 +208,24 @@ def _bad_case(kind: str, suite) -> tuple[list[str], str]:
     elif kind == "missing_image":
         rows[2]["tgt_img_path"] = ["", "gqa/absent.png"]
         pattern = r"dataset 'GQA', row 2, file .*gqa/absent.png.*image file not found"
+    elif kind == "two_placeholders":
+        rows[1]["tgt_text"] = ["a [1]", "<|image_1|> left <|image_1|> right"]
+        pattern = r"dataset 'GQA', row 1, file .*test.parquet.*one image placeholder <\|image_1\|>, found 2"
+    elif kind == "empty_image":
+        (suite["images"] / "gqa").mkdir()
+        (suite["images"] / "gqa" / "empty.png").write_bytes(b"")
+        rows[1]["qry_img_path"] = "gqa/empty.png"
+        pattern = r"dataset 'GQA', row 1, file .*gqa/empty.png.*empty \(0 bytes\)"
+    elif kind == "corrupt_image":
+        png = write_image(suite["images"], "gqa/cut.png", size=64).read_bytes()
+        (suite["images"] / "gqa" / "cut.png").write_bytes(png[: len(png) // 2])
+        rows[2]["tgt_img_path"] = ["", "gqa/cut.png"]
+        pattern = r"dataset 'GQA', row 2, file .*gqa/cut.png.*cannot read image"
+    elif kind == "bomb_image":  # 15000 x 15000 one-bit pixels: a few kB on disk, over Pillow's 2x bomb limit
+        (suite["images"] / "gqa").mkdir()
+        Image.new("1", (15000, 15000)).save(suite["images"] / "gqa" / "bomb.png")
+        rows[0]["qry_img_path"] = "gqa/bomb.png"
+        pattern = r"dataset 'GQA', row 0, file .*gqa/bomb.png.*DecompressionBomb"
     else:  # escaping_image
         rows[1]["qry_img_path"] = "../outside.png"
         pattern = r"dataset 'GQA', row 1.*escapes image_dir"
@@ -229,6 +257,10 @@ def _cli_args(suite, out, subsets):
         "length_mismatch",
         "empty_candidates",
         "missing_image",
+        "two_placeholders",
+        "empty_image",
+        "corrupt_image",
+        "bomb_image",
         "escaping_image",
     ],
 )
@@ -241,6 +273,24 @@ def test_bad_input_is_reported_before_anything_is_written(kind, suite, tmp_path,
     assert err.startswith("error: ")
     assert re.search(pattern, err), err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        (["--batch_size", "0"], "batch_size must be a positive integer, got 0"),
+        (["--chunk_size", "4"], r"not used by the HfArgumentParser: \['--chunk_size', '4'\]"),
+        (["--output_dir", "NOTES"], r"notes.txt': output path exists and is not a folder"),
+    ],
+)
+def test_bad_arguments_are_one_error_line(extra, pattern, suite, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    args = _cli_args(suite, tmp_path / "out", ["ImageNet-1K"]) + [str(notes) if a == "NOTES" else a for a in extra]
+    assert evaluate_mmeb.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(pattern, err), err
+    assert notes.read_text() == "mine" and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("kind", ["length_mismatch", "missing_image"])
@@ -334,3 +384,14 @@ def test_a_repeated_positive_is_not_a_tie(tmp_path):
     )
     assert summary["datasets"]["SynCLS"]["hit@1"] == 0.5
     assert summary["datasets"]["SynCLS"]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_result_files_get_the_mode_of_the_users_umask(suite, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        _run(suite, tmp_path / "out", KeyedEncoder(), subsets=["ImageNet-1K"])
+    finally:
+        os.umask(previous)
+    files = [tmp_path / "out" / name for name in ("ImageNet-1K_score.json", "summary.json", "results.md")]
+    assert {oct(path.stat().st_mode & 0o777) for path in files} == {oct(0o666 & ~umask)}

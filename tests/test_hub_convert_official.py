@@ -182,3 +182,15 @@ def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny
     moved = (native - expected).abs().amax(-1)
     assert moved[1] > 1e-3 and moved[2] > 1e-3
     assert moved[0] < 1e-5 and moved[3] < 1e-5
+
+
+@pytest.mark.parametrize("target", ["release", "run"])
+def test_conversion_never_replaces_the_release_it_reads(tiny_backbone_dir, tmp_path, target):
+    raw_dir = tiny_backbone_dir("qwen2_vl")
+    release = tmp_path / "run" / "release"
+    _official_release(raw_dir, release, "qwen2_vl")
+    before = {p.name: p.read_bytes() for p in release.iterdir()}
+    assert {"README.md", "adapter_config.json"} <= set(before)  # it looks like an export that overwrite may replace
+    with pytest.raises(DataError, match="would replace an input"):
+        convert_official_checkpoint(raw_dir, release, tmp_path / target if target == "run" else release, overwrite=True)
+    assert {p.name: p.read_bytes() for p in release.iterdir()} == before

@@ -200,11 +200,35 @@ def test_failed_export_leaves_nothing_and_overwrite_replaces(raw_dir, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         export_checkpoint(model, tmp_path / "out", processor=BrokenProcessor())
     assert list(tmp_path.iterdir()) == []
-    (tmp_path / "out").mkdir()
+    export_checkpoint(model, tmp_path / "out")
     (tmp_path / "out" / "stale.txt").write_text("old")
     export_checkpoint(model, tmp_path / "out", overwrite=True)
     assert EXPECTED_FILES <= set(os.listdir(tmp_path / "out")) and not (tmp_path / "out" / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else b"") for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("layout", ["output_is_run_dir", "output_is_source", "not_an_export", "output_is_file"])
+def test_overwrite_never_replaces_inputs_or_foreign_folders(raw_dir, tmp_path, layout, capsys):
+    run = tmp_path / "run"
+    source = run / "checkpoint-2"
+    export_checkpoint(Vlm2VecModel.from_backbone(raw_dir), source)
+    (run / "trainer_log.txt").write_text("loss 1.0")
+    output = {"output_is_run_dir": run, "output_is_source": source, "output_is_file": run / "trainer_log.txt"}.get(
+        layout, tmp_path / "notes"
+    )
+    if layout == "not_an_export":
+        output.mkdir()
+        (output / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    assert main([str(source), str(output), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(output) in err, err
+    assert _tree(tmp_path) == before  # nothing deleted, nothing left behind
 
 
 def test_command_line_exit_code(tmp_path):
@@ -217,3 +241,17 @@ def test_command_line_exit_code(tmp_path):
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "not a checkpoint" in error_lines[0]
+
+
+def test_truncated_weights_and_a_file_in_the_way_are_one_error_line(raw_dir, tmp_path, capsys):
+    source = export_checkpoint(Vlm2VecModel.from_backbone(raw_dir), tmp_path / "source")
+    (tmp_path / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([str(source), str(tmp_path / "notes.txt" / "export")]) == 2
+    assert capsys.readouterr().err.startswith("error: file ") and (tmp_path / "notes.txt").read_text() == "mine"
+    weights = source / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 100)
+    assert main([str(source), str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.safetensors': corrupt or truncated safetensors" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "source"]

@@ -77,12 +77,13 @@ def remote_run(tiny_backbone_dir, tmp_path_factory):
     bf16.processor.save_pretrained(root / "bf16")
     args = json.dumps([folders, paths, _inputs(paths)])
     code = f"ARGS = {args!r}\nBF16 = {str(root / 'bf16')!r}\n" + CHILD + emit_json_code("out")
-    return last_json_line(run_isolated(code)), expected
+    stdout = run_isolated(code)
+    return last_json_line(stdout), expected, stdout
 
 
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_remote_code_reproduces_embeddings(remote_run, model_type):
-    result, expected = remote_run
+    result, expected, _ = remote_run
     got = np.asarray(result[model_type]["embeddings"], dtype=np.float32)
     assert result[model_type]["class"].startswith("transformers_modules.")
     assert got.shape == expected[model_type].shape
@@ -91,7 +92,7 @@ def test_remote_code_reproduces_embeddings(remote_run, model_type):
 
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_attn_implementation_reaches_backbone_and_sub_configs(remote_run, model_type):
-    result, _ = remote_run
+    result, _, _ = remote_run
     eager, default = result[model_type]["eager_attn"], result[model_type]["default_attn"]
     assert eager["wrapper"] == eager["backbone"] == "eager"
     assert eager["sub_configs"] and set(eager["sub_configs"].values()) == {"eager"}
@@ -101,8 +102,16 @@ def test_attn_implementation_reaches_backbone_and_sub_configs(remote_run, model_
 
 
 def test_bf16_checkpoint_reloads_bf16_and_dtype_overrides(remote_run):
-    result, _ = remote_run
+    result, _, _ = remote_run
     assert result["bf16"]["default"] == ["torch.bfloat16"]
     assert result["bf16"]["override"] == ["torch.float32"]
     assert result["bf16"]["embedding_dtype"] == "torch.float32"
     assert result["bf16"]["finite"]
+
+
+def test_trusted_load_never_asks_to_run_custom_code(remote_run):
+    # transformers asks "Do you wish to run the custom code? [y/N]" on stdout when a loader gets no explicit answer
+    # (here stdin is empty: in a terminal the README snippet would stop and wait); the processor loaded on first use
+    # by encode() must get the trust the user gave the model.
+    _, _, stdout = remote_run
+    assert "custom code" not in stdout

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -275,3 +276,118 @@ def test_unknown_source_and_corrupt_image_exit_non_zero(tmp_path, image_dir, bac
     proc = _run([str(_recipe(tmp_path, backbone, synthetic, dataset_config=str(corrupt)))])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Corrupt" in proc.stderr and "corrupt.png" in proc.stderr and "row" in proc.stderr
+
+
+def _truncated_copy(folder: Path, target: Path) -> Path:
+    """A copy of ``folder`` whose safetensors file lost its second half (an interrupted download or copy)."""
+    subprocess.run(["cp", "-r", str(folder), str(target)], check=True)
+    weights = next(target.glob("*.safetensors"))
+    os.truncate(weights, weights.stat().st_size // 2)
+    return target
+
+
+def _bad_recipe(case: str, tmp_path: Path, backbone: Path, image_dir: Path) -> dict:
+    """Recipe overrides of one careless-user case (see the parametrisation below)."""
+    if case == "output_dir is a file":
+        (tmp_path / "notes.txt").write_text("mine")
+        return {"output_dir": str(tmp_path / "notes.txt")}
+    if case == "resume from a missing folder":
+        return {"resume_from_checkpoint": str(tmp_path / "out" / "checkpoint-9")}
+    if case == "resume: true without checkpoints":
+        return {"resume_from_checkpoint": "true"}
+    if case == "resume from a truncated checkpoint":
+        checkpoint = _truncated_copy(backbone, tmp_path / "checkpoint-2")
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+        return {"resume_from_checkpoint": str(checkpoint)}
+    if case == "truncated backbone weights":
+        return {"model_name_or_path": str(_truncated_copy(backbone, tmp_path / "truncated-backbone"))}
+    if case in ("two placeholders", "literal image token", "100k-character row", "lone surrogate"):
+        text = {
+            "two placeholders": "<|image_1|> left <|image_1|> right",
+            "literal image token": "<|image_pad|> Represent the given image.",
+            "100k-character row": "word " * 20000,
+            "lone surrogate": "caf\ud800",
+        }[case]
+        rows = [_row(pos_text=f"label {i}") for i in range(8)]
+        rows[5]["qry"] = text
+        return {"dataset_config": str(_bad_source(tmp_path, rows, image_dir))}
+    return {
+        "unknown key": {"per_device_batch_size": 8},
+        "chunk size 0": {"gc_q_chunk_size": 0},
+        "non-finite learning rate": {"learning_rate": float("inf")},
+        "eval batch size 0": {"eval_batch_size": 0, "do_eval": True},
+        "corpus smaller than one global batch": {"per_device_train_batch_size": 512},
+        "batch of 1 without hard negatives": {"per_device_train_batch_size": 1},
+        "max_length below the image tokens": {"max_length": 3},
+        "sub-batch 0": {"sampler_mode": "homogeneous", "homogeneous_sub_batch": 0},
+        "sub-batch not dividing the batch": {"sampler_mode": "homogeneous", "homogeneous_sub_batch": 3},
+        "LoRA rank 0": {"lora": True, "lora_r": 0},
+        "LoRA targets nothing": {"lora": True, "lora_target_modules": "no_such_proj"},
+        "negative learning rate": {"learning_rate": -1.0},
+        "no training step": {"max_steps": 0, "num_train_epochs": 0},
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown key", "per_device_batch_size"),
+        ("chunk size 0", "gc_q_chunk_size must be >= 1"),
+        ("non-finite learning rate", "learning_rate must be a finite number"),
+        ("eval batch size 0", "eval_batch_size must be a positive integer"),
+        ("output_dir is a file", "notes.txt': output path exists and is not a folder"),
+        ("resume from a missing folder", "checkpoint-9': resume_from_checkpoint is not a folder"),
+        ("resume: true without checkpoints", "holds no checkpoint"),
+        ("resume from a truncated checkpoint", "model.safetensors': corrupt or truncated safetensors"),
+        ("truncated backbone weights", "truncated-backbone': cannot load the model"),
+        ("corpus smaller than one global batch", "fewer than one global batch of 512"),
+        ("batch of 1 without hard negatives", "loss is constantly 0"),
+        ("max_length below the image tokens", "row 0, file '"),  # the source's first image row, named
+        ("sub-batch 0", "homogeneous_sub_batch must be >= 1"),
+        ("sub-batch not dividing the batch", "not a multiple of homogeneous_sub_batch 3"),
+        ("LoRA rank 0", "lora_r must be >= 1"),
+        ("LoRA targets nothing", "lora_target_modules 'no_such_proj' selects no module"),
+        ("negative learning rate", "learning_rate must be >= 0"),
+        ("no training step", "leave no training step"),
+        ("two placeholders", "'Bad', row 5, file '"),
+        ("two placeholders", "one image placeholder <|image_1|>, found 2"),
+        ("literal image token", "row 5, file '"),
+        ("literal image token", "column qry: text holds the backbone's image token '<|image_pad|>'"),
+        ("100k-character row", "row 5, file '"),
+        ("100k-character row", "set max_length to truncate"),
+        ("lone surrogate", "row 5, file '"),
+        ("lone surrogate", "line 6 is not valid UTF-8 text"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2_before_any_work(
+    tmp_path, image_dir, backbone, synthetic, capsys, case, message
+):
+    recipe = _recipe(tmp_path, backbone, synthetic, **_bad_recipe(case, tmp_path, backbone, image_dir))
+    capsys.readouterr()
+    assert train.main([str(recipe)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "eval").exists()
+
+
+def test_a_new_run_sets_the_previous_results_aside_and_logs_dropped_rows(tmp_path, backbone, synthetic):
+    rows = pq.read_table(synthetic["train"]["SynCLS"]).to_pylist()
+    rows[3]["qry"], rows[3]["qry_image_path"] = "", ""  # an empty query: dropped and counted in the log
+    data = tmp_path / "cls.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        yaml.safe_dump({"sources": [{"name": "Cls", "path": str(data), "image_dir": str(synthetic["root"])}]})
+    )
+    stale = tmp_path / "out" / "eval"
+    stale.mkdir(parents=True)
+    (stale / "summary.json").write_text(json.dumps({"model": "an earlier model"}))
+    proc = _run([str(_recipe(tmp_path, backbone, synthetic, dataset_config=str(config), max_steps=1))])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"source 'Cls': {len(rows) - 1} of {len(rows)} rows kept (1 dropped" in proc.stderr
+    assert not stale.exists()  # the card of the new model cannot pick it up
+    assert json.loads((tmp_path / "out" / "eval.previous-1" / "summary.json").read_text()) == {
+        "model": "an earlier model"
+    }
+    assert "an earlier model" not in (tmp_path / "out" / "README.md").read_text()

@@ -50,6 +50,23 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def check_writable_folder(path: str | os.PathLike) -> None:
+    """Check that the folder ``path`` can be written, creating nothing: `DataError` naming it if a file is in the way
+    (it or an ancestor) or its nearest existing ancestor cannot be written (no permission, a read-only disk)."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "output path exists and is not a folder" if existing == path else f"{existing} is a file, not a folder"
+        raise DataError(where, file=str(path))
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise DataError(f"cannot write in the output folder ({exc.strerror or exc})", file=str(path)) from exc
+
+
 def read_json(path: str | os.PathLike) -> dict:
     """The JSON object stored in ``path``; `DataError` naming the file if it is unreadable or not an object."""
     try:
@@ -70,4 +87,11 @@ def read_json_if_complete(path: str | os.PathLike) -> dict | None:
         return None
 
 
-__all__ = ["read_json", "read_json_if_complete", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "check_writable_folder",
+    "read_json",
+    "read_json_if_complete",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]

@@ -18,6 +18,7 @@ Every problem raises :class:`~modeling_vlm2vec.common.errors.DataError` naming t
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -81,8 +82,8 @@ def _parse_source(entry: object, index: int, base: Path, config_file: str) -> So
     ):
         raise DataError(f"num_samples must be a positive integer, got {num_samples!r}", dataset=name, file=config_file)
     weight = entry.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise DataError(f"weight must be a positive number, got {weight!r}", dataset=name, file=config_file)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+        raise DataError(f"weight must be a finite positive number, got {weight!r}", dataset=name, file=config_file)
 
     path = _expand(entry["path"], key="path", source=name, config_file=config_file)
     local = Path(path).expanduser()

@@ -7,6 +7,8 @@ on. Every failure raises :class:`~modeling_vlm2vec.common.errors.DataError` nami
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -36,11 +38,31 @@ def load_image(path: str | os.PathLike, *, dataset: str, row: int | None) -> Ima
     """Open ``path`` fully (not lazily) as an RGB image; a missing, corrupt or oversized file raises ``DataError``."""
     if not os.path.isfile(path):
         raise DataError("image file not found", dataset=dataset, row=row, file=str(path))
+    return _decode(path, path, dataset=dataset, row=row)
+
+
+def check_image_file(path: str | os.PathLike, *, dataset: str, row: int | None) -> str:
+    """Decode the image at ``path`` as :func:`load_image` would and return the SHA-256 hex digest of its bytes.
+
+    Raises ``DataError`` (dataset, row, file) for a missing, unreadable, empty, corrupt or oversized image, so a run
+    can check every image before its first forward; the digest identifies the content for caches.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image ({exc.strerror or exc})", dataset=dataset, row=row, file=str(path)) from exc
+    if not data:
+        raise DataError("image file is empty (0 bytes)", dataset=dataset, row=row, file=str(path))
+    _decode(io.BytesIO(data), path, dataset=dataset, row=row)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode(source, path, *, dataset: str, row: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # A decompression-bomb *warning* (between 1x and 2x Image.MAX_IMAGE_PIXELS) is treated as an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -62,14 +62,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
         source_names: Sequence[str] | None = None,
     ):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise DataError(f"mode must be one of {MODES}, got {mode!r}")
         if global_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"invalid global_batch_size={global_batch_size}, world_size={world_size}, rank={rank}")
+            raise DataError(f"invalid global_batch_size={global_batch_size}, world_size={world_size}, rank={rank}")
         if global_batch_size % world_size:
-            raise ValueError(f"global batch size {global_batch_size} is not divisible by world size {world_size}")
+            raise DataError(f"global batch size {global_batch_size} is not divisible by world size {world_size}")
         sub_batch = homogeneous_sub_batch or global_batch_size
         if mode == "homogeneous" and global_batch_size % sub_batch:
-            raise ValueError(
+            raise DataError(
                 f"global batch size {global_batch_size} is not a multiple of homogeneous_sub_batch {sub_batch}"
             )
         self.sizes = [int(n) for n in source_sizes]
@@ -90,6 +90,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.seed, self.mode, self.sub_batch = seed, mode, sub_batch
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.epoch = 0
+        if len(self) == 0:  # incomplete global batches are dropped: there would be no training step at all
+            raise DataError(
+                f"the training data has {sum(self.sizes)} examples"
+                f"{f' in whole sub-batches of {sub_batch}' if mode == 'homogeneous' else ''}, fewer than one global "
+                f"batch of {global_batch_size} (per-device batch size x {world_size} processes): training would take "
+                "no step; use a smaller batch size or more data"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches ``__iter__`` yields next (the Trainer calls this before every epoch)."""
@@ -143,6 +150,41 @@ class TrainDataLoader(DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
+def check_corpus_trainable(
+    corpus: TrainingCorpus,
+    *,
+    per_device_batch_size: int,
+    world_size: int = 1,
+    mode: str = "mixed",
+    homogeneous_sub_batch: int | None = None,
+) -> None:
+    """Raise `DataError` unless training on `corpus` takes steps with a loss that can learn.
+
+    The corpus must hold one whole global batch (``per_device_batch_size * world_size``; see
+    :class:`GlobalBatchSampler`). A global batch of one row has no in-batch negative, so its loss is the constant 0
+    unless the row brings hard negatives: then every row must have at least one.
+    """
+    GlobalBatchSampler(
+        corpus.sizes,
+        global_batch_size=per_device_batch_size * world_size,
+        world_size=world_size,
+        mode=mode,
+        weights=corpus.weights,
+        homogeneous_sub_batch=homogeneous_sub_batch,
+        source_names=corpus.names,
+    )
+    if per_device_batch_size * world_size == 1:
+        for source in corpus.sources:
+            if source.without_negatives:
+                raise DataError(
+                    f"a global batch of 1 has no in-batch negative and {source.without_negatives} of {len(source)} "
+                    "rows have no hard negative: their loss is constantly 0; use a global batch of 2 or more, or "
+                    "give every row a hard negative",
+                    dataset=source.name,
+                    file=source.file,
+                )
+
+
 def build_train_dataloader(
     corpus: TrainingCorpus,
     collator: Callable[[list[dict]], dict],
@@ -159,7 +201,15 @@ def build_train_dataloader(
     """This rank's training dataloader: ``per_device_batch_size`` examples per step, already sharded.
 
     The global batch is ``per_device_batch_size * world_size``. Do not pass the result to ``accelerator.prepare``.
+    Raises `DataError` when the corpus cannot train (see :func:`check_corpus_trainable`).
     """
+    check_corpus_trainable(
+        corpus,
+        per_device_batch_size=per_device_batch_size,
+        world_size=world_size,
+        mode=mode,
+        homogeneous_sub_batch=homogeneous_sub_batch,
+    )
     sampler = GlobalBatchSampler(
         corpus.sizes,
         global_batch_size=per_device_batch_size * world_size,

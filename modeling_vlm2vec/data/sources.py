@@ -8,6 +8,8 @@ Everything that can fail is checked before training starts, so nothing is droppe
 - rows whose query or positive is empty (no text and no image) are dropped, counted per source and logged; a source
   with no usable row is an error;
 - ``num_samples`` takes a seeded random sample of the usable rows (not the first N);
+- every text is valid UTF-8 with at most one ``<|image_1|>``; :func:`check_prompts` adds the model's checks (no
+  literal backbone image token, lengths) once the model is loaded;
 - every image path of the kept rows is resolved under the source's ``image_dir`` (absolute or escaping paths are
   rejected) and must name an existing file. Images are *not* opened here; the collator loads them lazily.
 
@@ -33,8 +35,9 @@ import torch
 
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
+from ..processing_vlm2vec import check_item_text
 from .data_config import SourceSpec, load_data_config
-from .images import resolve_image_path
+from .images import load_image, resolve_image_path
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +64,21 @@ def _parquet_files(folder: Path, spec: SourceSpec) -> list[Path]:
 
 def _read_jsonl(path: Path, name: str) -> pa.Table:
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            at = {"dataset": name, "row": len(records), "file": str(path)}
             try:
-                record = json.loads(line)
+                line = raw.decode("utf-8")
+                record = json.loads(line) if line.strip() else None
+                json.dumps(record, ensure_ascii=False).encode("utf-8")  # a "\ud800" escape decodes to a lone surrogate
+            except UnicodeError as exc:
+                raise DataError(f"line {line_no} is not valid UTF-8 text ({exc.reason})", **at) from None
             except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"line {line_no} is not valid JSON ({exc.msg})", dataset=name, row=len(records), file=str(path)
-                ) from exc
+                raise DataError(f"line {line_no} is not valid JSON ({exc.msg})", **at) from exc
+            if record is None:
+                continue
             if not isinstance(record, dict):
-                raise DataError(f"line {line_no} is not a JSON object", dataset=name, row=len(records), file=str(path))
+                raise DataError(f"line {line_no} is not a JSON object", **at)
             records.append(record)
     columns = {}
     for column in REQUIRED_COLUMNS + NEGATIVE_COLUMNS:
@@ -131,9 +137,11 @@ def _read_table(spec: SourceSpec) -> tuple[pa.Table, str]:
             file=spec.config_file,
         )
     try:
-        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive"), str(path)
+        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+        table.validate(full=True)  # e.g. string values that are not valid UTF-8
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read parquet ({exc})", dataset=spec.name, file=str(path)) from exc
+    return table, str(path)
 
 
 def _text(value: object, column: str, *, name: str, row: int, file: str) -> str:
@@ -197,6 +205,7 @@ class SourceRows:
     total_rows: int
     dropped_empty: int
     file: str
+    without_negatives: int = 0  # kept rows with no hard negative
 
     @property
     def name(self) -> str:
@@ -281,6 +290,12 @@ def load_source(spec: SourceSpec, *, seed: int = 0) -> SourceRows:
     )
     for i in range(len(source)):
         example = source.example(i)  # resolves every image path: absolute or escaping paths raise here
+        source.without_negatives += not example["neg_texts"]
+        for column, text in _texts(example):
+            try:
+                check_item_text(text)
+            except ValueError as exc:
+                raise DataError(f"column {column}: {exc}", dataset=spec.name, row=example["row"], file=file) from None
         images = [("qry_image_path", example["qry_image"]), ("pos_image_path", example["pos_image"])]
         images += [("neg_image_path", p) for p in example["neg_images"]]
         for column, image in images:
@@ -300,6 +315,38 @@ def load_source(spec: SourceSpec, *, seed: int = 0) -> SourceRows:
         f"; random sample of {len(source)} of {n_usable} usable rows" if len(source) < n_usable else "",
     )
     return source
+
+
+def _texts(example: dict) -> list[tuple[str, str]]:
+    """(column, text) of every text of a training example."""
+    return [("qry", example["qry"]), ("pos_text", example["pos_text"])] + [
+        ("neg_text", t) for t in example["neg_texts"]
+    ]
+
+
+def check_prompts(corpus: TrainingCorpus, processor) -> None:
+    """Check every text of ``corpus`` against the model's `Vlm2VecProcessor` (``check_text``) and, per source, that
+    the first row with an image fits ``max_length`` — before the first forward. `DataError` names source, row, file.
+    """
+    for source in corpus.sources:
+        sampled = False
+        for i in range(len(source)):
+            example = source.example(i)
+            at = {"dataset": source.name, "row": example["row"], "file": source.file}
+            for column, text in _texts(example):
+                try:
+                    processor.check_text(text)
+                except ValueError as exc:
+                    raise DataError(f"column {column}: {exc}", **at) from None
+            pairs = [("qry", "qry_image"), ("pos_text", "pos_image")]
+            pair = next(((t, i) for t, i in pairs if example[i] is not None), None)
+            if not sampled and pair and processor.max_length is not None:
+                sampled = True
+                image = load_image(example[pair[1]], dataset=source.name, row=example["row"])
+                try:
+                    processor([example[pair[0]]], [image])
+                except ValueError as exc:
+                    raise DataError(f"column {pair[0]} with its image: {exc}", **at) from None
 
 
 class TrainingCorpus(torch.utils.data.Dataset):

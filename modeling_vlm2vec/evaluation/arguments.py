@@ -79,6 +79,10 @@ class EvalArguments:
     )
     top_k: int = field(default=100, metadata={"help": "Corpus items per query in run.trec (corpus_dir)."})
 
+    def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
     @property
     def subsets(self) -> list[str]:
         if isinstance(self.subset_name, str):  # a YAML file may give one string: "all" or "A B"

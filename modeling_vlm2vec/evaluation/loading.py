@@ -5,9 +5,11 @@ the same layout, ``<root>/<DatasetName>/*.parquet``. Rows follow the MMEB-eval s
 ``qry_img_path`` (str, "" = no image), ``tgt_text`` (list[str]) and ``tgt_img_path`` (list[str], same length),
 the positive candidate at index 0. Image paths are relative to ``image_dir``.
 
-Everything is checked while loading (columns, types, list lengths, empty lists, image paths inside ``image_dir``
-and present on disk), so a run can validate every requested dataset before it writes a single file. Problems raise
-:class:`~modeling_vlm2vec.common.errors.DataError` naming the dataset, the row and the file.
+Everything is checked while loading (columns, types, list lengths, empty lists, texts in valid UTF-8 with at most
+one ``<|image_1|>``, image paths inside ``image_dir``, every image present, non-empty and decodable within
+Pillow's decompression-bomb limit), so a run can validate every requested dataset before it writes a single file or
+runs a forward. Problems raise :class:`~modeling_vlm2vec.common.errors.DataError` naming the dataset, the row and
+the file.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
-from ..data.images import resolve_image_path
+from ..data.images import check_image_file, load_image, resolve_image_path
+from ..processing_vlm2vec import check_item_text
 
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 
@@ -37,7 +40,7 @@ class EvalSet:
     ``queries`` / ``candidates`` are the unique items, keyed by (text, image path) in order of first appearance.
     ``query_index`` (num_rows,) maps each row to its query; ``candidate_index`` (num_rows, max_candidates) maps
     each row's candidate list to candidates, positive in column 0, padded with -1 where a row has fewer candidates.
-    ``fingerprint`` is a SHA-256 of the rows' content.
+    ``fingerprint`` is a SHA-256 of the rows' content and of the bytes of every image they reference.
     """
 
     name: str
@@ -46,6 +49,8 @@ class EvalSet:
     query_index: np.ndarray
     candidate_index: np.ndarray
     fingerprint: str
+    query_rows: list[tuple[int, str]] = field(default_factory=list)  # (row, file) where each query first appears
+    candidate_rows: list[tuple[int, str]] = field(default_factory=list)  # the same for each candidate
 
     @property
     def num_rows(self) -> int:
@@ -94,14 +99,21 @@ class _Deduper:
     def __init__(self, image_dir: str | None, dataset: str):
         self.image_dir, self.dataset = image_dir, dataset
         self.items: list[Item] = []
+        self.rows: list[tuple[int, str]] = []  # (row, file) of each item's first appearance
         self._index: dict[tuple[str, str], int] = {}
         self._paths: dict[str, str] = {}
+        self.image_digests: dict[str, str] = {}  # relative path -> SHA-256 of the image bytes
 
     def add(self, text: str, image: str, row: int, file: str) -> int:
         key = (text, image)
         if key not in self._index:
+            try:
+                check_item_text(text)
+            except ValueError as exc:
+                raise DataError(str(exc), dataset=self.dataset, row=row, file=file) from None
             self._index[key] = len(self.items)
             self.items.append((text, self._resolve(image, row, file) if image else None))
+            self.rows.append((row, file))
         return self._index[key]
 
     def _resolve(self, rel: str, row: int, file: str) -> str:
@@ -115,6 +127,7 @@ class _Deduper:
                 raise DataError(
                     f"image file not found (referenced in {file})", dataset=self.dataset, row=row, file=str(path)
                 )
+            self.image_digests[rel] = check_image_file(path, dataset=self.dataset, row=row)
             self._paths[rel] = str(path)
         return self._paths[rel]
 
@@ -160,6 +173,8 @@ def load_eval_set(dataset_name: str, name: str, image_dir: str | None) -> EvalSe
             row += 1
     if row == 0:
         raise DataError("dataset has no rows", dataset=name)
+    # The rows name images by relative path; their content (another image_dir, a replaced file) counts too.
+    digest.update(json.dumps(sorted({**queries.image_digests, **candidates.image_digests}.items())).encode())
     candidate_index = np.full((row, max(map(len, candidate_lists))), -1, dtype=np.int64)
     for i, cands in enumerate(candidate_lists):
         candidate_index[i, : len(cands)] = cands
@@ -170,4 +185,23 @@ def load_eval_set(dataset_name: str, name: str, image_dir: str | None) -> EvalSe
         np.asarray(query_index, dtype=np.int64),
         candidate_index,
         digest.hexdigest(),
+        queries.rows,
+        candidates.rows,
     )
+
+
+def check_eval_prompts(eval_sets: list[EvalSet], processor) -> None:
+    """Check every unique item text against the model's `Vlm2VecProcessor` (``check_text``) and, per dataset, that
+    the first item with an image fits ``max_length`` — before the first forward. `DataError` names dataset, row and
+    file (the item's first row)."""
+    for eval_set in eval_sets:
+        sampled = processor.max_length is None
+        for items, rows in ((eval_set.queries, eval_set.query_rows), (eval_set.candidates, eval_set.candidate_rows)):
+            for (text, image), (row, file) in zip(items, rows):
+                try:
+                    processor.check_text(text)
+                    if not sampled and image is not None:
+                        sampled = True
+                        processor([text], [load_image(image, dataset=eval_set.name, row=row)])
+                except ValueError as exc:
+                    raise DataError(str(exc), dataset=eval_set.name, row=row, file=file) from None

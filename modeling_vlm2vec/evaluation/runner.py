@@ -3,10 +3,10 @@
 Files written under ``output_dir`` (all atomically, by process 0 only):
 ``<dataset>_score.json`` per dataset, ``summary.json``, ``results.md``, ``results.png`` and the embedding cache
 ``cache/<model fingerprint>/<dataset>.safetensors`` (or under ``cache_dir``). A dataset whose score file carries the
-current fingerprint (model + dataset rows + ``truncate_dim``) is skipped, so a killed run resumes where it stopped.
-Nothing is written before every requested dataset has been loaded and validated. With ``truncate_dim`` the cached
-full-size embeddings are cut to their re-normalised prefix before ranking (exactly what
-``encode(..., truncate_dim=)`` returns).
+current fingerprint (model weights, config and processor settings + the dataset's rows and the bytes of its images +
+``truncate_dim``) is skipped, so a killed run resumes where it stopped. Nothing is written before every requested
+dataset has been loaded and validated. With ``truncate_dim`` the cached full-size embeddings are cut to their
+re-normalised prefix before ranking (exactly what ``encode(..., truncate_dim=)`` returns).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import torch
 
 from ..common.distributed import all_true, barrier, rank_and_world
 from ..common.errors import DataError
-from ..common.files import read_json_if_complete, write_json_atomic
+from ..common.files import check_writable_folder, read_json_if_complete, write_json_atomic
 from ..common.fingerprint import model_fingerprint
 from ..common.locations import MMEB_EVAL_DATASET
 from ..modeling_vlm2vec import truncate_embeddings
 from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, save_cached
-from .loading import EvalSet, load_eval_set
+from .loading import EvalSet, check_eval_prompts, load_eval_set
 from .metrics import ranking_metrics
 from .registry import REGISTRY, resolve_subsets
 from .report import build_summary, write_report
@@ -169,6 +169,9 @@ def run_evaluation(
     check_truncate_dim(model, truncate_dim)
     output_dir = Path(output_dir)
     cache_dir = output_dir / "cache" if cache_dir is None else Path(cache_dir)
+    check_writable_folder(output_dir)
+    if hasattr(getattr(model, "processor", None), "check_text"):  # a Vlm2VecModel: its prompts, before any forward
+        check_eval_prompts(eval_sets, model.processor)
     model_fp = model_fingerprint(model)
     records = [
         _evaluate_one(

@@ -48,7 +48,7 @@ from ..loading import (
     load_vlm2vec,
     read_adapter_weights,
 )
-from .export import export_checkpoint
+from .export import check_output_folder, export_checkpoint
 
 PEFT_PREFIX = "base_model.model."
 #: Settings of the official code, by backbone type (on top of last-token pooling, normalisation, kept whitespace).
@@ -141,6 +141,8 @@ def convert_official_checkpoint(
     from peft import PeftConfig
 
     adapter_dir = Path(adapter_dir)
+    inputs = [adapter_dir] + ([base_backbone_dir_or_id] if Path(base_backbone_dir_or_id).exists() else [])
+    check_output_folder(Path(output_dir).absolute(), inputs=inputs, overwrite=overwrite)  # before minutes of loading
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise DataError(f"not a PEFT adapter folder (no {ADAPTER_CONFIG})", file=str(adapter_dir))
     read_json(adapter_dir / ADAPTER_CONFIG)  # a malformed file becomes a DataError naming it
@@ -161,7 +163,7 @@ def convert_official_checkpoint(
         merged.processor.backbone_processor.image_processor.size = dict(OFFICIAL_QWEN_IMAGE_SIZE)
     context = {"base_model": str(base_backbone_dir_or_id), **(card_context or {})}
     context.setdefault("lora", {k: getattr(peft_config, k, None) for k in ("r", "lora_alpha", "use_dora")})
-    return export_checkpoint(merged, output_dir, card_context=context, overwrite=overwrite)
+    return export_checkpoint(merged, output_dir, card_context=context, overwrite=overwrite, protect=tuple(inputs))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import torch
 
 from ..common.cli import run_cli
 from ..common.errors import DataError
-from ..common.files import read_json
+from ..common.files import check_writable_folder, read_json
 from ..loading import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, is_vlm2vec_base
 from .card import load_eval_summary, write_model_card
 from .checkpoint import (
@@ -55,6 +55,7 @@ def export_checkpoint(
     base_model: str | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    protect: tuple = (),
 ) -> Path:
     """Write a Hub-ready checkpoint of `model_or_dir` to `output_dir` and return its path.
 
@@ -70,18 +71,19 @@ def export_checkpoint(
         card_context: training details and metadata for the model card (see `modeling_vlm2vec.hub.card`);
             ``eval_dir`` defaults to ``<checkpoint>/eval``.
         base_model: the adapter's base; overrides the reference stored in the adapter config.
-        overwrite: replace an existing non-empty `output_dir`.
+        overwrite: replace a previous export in `output_dir` (see `check_output_folder`; inputs are never replaced).
         trust_remote_code: allow Hub code of a raw base VLM an adapter applies to (our checkpoints never need it).
+        protect: more folders the model was read from (e.g. a converted adapter and its base), never to be replaced;
+            `model_or_dir` and a local `base_model` are protected always.
 
     Raises:
         DataError: not a checkpoint, not a vlm2vec config, remote code or weights missing, adapter base not found,
             adapter not matching its base, output folder not empty.
     """
     output_dir = Path(output_dir).absolute()
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise DataError(
-            "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
-        )
+    inputs = list(protect) + ([model_or_dir] if isinstance(model_or_dir, (str, os.PathLike)) else [])
+    inputs += [base_model] if base_model and Path(base_model).expanduser().exists() else []
+    check_output_folder(output_dir, inputs=inputs, overwrite=overwrite)
     source = load_source(model_or_dir, base_model=base_model, trust_remote_code=trust_remote_code)
     is_adapter = is_peft_model(source.model)
     if adapter_only and not is_adapter:
@@ -125,6 +127,42 @@ def export_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def check_output_folder(output_dir: Path, *, inputs: list, overwrite: bool) -> None:
+    """Refuse an output folder whose replacement would lose data, with a `DataError` naming it.
+
+    The output may not be an existing file, its parent must be a writable folder, and it may not equal or contain
+    any of `inputs` (the source checkpoint, a local adapter base). An existing non-empty folder is replaced only with
+    `overwrite`, and only when it is a previous export: a ``README.md`` beside a ``config.json`` or
+    ``adapter_config.json``, no sub-folder but ``eval/``.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError("output path exists and is not a folder", file=str(output_dir))
+    check_writable_folder(output_dir.parent)  # the export is assembled beside the output folder
+    real = output_dir.resolve()
+    for item in inputs:
+        item = Path(item).expanduser().resolve()
+        if item == real or real in item.parents:
+            raise DataError(
+                f"the output folder would replace an input of the export ({str(item)!r}); choose another output folder",
+                file=str(output_dir),
+            )
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise DataError(
+            "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
+        )
+    names = {p.name for p in output_dir.iterdir()}
+    subfolders = sorted(p.name for p in output_dir.iterdir() if p.is_dir() and p.name != "eval")
+    if "README.md" not in names or not names & {"config.json", ADAPTER_CONFIG} or subfolders:
+        raise DataError(
+            "overwrite replaces only a previous export (README.md with config.json or adapter_config.json, no "
+            f"sub-folder but eval/); this folder holds other data{f' ({subfolders[0]}/)' if subfolders else ''}; "
+            "remove it yourself or choose another output folder",
+            file=str(output_dir),
+        )
 
 
 def verify_export(folder: str | os.PathLike, *, adapter_only: bool = False) -> None:

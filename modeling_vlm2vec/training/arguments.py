@@ -53,6 +53,12 @@ class ContrastiveTrainingArguments(TrainingArguments):
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.sampler_mode not in MODES:
             raise ValueError(f"sampler_mode must be one of {MODES}, got {self.sampler_mode!r}")
+        if self.homogeneous_sub_batch is not None and self.homogeneous_sub_batch < 1:
+            raise ValueError(f"homogeneous_sub_batch must be >= 1 or None, got {self.homogeneous_sub_batch}")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
+            raise ValueError("max_steps and num_train_epochs leave no training step (set max_steps > 0 or epochs > 0)")
 
 
 @dataclass
@@ -78,6 +84,14 @@ class LoraArguments:
             "projections of the language model only."
         },
     )
+
+    def __post_init__(self):
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 __all__ = ["ContrastiveTrainingArguments", "LoraArguments"]

@@ -13,6 +13,7 @@ import re
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from ..common.errors import DataError
 from .arguments import LoraArguments
 
 # attention and MLP projection names of decoder LMs (Llama / Mistral / Qwen2 split projections, Phi-3 fused ones)
@@ -43,6 +44,24 @@ def lora_target_regex(model: nn.Module) -> str:
     return rf"{re.escape(language_model_prefix(model))}\.layers\.\d+\.(?:.*\.)?(?:{'|'.join(LM_PROJECTIONS)})"
 
 
+def check_lora_targets(model: nn.Module, args: LoraArguments) -> None:
+    """Raise `DataError` when LoRA is on and ``lora_target_modules`` selects no module of ``model`` (a regex is a full
+    match of the qualified name, a list names module-name suffixes, as in peft)."""
+    targets = args.lora_target_modules
+    if not args.lora or not targets:
+        return
+    names = [name for name, _ in model.named_modules()]
+    if isinstance(targets, str):
+        found = any(re.fullmatch(targets, name) for name in names)
+    else:
+        found = any(name == t or name.endswith(f".{t}") for name in names for t in targets)
+    if not found:
+        raise DataError(
+            f"lora_target_modules {targets!r} selects no module of the model (unset: the language model's "
+            f"projections, e.g. {lora_target_regex(model)!r})"
+        )
+
+
 def prepare_trainable_model(model: nn.Module, args: LoraArguments) -> nn.Module:
     """Return the model to train: ``model`` itself (full fine-tuning) or a `PeftModel` with LoRA / DoRA adapters.
 
@@ -51,6 +70,7 @@ def prepare_trainable_model(model: nn.Module, args: LoraArguments) -> nn.Module:
     """
     if not args.lora:
         return model
+    check_lora_targets(model, args)
     config = LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
@@ -63,4 +83,10 @@ def prepare_trainable_model(model: nn.Module, args: LoraArguments) -> nn.Module:
     return get_peft_model(model, config)
 
 
-__all__ = ["LM_PROJECTIONS", "language_model_prefix", "lora_target_regex", "prepare_trainable_model"]
+__all__ = [
+    "LM_PROJECTIONS",
+    "check_lora_targets",
+    "language_model_prefix",
+    "lora_target_regex",
+    "prepare_trainable_model",
+]

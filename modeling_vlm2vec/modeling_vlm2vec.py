@@ -17,6 +17,10 @@ from transformers.utils.logging import tqdm
 from .configuration_vlm2vec import Vlm2VecConfig
 from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 
+#: Weight names of the export layout -> this class: the backbone's weights are saved as its native
+#: `...ForConditionalGeneration` names them, the base model under `model.` (no LM head is saved).
+NATIVE_KEY_MAPPING = {r"^model\.": "backbone."}
+
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last") -> torch.Tensor:
     """Pool token states into one vector per row.
@@ -65,6 +69,20 @@ class Vlm2VecPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that also reads the export layout (a backbone's native config and weight
+        names, see :data:`NATIVE_KEY_MAPPING`); checkpoints in the wrapper's own layout load unchanged. A model read
+        from the export layout saves in the wrapper's own layout again."""
+        mapping = kwargs.setdefault("key_mapping", NATIVE_KEY_MAPPING)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if mapping is NATIVE_KEY_MAPPING:  # transformers re-applies the renamings it used when saving: not this one
+            native = set(NATIVE_KEY_MAPPING)
+            conversions = getattr(model, "_weight_conversions", None) or []
+            model._weight_conversions = [c for c in conversions if not native & set(c.source_patterns)]
+        return loaded
 
 
 class Vlm2VecModel(Vlm2VecPreTrainedModel):

@@ -40,6 +40,7 @@ from .checkpoint import (
     load_source,
     unwrap_vlm2vec,
 )
+from .native import save_native
 
 EVAL_FILE_PATTERNS = ("summary.json", "*_score.json", "results.md", "results.png")
 
@@ -115,7 +116,7 @@ def export_checkpoint(
             model = source.model
             if is_adapter:
                 model = (model if source.owned else copy.deepcopy(model)).merge_and_unload()
-            model.save_pretrained(staging)
+            save_native(model, staging)
             processor.save_pretrained(staging)
             write_model_card(staging, card_context=context)
         _copy_eval(context.get("eval_dir"), staging / "eval")

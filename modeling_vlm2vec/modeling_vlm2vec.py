@@ -149,19 +149,16 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         Args:
             input_ids, attention_mask: (batch, seq) from `Vlm2VecProcessor`; either padding side.
             pixel_values: the processor's image tensor, or None for a text-only batch.
-            backbone_inputs: other processor outputs (`image_sizes`, `image_grid_thw`, ...), passed through.
+            backbone_inputs: other processor outputs (`image_sizes`, `image_grid_thw`, ...), passed through;
+                `use_cache`, `output_hidden_states` and `return_dict` (which callers such as sentence-transformers
+                pass) are set here and ignored.
         """
         if pixel_values is not None:
             backbone_inputs["pixel_values"] = pixel_values.to(self.backbone.dtype)
         wants_hidden_states = self.backbone.get_output_embeddings() is not None  # a causal LM, not a base model
-        outputs = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            output_hidden_states=wants_hidden_states,
-            return_dict=True,
-            **backbone_inputs,
-        )
+        fixed = {"use_cache": False, "output_hidden_states": wants_hidden_states, "return_dict": True}
+        backbone_inputs = {k: v for k, v in backbone_inputs.items() if k not in fixed}
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **fixed, **backbone_inputs)
         hidden = outputs.hidden_states[-1] if wants_hidden_states else outputs.last_hidden_state  # (batch, seq, hidden)
         embeddings = pool(hidden, attention_mask, self.config.pooling).float()  # (batch, hidden)
         if self.config.normalize:

@@ -116,8 +116,7 @@ def export_checkpoint(
             model = source.model
             if is_adapter:
                 model = (model if source.owned else copy.deepcopy(model)).merge_and_unload()
-            save_native(model, staging)
-            processor.save_pretrained(staging)
+            save_native(model, staging, processor, prompts=context.get("prompts"))
             write_model_card(staging, card_context=context)
         _copy_eval(context.get("eval_dir"), staging / "eval")
         verify_export(staging, adapter_only=adapter_only)

@@ -21,6 +21,7 @@ from huggingface_hub import save_torch_state_dict
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..modeling_vlm2vec import Vlm2VecModel
+from .engines import write_engine_files
 
 #: Vision towers whose Hub weight names keep an inner module transformers 5 no longer has: CLIP's ``vision_model.``
 #: (transformers strips it when loading; vLLM and older transformers need it).
@@ -55,17 +56,22 @@ def native_state_dict(model: Vlm2VecModel) -> dict[str, torch.Tensor]:
     return native
 
 
-def save_native(model: Vlm2VecModel, folder: str | os.PathLike) -> None:
-    """Write the export layout of ``model`` (config, weights, remote code) into ``folder`` (which must exist); a
-    backbone without one (:func:`has_native_layout`) is saved in the wrapper's own layout."""
+def save_native(model: Vlm2VecModel, folder: str | os.PathLike, processor, prompts: dict | None = None) -> None:
+    """Write the export layout of ``model`` with ``processor`` (its `Vlm2VecProcessor`) into ``folder`` (which must
+    exist): config, weights, remote code, processor files and the other engines' files (:mod:`.engines`, with
+    ``prompts`` added to the named prompts). A backbone without a native layout (:func:`has_native_layout`) is saved
+    in the wrapper's own layout, for this package and ``trust_remote_code=True`` only."""
     if not has_native_layout(model):
         model.save_pretrained(folder)
+        processor.save_pretrained(folder)
         return
     folder = Path(folder)
     custom_object_save(model, folder, config=model.config)  # the remote-code files named by the auto_map
     config = model.config.to_native_dict()
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_torch_state_dict(native_state_dict(model), folder, metadata={"format": "pt"})
+    processor.save_pretrained(folder)
+    write_engine_files(folder, model.config, processor, prompts)
 
 
 __all__ = ["HUB_INNER_PREFIXES", "has_native_layout", "native_state_dict", "save_native"]

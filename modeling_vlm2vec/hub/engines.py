@@ -91,6 +91,30 @@ def render_chat_template(image_token: str, add_bos: bool) -> str:
     )
 
 
+def native_architecture(config: Vlm2VecConfig) -> str | None:
+    """The native class other engines build from the export's ``config.json`` (e.g.
+    ``LlavaNextForConditionalGeneration``)."""
+    return (config.to_native_dict().get("architectures") or [None])[0]
+
+
+def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
+    """What other engines see differently, in plain words: the resolution policy is applied by `Vlm2VecProcessor`
+    before the backbone processor, and other engines run only the backbone processor (None without a policy)."""
+    policy = [
+        f"{name}={getattr(config, name)}"
+        for name in ("image_max_pixels", "image_min_pixels", "image_fixed_size")
+        if getattr(config, name) is not None
+    ]
+    if not policy:
+        return None
+    return (
+        f"this model resizes images by {', '.join(policy)} before its processor in `encode()` and training; "
+        f"sentence-transformers, mteb and vLLM run only the `{config.backbone_type}` processor, which keeps its own "
+        f"resolution, so their embeddings of images outside that policy differ from `encode()`. Resize images "
+        f"yourself the same way to get identical results; text-only embeddings are identical."
+    )
+
+
 def tokenizer_adds_bos(tokenizer) -> bool:
     """True when ``tokenizer`` puts its BOS token in front of a text by itself."""
     bos = tokenizer.bos_token_id
@@ -144,4 +168,12 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["MMEB_PROMPTS", "MODULES", "render_chat_template", "tokenizer_adds_bos", "write_engine_files"]
+__all__ = [
+    "MMEB_PROMPTS",
+    "MODULES",
+    "engine_resolution_note",
+    "native_architecture",
+    "render_chat_template",
+    "tokenizer_adds_bos",
+    "write_engine_files",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,15 +12,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
 from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native
-#: `...ForConditionalGeneration` names them, the base model under `model.` (no LM head is saved).
+#: `...ForConditionalGeneration` names them on the Hub, the base model under `model.` (no LM head is saved) ...
 NATIVE_KEY_MAPPING = {r"^model\.": "backbone."}
+#: ... except the Qwen-VL releases' layout: vision tower at the root, language model directly under `model.`.
+NATIVE_KEY_MAPPINGS = {
+    "qwen2_vl": {r"^visual\.": "backbone.visual.", r"^model\.": "backbone.language_model."},
+    "qwen2_5_vl": {r"^visual\.": "backbone.visual.", r"^model\.": "backbone.language_model."},
+}
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last") -> torch.Tensor:
@@ -75,11 +81,13 @@ class Vlm2VecPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained` that also reads the export layout (a backbone's native config and weight
         names, see :data:`NATIVE_KEY_MAPPING`); checkpoints in the wrapper's own layout load unchanged. A model read
         from the export layout saves in the wrapper's own layout again."""
-        mapping = kwargs.setdefault("key_mapping", NATIVE_KEY_MAPPING)
+        ours = "key_mapping" not in kwargs
+        if ours:
+            kwargs["key_mapping"] = _native_key_mapping(pretrained_model_name_or_path, kwargs)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if mapping is NATIVE_KEY_MAPPING:  # transformers re-applies the renamings it used when saving: not this one
-            native = set(NATIVE_KEY_MAPPING)
+        if ours:  # transformers re-applies the renamings it used when saving: not these
+            native = set(kwargs["key_mapping"])
             conversions = getattr(model, "_weight_conversions", None) or []
             model._weight_conversions = [c for c in conversions if not native & set(c.source_patterns)]
         return loaded
@@ -255,6 +263,15 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         a = torch.as_tensor(a, dtype=torch.float32)
         b = torch.as_tensor(b, dtype=torch.float32)
         return a @ b.T
+
+
+def _native_key_mapping(path, kwargs: dict) -> dict[str, str]:
+    """The renaming from the export layout of the checkpoint at ``path`` (by its ``config.json`` model type)."""
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    resolved = cached_file(str(path), "config.json", **hub_kwargs)
+    with open(resolved, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    return NATIVE_KEY_MAPPINGS.get(model_type, NATIVE_KEY_MAPPING)
 
 
 def _backbone_from_config(backbone_config) -> PreTrainedModel:

@@ -37,7 +37,18 @@ def _cases(small, big):
     ]
 
 
-@pytest.mark.parametrize("model_type", ["llava_next", "idefics3"])
+# Stock Qwen2-VL / Qwen2.5-VL processors need torchvision (their video processor), which this environment lacks: for
+# the Qwen layout only, the child swaps in the image-only processor shipped in the export's own processing file.
+# Everything else (config, weights, sentence-transformers files, chat template) is read as any user's would be.
+QWEN_STAND_IN = """
+from transformers import AutoProcessor
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+image_only = get_class_from_dynamic_module("processing_vlm2vec.ImageOnlyQwen2VLProcessor", {folder!r})
+AutoProcessor.from_pretrained = lambda path, **kwargs: image_only.from_pretrained(path)  # TEST STAND-IN
+"""
+
+
+@pytest.mark.parametrize("model_type", ["llava_next", "idefics3", "qwen2_vl"])
 def test_sentence_transformers_embeds_exactly_like_encode(model_type, tiny_backbone_dir, tmp_path):
     small = _image(tmp_path / "small.png", "red", (20, 14))  # below the processor's native size
     big = _image(tmp_path / "big.png", "blue", (420, 300))  # above it
@@ -48,7 +59,10 @@ def test_sentence_transformers_embeds_exactly_like_encode(model_type, tiny_backb
     folder = export_checkpoint(model, tmp_path / "export")
     cases = _cases(small, big)
 
-    child = f"""
+    stand_in = QWEN_STAND_IN.format(folder=str(folder)) if model_type == "qwen2_vl" else ""
+    child = (
+        stand_in
+        + f"""
 import json
 from PIL import Image
 from sentence_transformers import SentenceTransformer
@@ -63,7 +77,9 @@ for item, instruction, name in cases:
     features = st[0].preprocess([item], prompt=st.prompts[name] if name else prompt)
     out["ids"].append(features["input_ids"][0].tolist())
     out["emb"].append(st.encode([item], **kwargs)[0].tolist())
-""" + emit_json_code("out")
+"""
+        + emit_json_code("out")
+    )
     theirs = last_json_line(run_isolated(child))
 
     for (name, _, (text, path), instruction, _), ids, emb in zip(cases, theirs["ids"], theirs["emb"]):

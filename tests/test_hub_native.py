@@ -52,13 +52,22 @@ def test_native_class_loads_every_weight_under_its_own_names(exported):
     theirs = native.model.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the base model alone, as sentence-transformers builds it (feature extraction), reads the same weights
+    base, info = AutoModel.from_pretrained(folder, output_loading_info=True)
+    assert type(base).__name__ == type(model.backbone).__name__
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert all(torch.equal(ours[k], base.state_dict()[k]) for k in ours)
 
 
 def test_weight_names_are_the_hub_layout(exported):
     model_type, _, folder = exported
     keys = _saved_keys(folder)
-    assert all(k.startswith("model.") for k in keys), sorted(keys)[:3]
     assert not any(k.startswith(("backbone.", "lm_head")) for k in keys)
+    if model_type == "qwen2_vl":  # the Qwen-VL releases' layout: vision tower at the root, language model in model.
+        assert {k.split(".")[0] for k in keys} == {"visual", "model"}
+        assert not any(k.startswith(("model.visual.", "model.language_model.")) for k in keys)
+        return
+    assert all(k.startswith("model.") for k in keys), sorted(keys)[:3]
     if model_type == "llava_next":  # the CLIP tower as the Hub and vLLM name it
         vision = {k for k in keys if k.startswith("model.vision_tower.")}
         assert vision and all(k.startswith("model.vision_tower.vision_model.") for k in vision)

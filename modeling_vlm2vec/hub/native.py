@@ -26,6 +26,13 @@ from .engines import write_engine_files
 #: Vision towers whose Hub weight names keep an inner module transformers 5 no longer has: CLIP's ``vision_model.``
 #: (transformers strips it when loading; vLLM and older transformers need it).
 HUB_INNER_PREFIXES = {"CLIPVisionModel": "vision_model"}
+#: Backbones whose Hub layout differs from transformers 5's: the original Qwen-VL releases keep the vision tower at
+#: the root and the language model directly under ``model.``. transformers' base ``Qwen2VLModel`` (what
+#: sentence-transformers builds) loads only that layout correctly; the ForConditionalGeneration class and vLLM read it.
+HUB_RENAMES = {
+    "qwen2_vl": (("model.visual.", "visual."), ("model.language_model.", "model.")),
+    "qwen2_5_vl": (("model.visual.", "visual."), ("model.language_model.", "model.")),
+}
 #: Base-model attribute of a native ``...ForConditionalGeneration``.
 NATIVE_BASE_PREFIX = "model"
 
@@ -37,7 +44,8 @@ def has_native_layout(model: Vlm2VecModel) -> bool:
 
 
 def native_state_dict(model: Vlm2VecModel) -> dict[str, torch.Tensor]:
-    """The backbone's tensors under their native ``...ForConditionalGeneration`` names (Hub layout)."""
+    """The backbone's tensors under their native ``...ForConditionalGeneration`` names (Hub layout, see
+    :data:`HUB_INNER_PREFIXES` and :data:`HUB_RENAMES`)."""
     backbone = model.backbone
     if not has_native_layout(model):
         raise ValueError(f"{type(backbone).__name__} has no native ...ForConditionalGeneration layout")
@@ -52,7 +60,12 @@ def native_state_dict(model: Vlm2VecModel) -> dict[str, torch.Tensor]:
             if key.startswith(old):
                 key = new + key[len(old) :]
                 break
-        native[f"{NATIVE_BASE_PREFIX}.{key}"] = tensor
+        key = f"{NATIVE_BASE_PREFIX}.{key}"
+        for old, new in HUB_RENAMES.get(model.config.backbone_type, ()):
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        native[key] = tensor
     return native
 
 
@@ -74,4 +87,4 @@ def save_native(model: Vlm2VecModel, folder: str | os.PathLike, processor, promp
     write_engine_files(folder, model.config, processor, prompts)
 
 
-__all__ = ["HUB_INNER_PREFIXES", "has_native_layout", "native_state_dict", "save_native"]
+__all__ = ["HUB_INNER_PREFIXES", "HUB_RENAMES", "has_native_layout", "native_state_dict", "save_native"]

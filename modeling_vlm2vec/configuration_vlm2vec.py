@@ -110,6 +110,15 @@ class Vlm2VecConfig(PreTrainedConfig):
             config_dict = wrapper_dict_from_native(config_dict)
         return super().from_dict(config_dict, **kwargs)
 
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs) -> tuple[dict, dict]:
+        """The saved ``config.json`` in the wrapper's form whichever layout the folder has (so loading an export is not
+        reported as a model-type mismatch)."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") != cls.model_type and NATIVE_SETTINGS_KEY in config_dict:
+            config_dict = wrapper_dict_from_native(config_dict)
+        return config_dict, kwargs
+
     def to_native_dict(self) -> dict:
         """The export layout's ``config.json``: the backbone's native config (``architectures`` its
         ``...ForConditionalGeneration``, what other engines build), this config's settings under ``"vlm2vec"`` and the

@@ -109,3 +109,26 @@ emb = st.encode(items).tolist()
     theirs = np.array(last_json_line(run_isolated(child)))
     np.testing.assert_allclose(theirs, model.encode(items).numpy(), atol=1e-5, rtol=0)
     assert torch.is_tensor(model.encode(items))
+
+
+def test_a_policy_other_engines_cannot_apply_is_stated_and_only_affects_images_it_resizes(tiny_backbone_dir, tmp_path):
+    """LLaVA-Next's processor has no pixel bound: images within ours embed identically, larger ones do not, and the
+    export's card says so."""
+    inside = _image(tmp_path / "inside.png", "red", (40, 30))  # 1200 pixels
+    outside = str(tmp_path / "outside.png")  # 30000 pixels of noise: our policy shrinks it, and that shows
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(outside)
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("llava_next"), image_max_pixels=5000)
+    folder = export_checkpoint(model, tmp_path / "export")
+    card = " ".join((folder / "README.md").read_text().split())
+    assert "resizes images by image_max_pixels=5000" in card and "differ from `encode()`" in card
+    child = f"""
+import json
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+st = SentenceTransformer({str(folder)!r})
+emb = st.encode([Image.open(p).convert("RGB") for p in {[inside, outside]!r}]).tolist()
+""" + emit_json_code("emb")
+    theirs = np.array(last_json_line(run_isolated(child)))
+    ours = model.encode([Image.open(p).convert("RGB") for p in (inside, outside)]).numpy()
+    np.testing.assert_allclose(theirs[0], ours[0], atol=1e-5, rtol=0)
+    assert np.abs(theirs[1] - ours[1]).max() > 1e-3

@@ -7,6 +7,7 @@ import math
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 # The string each backbone's processor expands into image features, substituted for MMEB's canonical `<|image_1|>`.
 # Qwen uses the bare pad token (the official VLM2Vec raw format, no vision_start/end wrapping); Phi-3-V keeps the
@@ -41,6 +42,13 @@ PADDING_SIDES = ("left", "right")
 #: computed them, which official VLM2Vec releases were trained and evaluated with (see ``position_policy``).
 POSITION_POLICIES = ("native", "transformers4")
 _MROPE_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
+#: Key of a native backbone ``config.json`` (the export layout) that holds the Vlm2Vec settings.
+NATIVE_SETTINGS_KEY = "vlm2vec"
+#: ``auto_map`` of every checkpoint: ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` -> Vlm2VecModel.
+AUTO_MAP = {
+    "AutoConfig": "configuration_vlm2vec.Vlm2VecConfig",
+    "AutoModel": "modeling_vlm2vec.Vlm2VecModel",
+}
 
 
 class Vlm2VecConfig(PreTrainedConfig):
@@ -135,6 +143,40 @@ class Vlm2VecConfig(PreTrainedConfig):
             self.image_token = DEFAULT_IMAGE_TOKENS[backbone_type]
         self._complete_matryoshka_dimensions()
         self.check_settings()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> Vlm2VecConfig:
+        """Build from a ``config.json`` dict in either layout: the wrapper's own (``model_type == "vlm2vec"``) or the
+        export layout, a backbone's native config carrying the Vlm2Vec settings under ``"vlm2vec"``."""
+        if config_dict.get("model_type") != cls.model_type and NATIVE_SETTINGS_KEY in config_dict:
+            config_dict = wrapper_dict_from_native(config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs) -> tuple[dict, dict]:
+        """The saved ``config.json`` in the wrapper's form whichever layout the folder has (so loading an export is not
+        reported as a model-type mismatch)."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") != cls.model_type and NATIVE_SETTINGS_KEY in config_dict:
+            config_dict = wrapper_dict_from_native(config_dict)
+        return config_dict, kwargs
+
+    def to_native_dict(self) -> dict:
+        """The export layout's ``config.json``: the backbone's native config (``architectures`` its
+        ``...ForConditionalGeneration``, what other engines build), this config's settings under ``"vlm2vec"`` and the
+        ``auto_map`` that makes ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` a `Vlm2VecModel`, and
+        ``matryoshka_dimensions`` at the top level when the model has them."""
+        native = self.backbone_config.to_dict()
+        architecture = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(self.backbone_type)
+        if architecture is not None:
+            native["architectures"] = [architecture]
+        if self.dtype is not None:
+            native["dtype"] = str(self.dtype).removeprefix("torch.")
+        native["auto_map"] = {**native.get("auto_map", {}), **AUTO_MAP}
+        native[NATIVE_SETTINGS_KEY] = {name: getattr(self, name) for name in WRAPPER_FIELDS}
+        if self.matryoshka_dimensions:  # top level, where engines read it (vLLM's `dimensions` request parameter)
+            native["matryoshka_dimensions"] = list(self.matryoshka_dimensions)
+        return native
 
     def check_settings(self) -> None:
         """Raise `ValueError` naming the first wrapper setting that is out of its domain (run on construction and
@@ -262,6 +304,27 @@ WRAPPER_FIELDS = tuple(
     if f.name not in {g.name for g in dataclasses.fields(PreTrainedConfig)} and f.name != "backbone_config"
 )
 
+
+def wrapper_dict_from_native(native: dict) -> dict:
+    """A ``config.json`` dict of the export layout turned into the wrapper's own form (the inverse of
+    :meth:`Vlm2VecConfig.to_native_dict`)."""
+    backbone = {k: v for k, v in native.items() if k not in (NATIVE_SETTINGS_KEY, "auto_map", "matryoshka_dimensions")}
+    wrapper = {"model_type": Vlm2VecConfig.model_type, "backbone_config": backbone, **native[NATIVE_SETTINGS_KEY]}
+    for key in ("auto_map", "dtype", "transformers_version"):
+        if key in native:
+            wrapper[key] = native[key]
+    return wrapper
+
+
 Vlm2VecConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["DEFAULT_IMAGE_TOKENS", "INPUT_CONTRACT_FIELDS", "POSITION_POLICIES", "WRAPPER_FIELDS", "Vlm2VecConfig"]
+__all__ = [
+    "AUTO_MAP",
+    "DEFAULT_IMAGE_TOKENS",
+    "INPUT_CONTRACT_FIELDS",
+    "NATIVE_SETTINGS_KEY",
+    "POSITION_POLICIES",
+    "WRAPPER_FIELDS",
+    "Vlm2VecConfig",
+    "wrapper_dict_from_native",
+]

@@ -27,7 +27,7 @@ from transformers.utils import cached_file
 from .common.dtypes import parse_dtype
 from .common.errors import DataError
 from .common.files import read_json
-from .configuration_vlm2vec import WRAPPER_FIELDS
+from .configuration_vlm2vec import NATIVE_SETTINGS_KEY, WRAPPER_FIELDS, wrapper_dict_from_native
 from .modeling_vlm2vec import Vlm2VecModel
 from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 
@@ -37,8 +37,18 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def is_vlm2vec_checkpoint(config: dict) -> bool:
-    """True when a ``config.json`` (as a dict) describes a Vlm2Vec checkpoint rather than a raw VLM."""
-    return config.get("model_type") == "vlm2vec"
+    """True when a ``config.json`` (as a dict) describes a Vlm2Vec checkpoint rather than a raw VLM: the wrapper's own
+    layout (``model_type == "vlm2vec"``) or the export layout (a native backbone config with Vlm2Vec settings)."""
+    return config.get("model_type") == "vlm2vec" or NATIVE_SETTINGS_KEY in config
+
+
+def wrapper_settings(config: dict) -> dict:
+    """The Vlm2Vec settings recorded in a checkpoint's ``config.json`` dict (either layout; {} for a raw VLM)."""
+    if not is_vlm2vec_checkpoint(config):
+        return {}
+    if config.get("model_type") != "vlm2vec":
+        config = wrapper_dict_from_native(config)
+    return {k: v for k, v in config.items() if k in WRAPPER_FIELDS}
 
 
 def read_config(reference: str | os.PathLike) -> dict:
@@ -264,8 +274,7 @@ def load_adapter_checkpoint(folder: Path, base_model: str | None = None, *, load
         base = _load_checkpoint(base_ref, load_kwargs)
     else:
         saved = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-        settings = {k: v for k, v in saved.items() if k in WRAPPER_FIELDS} if is_vlm2vec_checkpoint(saved) else {}
-        base = _wrap_backbone(base_ref, load_kwargs, settings)
+        base = _wrap_backbone(base_ref, load_kwargs, wrapper_settings(saved))
     return _attach_adapter_folder(base, folder), base_ref
 
 
@@ -289,4 +298,5 @@ __all__ = [
     "read_adapter_weights",
     "read_config",
     "resolve_base",
+    "wrapper_settings",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,11 +12,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
 from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
+
+#: Weight names of the export layout -> this class: the backbone's weights are saved as its native
+#: `...ForConditionalGeneration` names them on the Hub, the base model under `model.` (no LM head is saved) ...
+NATIVE_KEY_MAPPING = {r"^model\.": "backbone."}
+#: ... except the Qwen-VL releases' layout: vision tower at the root, language model directly under `model.`.
+NATIVE_KEY_MAPPINGS = {
+    "qwen2_vl": {r"^visual\.": "backbone.visual.", r"^model\.": "backbone.language_model."},
+    "qwen2_5_vl": {r"^visual\.": "backbone.visual.", r"^model\.": "backbone.language_model."},
+}
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last") -> torch.Tensor:
@@ -76,6 +86,22 @@ class Vlm2VecPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that also reads the export layout (a backbone's native config and weight
+        names, see :data:`NATIVE_KEY_MAPPING`); checkpoints in the wrapper's own layout load unchanged. A model read
+        from the export layout saves in the wrapper's own layout again."""
+        ours = "key_mapping" not in kwargs
+        if ours:
+            kwargs["key_mapping"] = _native_key_mapping(pretrained_model_name_or_path, kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if ours:  # transformers re-applies the renamings it used when saving: not these
+            native = set(kwargs["key_mapping"])
+            conversions = getattr(model, "_weight_conversions", None) or []
+            model._weight_conversions = [c for c in conversions if not native & set(c.source_patterns)]
+        return loaded
 
 
 class Vlm2VecModel(Vlm2VecPreTrainedModel):
@@ -153,19 +179,16 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         Args:
             input_ids, attention_mask: (batch, seq) from `Vlm2VecProcessor`; either padding side.
             pixel_values: the processor's image tensor, or None for a text-only batch.
-            backbone_inputs: other processor outputs (`image_sizes`, `image_grid_thw`, ...), passed through.
+            backbone_inputs: other processor outputs (`image_sizes`, `image_grid_thw`, ...), passed through;
+                `use_cache`, `output_hidden_states` and `return_dict` (which callers such as sentence-transformers
+                pass) are set here and ignored.
         """
         if pixel_values is not None:
             backbone_inputs["pixel_values"] = pixel_values.to(self.backbone.dtype)
         wants_hidden_states = self.backbone.get_output_embeddings() is not None  # a causal LM, not a base model
-        outputs = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            output_hidden_states=wants_hidden_states,
-            return_dict=True,
-            **backbone_inputs,
-        )
+        fixed = {"use_cache": False, "output_hidden_states": wants_hidden_states, "return_dict": True}
+        backbone_inputs = {k: v for k, v in backbone_inputs.items() if k not in fixed}
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **fixed, **backbone_inputs)
         hidden = outputs.hidden_states[-1] if wants_hidden_states else outputs.last_hidden_state  # (batch, seq, hidden)
         embeddings = pool(hidden, attention_mask, self.config.pooling).float()  # (batch, hidden)
         if self.config.normalize:
@@ -271,6 +294,15 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         a = torch.as_tensor(a, dtype=torch.float32)
         b = torch.as_tensor(b, dtype=torch.float32)
         return a @ b.T
+
+
+def _native_key_mapping(path, kwargs: dict) -> dict[str, str]:
+    """The renaming from the export layout of the checkpoint at ``path`` (by its ``config.json`` model type)."""
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    resolved = cached_file(str(path), "config.json", **hub_kwargs)
+    with open(resolved, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    return NATIVE_KEY_MAPPINGS.get(model_type, NATIVE_KEY_MAPPING)
 
 
 def _backbone_from_config(backbone_config) -> PreTrainedModel:

@@ -193,6 +193,23 @@ class Vlm2VecProcessor(ProcessorMixin):
         return files
 
     @property
+    def chat_template(self) -> str | None:
+        """The backbone processor's chat template; in an export, the one rendering this checkpoint's prompt from chat
+        messages (what sentence-transformers and vLLM run)."""
+        return getattr(self.backbone_processor, "chat_template", None)
+
+    @chat_template.setter
+    def chat_template(self, value: str | None) -> None:
+        if value is not None:  # ProcessorMixin.__init__ sets None before the backbone processor exists
+            self.backbone_processor.chat_template = value
+
+    def apply_chat_template(self, *args, **kwargs):
+        """The backbone processor's ``apply_chat_template`` (so engines that render chat messages, such as
+        sentence-transformers with ``trust_remote_code=True``, work with this processor too). It sees images as they
+        are: the resolution policy of :meth:`__call__` is not applied here."""
+        return self.backbone_processor.apply_chat_template(*args, **kwargs)
+
+    @property
     def tokenizer(self):
         """The backbone's tokenizer."""
         return getattr(self.backbone_processor, "tokenizer", self.backbone_processor)

@@ -54,10 +54,8 @@ def _front_matter(text):
     return yaml.safe_load(match.group(1))
 
 
-def _python_block(text):
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 1
-    return blocks[0]
+def _python_blocks(text):
+    return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +147,21 @@ def test_card_snippets_run_without_the_package(llava_dir, tmp_path):
         base_model=str(base_dir),
         card_context={"repo_id": "someone/tiny-adapter"},
     )
-    merged_snippet = _python_block((base_dir / "README.md").read_text())
+    # merged: AutoModel, sentence-transformers and mteb snippets (mteb's one line runs in test_engines_mteb.py)
+    merged_snippet, st_snippet, mteb_snippet = _python_blocks((base_dir / "README.md").read_text())
+    assert "SentenceTransformer(" in st_snippet and "mteb.evaluate" in mteb_snippet
     adapter_card = (adapter_dir / "README.md").read_text()
     assert _front_matter(adapter_card)["library_name"] == "peft"
-    adapter_snippet = _python_block(adapter_card)
+    [adapter_snippet] = _python_blocks(adapter_card)  # an adapter is not a folder other engines read
     assert f'AutoModel.from_pretrained("{base_dir}"' in adapter_snippet
     code = "\n".join(
         [
             merged_snippet.replace('"someone/tiny-base"', repr(str(base_dir))),
             "assert scores.shape == (1, 2) and pairs.shape == (1, model.config.hidden_size)",
+            "vlm2vec_model = model",
+            st_snippet.replace('"someone/tiny-base"', repr(str(base_dir))),
+            "ours = vlm2vec_model.encode([image, {'text': 'What colour is the shape?', 'image': image}])",
+            "assert (torch.as_tensor(images) - ours).abs().max() <= 1e-5",
             adapter_snippet.replace('"someone/tiny-adapter"', repr(str(adapter_dir))),
             "assert scores.shape == (1, 2)",
             "print('snippets ran')",

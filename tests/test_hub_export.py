@@ -66,8 +66,9 @@ def test_merged_export_from_model_has_every_file_and_same_embeddings(raw_dir, tm
         "AutoConfig": "configuration_vlm2vec.Vlm2VecConfig",
         "AutoModel": "modeling_vlm2vec.Vlm2VecModel",
     }
-    assert config["image_max_pixels"] == 1000  # the resolution policy travels in config.json
-    reloaded = AutoModel.from_pretrained(out)
+    assert config["vlm2vec"]["image_max_pixels"] == 1000  # the resolution policy travels in config.json
+    assert config["model_type"] == "qwen2_vl" and config["architectures"] == ["Qwen2VLForConditionalGeneration"]
+    reloaded = AutoModel.from_pretrained(out, trust_remote_code=True)
     torch.testing.assert_close(_encode(reloaded), _encode(model), rtol=0, atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
@@ -76,7 +77,7 @@ def test_merged_export_of_peft_model_equals_adapter_and_leaves_input_untouched(r
     peft_model = _lora(Vlm2VecModel.from_backbone(raw_dir))
     with_adapter = _encode(peft_model)
     out = export_checkpoint(peft_model, tmp_path / "merged")
-    merged = AutoModel.from_pretrained(out)
+    merged = Vlm2VecModel.from_pretrained(out)
     assert not any("lora" in k for k in load_file(out / "model.safetensors"))
     torch.testing.assert_close(_encode(merged), with_adapter, rtol=0, atol=1e-5)
     assert any("lora_A" in name for name, _ in peft_model.named_parameters())  # merged on a copy
@@ -105,7 +106,7 @@ def test_export_from_adapter_checkpoint_with_relative_base_from_other_cwd(raw_di
     config_file.write_text(json.dumps(config))
     monkeypatch.chdir(ckpt)  # neither cwd nor checkpoint holds backbones/: found via the checkpoint's parents
     out = export_checkpoint(ckpt, tmp_path / "out")
-    merged = AutoModel.from_pretrained(out)
+    merged = Vlm2VecModel.from_pretrained(out)
     assert merged.config.max_length == 64  # wrapper settings come from the checkpoint's vlm2vec config.json
     torch.testing.assert_close(_encode(merged), _encode(peft_model), rtol=0, atol=1e-5)
 
@@ -123,7 +124,7 @@ def test_base_model_override_and_missing_base_error(raw_dir, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     assert main([str(ckpt), str(tmp_path / "good"), "--base_model", str(raw_dir)]) == 0
     torch.testing.assert_close(
-        _encode(AutoModel.from_pretrained(tmp_path / "good")), _encode(peft_model), rtol=0, atol=1e-5
+        _encode(Vlm2VecModel.from_pretrained(tmp_path / "good")), _encode(peft_model), rtol=0, atol=1e-5
     )
 
 
@@ -142,7 +143,7 @@ def test_adapter_only_export_loads_from_other_cwd_and_equals_merged(raw_dir, tmp
     monkeypatch.chdir(adapter_dir.parent.parent)
     loaded_base = AutoModel.from_pretrained(reference, trust_remote_code=True)
     via_peft = PeftModel.from_pretrained(loaded_base, str(adapter_dir)).merge_and_unload()
-    expected = _encode(AutoModel.from_pretrained(merged_dir))
+    expected = _encode(Vlm2VecModel.from_pretrained(merged_dir))
     torch.testing.assert_close(_encode(via_peft), expected, rtol=0, atol=1e-5)
     # transformers' own adapter detection: the folder alone loads base + adapter
     auto = AutoModel.from_pretrained(str(adapter_dir), trust_remote_code=True)
@@ -164,7 +165,7 @@ def test_checkpoint_errors(raw_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a checkpoint"):
         export_checkpoint(tmp_path / "empty", tmp_path / "o1")
-    with pytest.raises(DataError, match="model_type 'qwen2_vl': a raw VLM, not a Vlm2Vec checkpoint"):
+    with pytest.raises(DataError, match="model_type 'qwen2_vl' and no Vlm2Vec settings"):
         export_checkpoint(raw_dir, tmp_path / "o2")
     good = export_checkpoint(Vlm2VecModel.from_backbone(raw_dir), tmp_path / "good")
     broken = shutil.copytree(good, tmp_path / "broken")

@@ -39,6 +39,15 @@ HUB_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
 }
+# what sentence-transformers, mteb and vLLM read, in exports (2_Normalize is an empty folder); intermediate training
+# pushes keep the wrapper's own layout
+ENGINE_FILES = {
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+    "config_sentence_transformers.json",
+    "chat_template.jinja",
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +68,7 @@ def _with_training_state(folder, target):
 def test_dry_run_lists_hub_files_only(exported, tmp_path):
     folder = _with_training_state(exported[1], tmp_path / "out")
     files = push_checkpoint(folder, "someone/model", dry_run=True)
-    assert set(files) == HUB_FILES | {"eval/summary.json"}
+    assert set(files) == HUB_FILES | ENGINE_FILES | {"eval/summary.json"}
     assert files == sorted(files)
 
 

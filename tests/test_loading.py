@@ -14,7 +14,7 @@ import yaml
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
-from modeling_vlm2vec.loading import load_vlm2vec
+from modeling_vlm2vec.loading import load_vlm2vec, wrapper_settings
 from modeling_vlm2vec.pipeline import ModelArguments, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_no_command_runs_code_shipped_in_a_checkpoint(checkpoint, tmp_path):
     )
     training = _run(["train.py", str(recipe)], REPO)
     assert training.returncode == 0, training.stderr[-3000:]
-    continued = json.loads((tmp_path / "continued" / "config.json").read_text())
+    continued = wrapper_settings(json.loads((tmp_path / "continued" / "config.json").read_text()))
     assert {k: continued[k] for k in SAVED} == SAVED
 
     export = _run(["-m", "modeling_vlm2vec.hub.export", str(planted), str(tmp_path / "exported")], REPO)

@@ -28,6 +28,7 @@ from ..common.files import read_json, write_text_atomic
 from ..common.locations import MMEB_EVAL_DATASET, is_hub_id
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..evaluation.report import GROUP_TITLES, build_summary, format_percent
+from .engines import engine_resolution_note, native_architecture
 
 _TEMPLATE_NAME = "vlm2vec_card.md"
 # The template lives in the repository's model_cards/; a non-editable install puts it under <prefix>/share/vlm2vec.
@@ -169,9 +170,13 @@ def render_model_card(
     repo_id: str | None = None,
     adapter_only: bool = False,
     base_reference: str | None = None,
+    engines: bool = False,
     template_path: str | os.PathLike = TEMPLATE_PATH,
 ) -> ModelCard:
-    """Render the card of a checkpoint whose `Vlm2VecConfig` is `config` (see the module doc for `card_context`)."""
+    """Render the card of a checkpoint whose `Vlm2VecConfig` is `config` (see the module doc for `card_context`).
+
+    ``engines``: the checkpoint has the export layout other engines read (sentence-transformers, mteb, vLLM usage).
+    """
     context = dict(card_context or {})
     repo_id = repo_id or context.get("repo_id") or "your-username/vlm2vec-model"
     model_name = context.get("model_name") or repo_id.split("/")[-1]
@@ -220,6 +225,9 @@ def render_model_card(
         eval_datasets=datasets,
         eval_dataset=(summary or {}).get("dataset_name", MMEB_EVAL_DATASET),
         versions=framework_versions(),
+        engines=engines,
+        architecture=native_architecture(config),
+        engine_note=engine_resolution_note(config),
     )
 
 
@@ -233,6 +241,7 @@ def write_model_card(folder: str | os.PathLike, config=None, **render_kwargs) ->
         if not (folder / "config.json").is_file():
             raise DataError("no config.json to describe; pass config=", file=str(folder))
         config = Vlm2VecConfig.from_pretrained(folder)
+    render_kwargs.setdefault("engines", (folder / "modules.json").is_file())
     card = render_model_card(config, **render_kwargs)
     write_text_atomic(folder / "README.md", str(card))
     return folder / "README.md"

@@ -1,7 +1,8 @@
 """Read a model to export: a `Vlm2VecModel`, a `PeftModel` wrapping one, or a training checkpoint folder.
 
 A checkpoint folder is either
-- a full Vlm2Vec checkpoint: ``config.json`` with ``model_type == "vlm2vec"`` and its ``auto_map``, the remote-code
+- a full Vlm2Vec checkpoint: ``config.json`` in the wrapper's layout (``model_type == "vlm2vec"``) or the export
+  layout (the backbone's native config with Vlm2Vec settings, see :mod:`.native`) with its ``auto_map``, the remote-code
   files it names, and safetensors weights (what ``Vlm2VecModel.save_pretrained`` / the Trainer write); or
 - a PEFT adapter checkpoint: ``adapter_config.json`` + ``adapter_model.safetensors`` whose
   ``base_model_name_or_path`` names the base — a Vlm2Vec checkpoint, or a raw VLM that is wrapped with
@@ -101,8 +102,8 @@ def read_vlm2vec_config(folder: Path) -> dict:
     config = read_json(folder / "config.json")
     if not is_vlm2vec_checkpoint(config):
         raise DataError(
-            f"config.json has model_type {config.get('model_type')!r}: a raw VLM, not a Vlm2Vec checkpoint; wrap "
-            f"it with Vlm2VecModel.from_backbone(...) first",
+            f"config.json has model_type {config.get('model_type')!r} and no Vlm2Vec settings; wrap a raw VLM "
+            f"with Vlm2VecModel.from_backbone(...) first",
             file=str(folder / "config.json"),
         )
     return config

@@ -40,6 +40,7 @@ from .checkpoint import (
     load_source,
     unwrap_vlm2vec,
 )
+from .native import save_native
 
 EVAL_FILE_PATTERNS = ("summary.json", "*_score.json", "results.md", "results.png")
 
@@ -117,8 +118,7 @@ def export_checkpoint(
             model = source.model
             if is_adapter:
                 model = (model if source.owned else copy.deepcopy(model)).merge_and_unload()
-            model.save_pretrained(staging)
-            processor.save_pretrained(staging)
+            save_native(model, staging, processor, prompts=context.get("prompts"))
             write_model_card(staging, card_context=context)
         _copy_eval(context.get("eval_dir"), staging / "eval")
         verify_export(staging, adapter_only=adapter_only)
@@ -129,13 +129,17 @@ def export_checkpoint(
     return output_dir
 
 
+#: Sub-folders an export writes: the MMEB scores and the sentence-transformers modules.
+EXPORT_SUBFOLDERS = ("eval", "1_Pooling", "2_Normalize")
+
+
 def check_output_folder(output_dir: Path, *, inputs: list, overwrite: bool) -> None:
     """Refuse an output folder whose replacement would lose data, with a `DataError` naming it.
 
     The output may not be an existing file, its parent must be a writable folder, and it may not equal or contain
     any of `inputs` (the source checkpoint, a local adapter base). An existing non-empty folder is replaced only with
     `overwrite`, and only when it is a previous export: a ``README.md`` beside a ``config.json`` or
-    ``adapter_config.json``, no sub-folder but ``eval/``.
+    ``adapter_config.json``, no sub-folder but those an export writes (``EXPORT_SUBFOLDERS``).
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError("output path exists and is not a folder", file=str(output_dir))
@@ -155,12 +159,14 @@ def check_output_folder(output_dir: Path, *, inputs: list, overwrite: bool) -> N
             "output folder exists and is not empty (pass overwrite=True / --overwrite)", file=str(output_dir)
         )
     names = {p.name for p in output_dir.iterdir()}
-    subfolders = sorted(p.name for p in output_dir.iterdir() if p.is_dir() and p.name != "eval")
+    subfolders = sorted(p.name for p in output_dir.iterdir() if p.is_dir() and p.name not in EXPORT_SUBFOLDERS)
     if "README.md" not in names or not names & {"config.json", ADAPTER_CONFIG} or subfolders:
+        allowed = ", ".join(f"{name}/" for name in EXPORT_SUBFOLDERS)
+        found = f" ({subfolders[0]}/)" if subfolders else ""
         raise DataError(
             "overwrite replaces only a previous export (README.md with config.json or adapter_config.json, no "
-            f"sub-folder but eval/); this folder holds other data{f' ({subfolders[0]}/)' if subfolders else ''}; "
-            "remove it yourself or choose another output folder",
+            f"sub-folder but {allowed}); this folder holds other data{found}; remove it yourself or choose another "
+            "output folder",
             file=str(output_dir),
         )
 

@@ -22,7 +22,7 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ..common.errors import DataError
 from ..common.files import read_json
-from ..loading import PROCESSOR_FILES
+from ..loading import PROCESSOR_FILES, is_vlm2vec_checkpoint
 from .card import write_model_card
 from .checkpoint import REMOTE_CODE_FILES
 
@@ -117,7 +117,7 @@ def prepare_checkpoint_for_push(
         if (checkpoint_dir / name).is_file():
             shutil.copy2(checkpoint_dir / name, output_dir / name)
             written.append(name)
-    if (output_dir / "config.json").is_file() and read_json(output_dir / "config.json").get("model_type") == "vlm2vec":
+    if (output_dir / "config.json").is_file() and is_vlm2vec_checkpoint(read_json(output_dir / "config.json")):
         write_model_card(output_dir, card_context=card_context)
         written.append("README.md")
     return written

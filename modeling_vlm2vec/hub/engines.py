@@ -1,0 +1,179 @@
+"""The files other engines read beside the native weights: sentence-transformers (and, through it, mteb) and vLLM.
+
+- ``modules.json``: Transformer -> Pooling -> Normalize, under the type names both sentence-transformers (5 and 6)
+  and vLLM resolve (``sentence_transformers.models.*``);
+- ``sentence_bert_config.json``: the backbone's base model run for ``feature-extraction``; text, image and chat
+  messages all go through ``forward`` and its ``last_hidden_state``;
+- ``1_Pooling/config.json``: last-token pooling, in the current (``pooling_mode``) and the legacy boolean form;
+- ``config_sentence_transformers.json``: cosine similarity, the MMEB instructions as named prompts, the transformers
+  range the folder was written with;
+- ``chat_template.jinja``: renders chat messages into exactly the prompt of ``build_prompt`` (the instruction arrives
+  as a system message; at most one image; the raw format, no chat wrapping), starting with the BOS token when the
+  tokenizer adds one (vLLM's chat path adds no special tokens; transformers then adds none either).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import transformers
+
+from ..configuration_vlm2vec import Vlm2VecConfig
+from ..processing_vlm2vec import IMAGE_PLACEHOLDER
+
+#: MMEB's query instructions (the "original" variant baked into MMEB-train), named by dataset; the image placeholder
+#: is left out because an item's image goes first anyway when its text has none.
+MMEB_PROMPTS = {
+    "ImageNet-1K": "Represent the given image for classification.",
+    "HatefulMemes": "Represent the given image for binary classification to determine whether it constitutes "
+    "hateful speech or not.",
+    "SUN397": "Identify the scene shown in the image.",
+    "VOC2007": "Identify the object shown in the image",
+    "N24News": "Represent the given news image with the following caption for domain classification:",
+    "VQA": "Represent the given image with the following question:",
+    "MSCOCO": "Select the portion of the image that isolates the object labeled as",
+    "VisDial": "Represent the given dialogue about an image, which is used for image retrieval:",
+    "CIRR": "Given an image, find a similar everyday image with the described changes:",
+    "NIGHTS": "Find a day-to-day image that looks similar to the provided image.",
+    "WebQA": "Find a Wikipedia image that answers this question:",
+    "MSCOCO_i2t": "Find an image caption describing the given everyday image.",
+    "MSCOCO_t2i": "Find me an everyday image that matches the given caption:",
+    "VisualNews_i2t": "Find a caption for the news in the given photo.",
+    "VisualNews_t2i": "Retrieve an image of this news caption.",
+    "image_target": "Represent the given image.",
+}
+
+MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+_FORWARD = {"method": "forward", "method_output_name": "last_hidden_state"}
+
+# Jinja source of the chat template; `__IMAGE_TOKEN__` and `__BOS__` are filled per checkpoint. Mirrors
+# processing_vlm2vec.build_prompt: system texts form the instruction, user texts the text (each stripped, joined by
+# one space); with an image the placeholder is put first unless present, then replaced by the image token; without
+# one, placeholders are dropped and whitespace collapsed.
+_TEMPLATE = """{#- VLM2Vec prompt, raw format: [instruction] [text]; the image token first unless placed -#}
+{%- set ns = namespace(instruction=[], text=[], images=0) -%}
+{%- for message in messages -%}
+{%- set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string
+    else message['content'] -%}
+{%- for part in parts -%}
+{%- if part['type'] == 'text' and part['text'] | trim -%}
+{%- if message['role'] == 'system' -%}{%- set ns.instruction = ns.instruction + [part['text'] | trim] -%}
+{%- else -%}{%- set ns.text = ns.text + [part['text'] | trim] -%}{%- endif -%}
+{%- elif part['type'] == 'image' -%}{%- set ns.images = ns.images + 1 -%}
+{%- elif part['type'] != 'text' -%}{{ raise_exception('VLM2Vec inputs hold text and images only') }}
+{%- endif -%}
+{%- endfor -%}
+{%- endfor -%}
+{%- if ns.images > 1 -%}{{ raise_exception('VLM2Vec embeds at most one image per input') }}{%- endif -%}
+{%- set prompt = (ns.instruction + ns.text) | join(' ') -%}
+{%- set placeholder = '__PLACEHOLDER__' -%}
+{%- if ns.images == 1 -%}
+{%- if prompt.count(placeholder) > 1 -%}{{ raise_exception('one image placeholder per input') }}{%- endif -%}
+{%- if placeholder not in prompt -%}{%- set prompt = (placeholder ~ ' ' ~ prompt) | trim -%}{%- endif -%}
+{%- set prompt = prompt.replace(placeholder, '__IMAGE_TOKEN__') -%}
+{%- elif placeholder in prompt -%}
+{%- set prompt = prompt.replace(placeholder, ' ').split() | join(' ') -%}
+{%- endif -%}
+__BOS__{{ prompt }}"""
+
+
+def render_chat_template(image_token: str, add_bos: bool) -> str:
+    """The chat template of a checkpoint whose image token is ``image_token`` (see the module doc)."""
+    return (
+        _TEMPLATE.replace("__PLACEHOLDER__", IMAGE_PLACEHOLDER)
+        .replace("__IMAGE_TOKEN__", image_token)
+        .replace("__BOS__", "{{ bos_token }}" if add_bos else "")
+    )
+
+
+def native_architecture(config: Vlm2VecConfig) -> str | None:
+    """The native class other engines build from the export's ``config.json`` (e.g.
+    ``LlavaNextForConditionalGeneration``)."""
+    return (config.to_native_dict().get("architectures") or [None])[0]
+
+
+def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
+    """What other engines see differently, in plain words: the resolution policy is applied by `Vlm2VecProcessor`
+    before the backbone processor, and other engines run only the backbone processor (None without a policy)."""
+    policy = [
+        f"{name}={getattr(config, name)}"
+        for name in ("image_max_pixels", "image_min_pixels", "image_fixed_size")
+        if getattr(config, name) is not None
+    ]
+    if not policy:
+        return None
+    return (
+        f"this model resizes images by {', '.join(policy)} before its processor in `encode()` and training; "
+        f"sentence-transformers, mteb and vLLM run only the `{config.backbone_type}` processor, which keeps its own "
+        f"resolution, so their embeddings of images outside that policy differ from `encode()`. Resize images "
+        f"yourself the same way to get identical results; text-only embeddings are identical."
+    )
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """True when ``tokenizer`` puts its BOS token in front of a text by itself."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def write_engine_files(folder: str | Path, config: Vlm2VecConfig, processor, prompts: dict | None = None) -> None:
+    """Write the sentence-transformers / vLLM files and the chat template for ``config`` into ``folder``.
+
+    ``processor`` is the checkpoint's `Vlm2VecProcessor` (its tokenizer decides the BOS); ``prompts`` (name ->
+    instruction) are added to :data:`MMEB_PROMPTS`.
+    """
+    folder = Path(folder)
+    hidden = config.hidden_size
+    _write_json(folder / "modules.json", MODULES)
+    transformer = {
+        "transformer_task": "feature-extraction",
+        "modality_config": {"text": _FORWARD, "image": _FORWARD, "message": {**_FORWARD, "format": "structured"}},
+        "module_output_name": "token_embeddings",
+    }
+    if config.max_length is not None:  # the sequence is cut at its end: the text, as images come first
+        transformer["processing_kwargs"] = {"text": {"truncation": True, "max_length": config.max_length}}
+    _write_json(folder / "sentence_bert_config.json", transformer)
+    _write_json(
+        folder / "1_Pooling" / "config.json",
+        {
+            "embedding_dimension": hidden,
+            "pooling_mode": "lasttoken",
+            "pooling_mode_lasttoken": True,
+            "include_prompt": True,
+        },
+    )
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+    _write_json(
+        folder / "config_sentence_transformers.json",
+        {
+            "model_type": "SentenceTransformer",
+            "prompts": {**MMEB_PROMPTS, **(prompts or {})},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+            "requirements": {"transformers": f">={major}.{minor},<{major + 1}"},
+        },
+    )
+    template = render_chat_template(config.image_token, tokenizer_adds_bos(processor.tokenizer))
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = [
+    "MMEB_PROMPTS",
+    "MODULES",
+    "engine_resolution_note",
+    "native_architecture",
+    "render_chat_template",
+    "tokenizer_adds_bos",
+    "write_engine_files",
+]

@@ -1,0 +1,122 @@
+"""The model and data arguments of ``train.py`` (``--snake_case`` flags, or keys of one YAML recipe); the LoRA and
+trainer arguments live in :mod:`modeling_vlm2vec.training.arguments`, the demo's in :mod:`modeling_vlm2vec.demo.hook`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .configuration_vlm2vec import WRAPPER_FIELDS
+from .demo.hook import SYNTHETIC
+
+
+@dataclass
+class ModelArguments:
+    """The backbone and how inputs become embeddings (saved in the checkpoint's config)."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Hub id or folder of a VLM, or of a Vlm2Vec checkpoint to continue training."}
+    )
+    model_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Dtype the weights are loaded in (auto = the checkpoint's): float32 (master weights; use bf16 "
+            "autocast via --bf16) or bfloat16 / float16 (frozen base for LoRA on large backbones; LoRA weights stay "
+            "float32)."
+        },
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2..."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow backbones with Hub remote code."})
+    processor_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "JSON object passed to the processor loader, e.g. '{\"num_crops\": 4}' for Phi-3.5-V."},
+    )
+    # Vlm2Vec settings: unset keeps the checkpoint's value when continuing training, or the default for a raw VLM.
+    pooling: str | None = field(default=None, metadata={"help": "last (last real token; default) or mean."})
+    normalize: bool | None = field(default=None, metadata={"help": "L2-normalise embeddings (default true)."})
+    contrastive_temperature: float | None = field(default=None, metadata={"help": "InfoNCE temperature (0.02)."})
+    padding_side: str | None = field(default=None, metadata={"help": "Batch padding side (default right)."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Token budget per input (text is truncated, image tokens never)."}
+    )
+    image_max_pixels: int | None = field(
+        default=None, metadata={"help": "Downscale larger images to this many pixels (aspect kept)."}
+    )
+    image_min_pixels: int | None = field(
+        default=None, metadata={"help": "Upscale smaller images to this many pixels (aspect kept)."}
+    )
+    image_fixed_size: list[int] | None = field(default=None, metadata={"help": "Resize every image to W H."})
+    # loss options, recorded in the checkpoint's config like the temperature
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka prefix sizes, e.g. 64 128 256: the loss is also computed on each re-normalised "
+            "prefix (the full size is always included). Saved as the config's matryoshka_dimensions."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Loss weight per Matryoshka size, ascending, the full size last (default equal)."},
+    )
+    hardness_alpha: float | None = field(
+        default=None,
+        metadata={"help": "LLaVE hardness weighting: negatives weighted by exp(alpha * similarity) (default 0 = off)."},
+    )
+    false_negative_margin: float | None = field(
+        default=None,
+        metadata={"help": "Mask in-batch candidates scoring above the row's positive minus this margin (default off)."},
+    )
+    small_image_edge: int | None = field(
+        default=None, metadata={"help": "Stretch images with a side below this to a square of twice it (official: 28)."}
+    )
+    strip_prompt: bool | None = field(
+        default=None, metadata={"help": "Strip whitespace around instruction and text (default true)."}
+    )
+    position_policy: str | None = field(
+        default=None,
+        metadata={"help": "native (default) or transformers4 (Qwen positions as the official releases used them)."},
+    )
+
+    def settings(self) -> dict:
+        """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out)."""
+        values = {name: getattr(self, RECIPE_KEYS.get(name, name), None) for name in WRAPPER_FIELDS}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+#: Recipe keys spelled differently from the config field they set.
+RECIPE_KEYS = {"matryoshka_dimensions": "matryoshka_dims"}
+
+
+@dataclass
+class DataArguments:
+    """Training data (MMEB-train schema) and the held-out MMEB evaluation."""
+
+    dataset_config: str = field(
+        default=SYNTHETIC,
+        metadata={
+            "help": "Data-config YAML listing the training sources, or 'synthetic' for the bundled synthetic data."
+        },
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "MMEB-eval Hub id or local folder (default: the synthetic eval split, or TIGER-Lab/MMEB-eval)."
+        },
+    )
+    eval_subset_name: list[str] | None = field(
+        default=None,
+        metadata={"help": "Datasets to evaluate: names or all / ind / ood / synthetic (default: synthetic or all)."},
+    )
+    eval_image_dir: str | None = field(default=None, metadata={"help": "Image root of the evaluation data."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Items per forward when encoding for evaluation."})
+
+    def __post_init__(self):
+        if (
+            isinstance(self.eval_batch_size, bool)
+            or not isinstance(self.eval_batch_size, int)
+            or self.eval_batch_size < 1
+        ):
+            raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+
+
+__all__ = ["DataArguments", "ModelArguments", "RECIPE_KEYS"]

@@ -20,17 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common.distributed import all_true, barrier, rank_and_world
+from ..common.distributed import barrier, rank_and_world
 from ..common.errors import DataError
-from ..common.files import check_writable_folder, read_json_if_complete, write_json_atomic
+from ..common.files import check_writable_folder
 from ..common.fingerprint import model_fingerprint
 from ..common.locations import MMEB_EVAL_DATASET
 from ..modeling_vlm2vec import truncate_embeddings
-from .encoding import cache_path, dataset_fingerprint, encode_eval_set, load_cached, save_cached
+from .encoding import cache_path, dataset_fingerprint, encode_eval_set
 from .loading import EvalSet, check_eval_prompts, load_eval_set
 from .metrics import ranking_metrics
 from .registry import REGISTRY, resolve_subsets
 from .report import build_summary, write_report
+from .resume import score_resumably
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +88,13 @@ def _evaluate_one(
     truncate_dim: int | None,
     cache_dir: Path,
 ) -> dict:
-    rank, world_size = rank_and_world()
     fingerprint = dataset_fingerprint(model_fp, eval_set)  # of the cached full-size embeddings
     score_fingerprint = fingerprint
     if truncate_dim is not None:
         score_fingerprint = hashlib.sha256(f"{fingerprint}:truncate_dim={truncate_dim}".encode()).hexdigest()
-    score_file = output_dir / f"{eval_set.name}_score.json"
-    previous = None if overwrite else read_json_if_complete(score_file)
-    if all_true(isinstance(previous, dict) and previous.get("fingerprint") == score_fingerprint):
-        logger.info("%s: already scored with this model, skipping", eval_set.name)
-        return previous
-    cache_file = cache_path(cache_dir, model_fp, eval_set.name)
-    cached = None if overwrite else load_cached(cache_file, fingerprint)
-    if all_true(cached is not None):
-        logger.info("%s: reusing cached embeddings", eval_set.name)
-        queries, candidates = cached
-    else:
+
+    def encode():
+        rank, world_size = rank_and_world()
         logger.info(
             "%s: encoding %d queries and %d candidates (process %d of %d encodes its shard)",
             eval_set.name,
@@ -111,24 +103,30 @@ def _evaluate_one(
             rank + 1,
             world_size,
         )
-        queries, candidates = encode_eval_set(
-            model, eval_set, batch_size=batch_size, show_progress_bar=show_progress_bar
-        )
-        if rank == 0:
-            save_cached(cache_file, fingerprint, queries, candidates)
-    if truncate_dim is not None:
-        normalize = getattr(getattr(model, "config", None), "normalize", True)
-        queries, candidates = (
-            truncate_embeddings(torch.from_numpy(e), truncate_dim, normalize).numpy() for e in (queries, candidates)
-        )
-    try:
-        metrics = score_eval_set(eval_set, queries, candidates)
-    except ValueError as exc:
-        raise ValueError(f"dataset {eval_set.name!r}: {exc}") from exc
-    record = _score_record(eval_set, metrics, score_fingerprint, int(queries.shape[1]))
-    if rank == 0:
-        write_json_atomic(score_file, record)
-    return record
+        return encode_eval_set(model, eval_set, batch_size=batch_size, show_progress_bar=show_progress_bar)
+
+    def score(queries, candidates):
+        if truncate_dim is not None:
+            normalize = getattr(getattr(model, "config", None), "normalize", True)
+            queries, candidates = (
+                truncate_embeddings(torch.from_numpy(e), truncate_dim, normalize).numpy() for e in (queries, candidates)
+            )
+        try:
+            metrics = score_eval_set(eval_set, queries, candidates)
+        except ValueError as exc:
+            raise ValueError(f"dataset {eval_set.name!r}: {exc}") from exc
+        return _score_record(eval_set, metrics, score_fingerprint, int(queries.shape[1]))
+
+    return score_resumably(
+        eval_set.name,
+        score_file=output_dir / f"{eval_set.name}_score.json",
+        score_fingerprint=score_fingerprint,
+        cache_file=cache_path(cache_dir, model_fp, eval_set.name),
+        cache_fingerprint=fingerprint,
+        overwrite=overwrite,
+        encode=encode,
+        score=score,
+    )
 
 
 def check_truncate_dim(model: torch.nn.Module, truncate_dim: int | None) -> None:

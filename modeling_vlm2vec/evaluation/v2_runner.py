@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
+from ..common.distributed import barrier, gather_rows, rank_and_world, shard_bounds
 from ..common.errors import DataError
-from ..common.files import read_json_if_complete, write_json_atomic
 from ..common.fingerprint import model_fingerprint
-from .encoding import cache_path, dataset_fingerprint, load_cached, save_cached
+from .encoding import cache_path, dataset_fingerprint
 from .report import write_report
+from .resume import score_resumably
 from .v2_data import Item, TableSource, V2Set, V2Task
 from .v2_registry import V2_REGISTRY, resolve_v2_tasks
 from .v2_report import build_v2_summary, render_v2_markdown
@@ -114,34 +114,33 @@ def _record(task: V2Task, v2set: V2Set, metrics: dict, fingerprint: str, dim: in
 
 
 def _evaluate_one(model, v2set: V2Set, model_fp: str, output_dir: Path, *, batch_size, show_progress_bar, overwrite):
-    rank, _ = rank_and_world()
     task = V2_REGISTRY[v2set.name]
     fingerprint = dataset_fingerprint(model_fp, v2set)
-    score_file = output_dir / f"{v2set.name}_score.json"
-    previous = None if overwrite else read_json_if_complete(score_file)
-    if all_true(isinstance(previous, dict) and previous.get("fingerprint") == fingerprint):
-        logger.info("%s: already scored with this model, skipping", v2set.name)
-        return previous
-    cache_file = cache_path(output_dir / "cache", model_fp, f"v2/{v2set.name}")
-    cached = None if overwrite else load_cached(cache_file, fingerprint)
-    if all_true(cached is not None):
-        queries, candidates = cached
-    else:
+
+    def encode():
         logger.info("%s: encoding %d queries and %d candidates", v2set.name, v2set.num_rows, len(v2set.candidates))
         embeddings = encode_v2_items(
             model, v2set.queries + v2set.candidates, batch_size=batch_size, show_progress_bar=show_progress_bar
         )
-        queries, candidates = embeddings[: v2set.num_rows], embeddings[v2set.num_rows :]
-        if rank == 0:
-            save_cached(cache_file, fingerprint, queries, candidates)
-    try:
-        metrics = score_v2_set(v2set, queries, candidates)
-    except ValueError as exc:
-        raise ValueError(f"task {v2set.name!r}: {exc}") from exc
-    record = _record(task, v2set, metrics, fingerprint, int(queries.shape[1]), video_input_mode(model))
-    if rank == 0:
-        write_json_atomic(score_file, record)
-    return record
+        return embeddings[: v2set.num_rows], embeddings[v2set.num_rows :]
+
+    def score(queries, candidates):
+        try:
+            metrics = score_v2_set(v2set, queries, candidates)
+        except ValueError as exc:
+            raise ValueError(f"task {v2set.name!r}: {exc}") from exc
+        return _record(task, v2set, metrics, fingerprint, int(queries.shape[1]), video_input_mode(model))
+
+    return score_resumably(
+        v2set.name,
+        score_file=output_dir / f"{v2set.name}_score.json",
+        score_fingerprint=fingerprint,
+        cache_file=cache_path(output_dir / "cache", model_fp, f"v2/{v2set.name}"),
+        cache_fingerprint=fingerprint,
+        overwrite=overwrite,
+        encode=encode,
+        score=score,
+    )
 
 
 def run_v2_evaluation(

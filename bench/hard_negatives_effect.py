@@ -77,9 +77,9 @@ def hit_at_1(summary_file: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps of every run")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of every run")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-negatives", type=int, default=2, help="mined negatives per row")
+    parser.add_argument("--num-negatives", type=int, default=1, help="mined negatives per row")
     parser.add_argument("--hardness-alpha", type=float, default=9.0)
     parser.add_argument("--matryoshka-dims", type=int, nargs="+", default=[32, 64], help="sizes below the full 128")
     parser.add_argument("--train-per-task", type=int, default=512)

@@ -11,7 +11,7 @@ from PIL import Image
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.data.images import load_image
 from modeling_vlm2vec.data.sources import load_corpus
-from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.demo.synthetic import write_near_duplicate_eval, write_synthetic_mmeb
 
 TASKS = ["SynCLS", "SynVQA", "SynT2I", "SynI2T", "SynGround"]
 SETTINGS = dict(seed=0, n_train_per_task=12, n_eval_per_task=6, image_size=48)
@@ -141,3 +141,42 @@ def test_deterministic_idempotent_and_safe(data, tmp_path):
     with pytest.raises(DataError, match="not synthetic data"):
         write_synthetic_mmeb(tmp_path / "busy", **SETTINGS)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def _one_off(a, b):
+    return sum(x != y for x, y in zip(a, b)) == 1
+
+
+def test_near_duplicate_split_candidates_differ_in_one_attribute(data, tmp_path):
+    near = write_near_duplicate_eval(tmp_path / "near", n_eval_per_task=6, image_size=48)
+    root = near["root"]
+    for row in _rows(near["eval"]["SynCLS"]):  # the 5 labels with the colour or the shape changed
+        colour, shape, _ = _describe(root / row["qry_img_path"])
+        labels = [tuple(t.split()) for t in row["tgt_text"]]
+        assert labels[0] == (colour, shape) and len(set(labels)) == 6
+        assert all(_one_off(label, labels[0]) for label in labels[1:])
+    for row in _rows(near["eval"]["SynVQA"]):  # every other answer of the question's kind
+        facts = dict(zip(["shape?", "it?", "background?"], _describe(root / row["qry_img_path"])))
+        kind = {"shape?": {"red", "green", "blue", "yellow"}, "it?": {"circle", "cross", "triangle"}}
+        expected = kind.get(row["qry_text"].split()[-1], {"black", "white", "gray"})
+        assert row["tgt_text"][0] == facts[row["qry_text"].split()[-1]] and set(row["tgt_text"]) == expected
+    for row in _rows(near["eval"]["SynI2T"]):
+        truth = _describe(root / row["qry_img_path"])
+        captions = [tuple(t.split()[i] for i in (1, 2, 5)) for t in row["tgt_text"]]  # "a C S on a B background"
+        assert captions[0] == truth and len(set(captions)) == 8 and all(_one_off(c, truth) for c in captions[1:])
+    for row in _rows(near["eval"]["SynT2I"]):
+        described = [_describe(root / p) for p in row["tgt_img_path"]]
+        assert row["qry_text"].endswith("a {} {} on a {} background".format(*described[0]))
+        assert len(set(described)) == 8 and all(_one_off(d, described[0]) for d in described[1:])
+    for row in _rows(near["eval"]["SynGround"]):  # the scene's other shapes, then one-attribute-off single shapes
+        crops = [_describe(root / p)[:2] for p in row["tgt_img_path"]]
+        assert row["qry_text"].endswith(" ".join(crops[0])) and len(set(crops)) == len(crops) >= 6
+        assert {c for c in crops[1:] if _one_off(c, crops[0])} >= {
+            c
+            for c in [(x, crops[0][1]) for x in ("red", "green", "blue", "yellow")]
+            + [(crops[0][0], s) for s in ("circle", "cross", "triangle")]
+            if c != crops[0]
+        }
+    again = write_near_duplicate_eval(tmp_path / "again", n_eval_per_task=6, image_size=48)
+    assert _files(again["root"]) == _files(root)  # deterministic
+    assert not (data["root"] / "images" / "near").exists()  # the standard data is left as it was

@@ -14,6 +14,8 @@ word; ``SynT2I`` caption -> image; ``SynI2T`` image -> caption; ``SynGround`` sc
 crop of that shape. Training rows of SynCLS, SynVQA, SynT2I and SynGround carry 0, 1 or 2 hard negatives (lists, or a
 plain string for SynVQA) so variable-k negatives are exercised; SynI2T has no negative columns at all.
 The tasks are meant to be learnable by a tiny random VLM at 28-56 px: few classes, large shapes, strong colours.
+``write_near_duplicate_eval(root)`` (opt-in, a separate folder) writes a harder held-out split of the same tasks
+whose candidates all differ from the positive in one attribute only (benchmarks of hard-negative training).
 Output is a pure function of the arguments (byte-identical parquet for the same seed); writing goes to a temporary
 folder renamed into place, and a complete folder written with the same settings is reused as is.
 """
@@ -243,6 +245,33 @@ def write_synthetic_mmeb(
         "eval": {t: root / "eval" / t / "test.parquet" for t in TASKS},
         "tasks": dict(TASKS),
     }
+    _materialise(
+        root,
+        settings,
+        lambda tmp: _fill_standard(tmp, seed, n_train_per_task, n_eval_per_task, image_size, n_candidates),
+    )
+    return paths
+
+
+def _fill_standard(tmp: Path, seed: int, n_train: int, n_eval: int, image_size: int, n_candidates: int) -> None:
+    """Write the standard train and eval splits and the data config into the staging folder ``tmp``."""
+    for t, task in enumerate(TASKS):
+        train_rng, eval_rng = np.random.default_rng([seed, 0, t]), np.random.default_rng([seed, 1, t])
+        _write_parquet(
+            _train_rows(task, train_rng, _Writer(tmp, "train", task), n_train, image_size),
+            tmp / "train" / f"{task}.parquet",
+        )
+        _write_parquet(
+            _eval_rows(task, eval_rng, _Writer(tmp, "eval", task), n_eval, image_size, n_candidates),
+            tmp / "eval" / task / "test.parquet",
+        )
+    sources = [{"name": t, "path": f"train/{t}.parquet", "image_dir": "."} for t in TASKS]
+    (tmp / "data_config.yaml").write_text(yaml.safe_dump({"sources": sources}, sort_keys=False))
+
+
+def _materialise(root: Path, settings: dict, fill) -> None:
+    """Reuse a complete folder written with ``settings``, or have ``fill(tmp)`` write a staging folder renamed to
+    ``root`` (with ``synthetic.json`` last). Refuses a folder holding other data (:class:`DataError`)."""
     manifest = root / "synthetic.json"
     if manifest.is_file():
         if json.loads(manifest.read_text()) != settings:
@@ -250,29 +279,85 @@ def write_synthetic_mmeb(
                 "folder holds synthetic data written with other settings; remove it or use another folder",
                 file=str(root),
             )
-        return paths
+        return
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError("folder exists and is not synthetic data; remove it or use another folder", file=str(root))
-
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for t, task in enumerate(TASKS):
-            train_rng, eval_rng = np.random.default_rng([seed, 0, t]), np.random.default_rng([seed, 1, t])
-            _write_parquet(
-                _train_rows(task, train_rng, _Writer(tmp, "train", task), n_train_per_task, image_size),
-                tmp / "train" / f"{task}.parquet",
-            )
-            _write_parquet(
-                _eval_rows(task, eval_rng, _Writer(tmp, "eval", task), n_eval_per_task, image_size, n_candidates),
-                tmp / "eval" / task / "test.parquet",
-            )
-        sources = [{"name": t, "path": f"train/{t}.parquet", "image_dir": "."} for t in TASKS]
-        (tmp / "data_config.yaml").write_text(yaml.safe_dump({"sources": sources}, sort_keys=False))
+        fill(tmp)
         (tmp / "synthetic.json").write_text(json.dumps(settings, indent=1))
         if root.exists():
             root.rmdir()  # an empty placeholder folder (checked above)
         os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+
+
+def _neighbours(combo: tuple[str, str, str]) -> list[tuple[str, str, str]]:
+    """The 7 combinations that differ from ``combo`` in exactly one of colour, shape and background."""
+    return [c for c in _COMBOS if sum(a != b for a, b in zip(c, combo)) == 1]
+
+
+def _near_rows(task: str, rng: np.random.Generator, w: _Writer, n: int, size: int) -> dict[str, list]:
+    """MMEB-eval rows whose candidates are all near-duplicates of the positive (one attribute changed)."""
+    rows: dict[str, list] = {"qry_text": [], "qry_img_path": [], "tgt_text": [], "tgt_img_path": []}
+    order = rng.permutation(len(_COMBOS))
+    for i in range(n):
+        combo, stem = _COMBOS[order[i % len(order)]], f"{i:05d}"
+        label = f"{combo[0]} {combo[1]}"
+        near_labels = [f"{c} {s}" for c, s, b in _neighbours(combo) if b == combo[2]]  # 3 colours + 2 shapes
+        if task == "SynGround":  # the scene's other shapes, then single shapes one attribute off, same background
+            labels = [label] + _others(rng, _LABELS, [label], 1 + i % 2)
+            scene, crops = _scene(rng, labels, combo[2], size)
+            crops += [_scene(rng, [e], combo[2], size)[1][0] for e in near_labels if e not in labels]
+            cands = [w.save(c, f"{stem}_cand{j}") for j, c in enumerate(crops)]
+            rows_ = (GROUND_QUERY + label, w.save(scene, stem), [IMAGE_TARGET] * len(cands), cands)
+        elif task == "SynT2I":
+            cands = [
+                w.save(_single(rng, c, size), f"{stem}_cand{j}") for j, c in enumerate([combo, *_neighbours(combo)])
+            ]
+            rows_ = (T2I_QUERY + _caption(combo), "", [IMAGE_TARGET] * len(cands), cands)
+        else:
+            image = w.save(_single(rng, combo, size), stem)
+            if task == "SynCLS":
+                query, answers = CLS_QUERY, [label, *near_labels]
+            elif task == "SynVQA":  # the other answers of the same kind (colours, shapes or backgrounds)
+                q = i % 3
+                query = VQA_QUERY + VQA_QUESTIONS[q]
+                answers = [combo[q]] + [v for v in [COLOURS, SHAPES, BACKGROUNDS][q] if v != combo[q]]
+            else:  # SynI2T
+                query, answers = I2T_QUERY, [_caption(c) for c in [combo, *_neighbours(combo)]]
+            rows_ = (query, image, answers, [""] * len(answers))
+        for key, value in zip(rows, rows_):
+            rows[key].append(value)
+    return rows
+
+
+def write_near_duplicate_eval(
+    root: str | os.PathLike, seed: int = 0, n_eval_per_task: int = 100, image_size: int = 56
+) -> dict:
+    """Opt-in harder held-out split: ``root/eval/<Task>/test.parquet`` (MMEB-eval schema, positive first) and its
+    images under ``root/images/near/``, the same five tasks and prompts as :func:`write_synthetic_mmeb`, but every
+    candidate is a near-duplicate of the positive: it differs in exactly one attribute (colour, shape or background;
+    for SynVQA another answer of the question's kind; for SynGround also the scene's other shapes). 3-8 candidates
+    per query (chance hit@1 per task: SynCLS 1/6, SynVQA about 1/3.3, SynT2I and SynI2T 1/8, SynGround 1/6-1/7).
+    The standard data is not touched; drawn from its own random streams, reused like it when complete.
+
+    Returns ``{"root", "eval_root": Path, "eval": {task: parquet}}``; evaluate with ``--dataset_name <eval_root>
+    --image_dir <root>``.
+    """
+    root = Path(root)
+    settings = {"format": 1, "split": "near_duplicate", "seed": seed, "n_eval_per_task": n_eval_per_task,
+                "image_size": image_size}  # fmt: skip
+    if not (n_eval_per_task >= 1 and image_size >= 16):
+        raise ValueError(f"invalid synthetic data settings {settings}")
+
+    def fill(tmp: Path) -> None:
+        for t, task in enumerate(TASKS):
+            rows = _near_rows(task, np.random.default_rng([seed, 2, t]), _Writer(tmp, "near", task), n_eval_per_task,
+                              image_size)  # fmt: skip
+            _write_parquet(rows, tmp / "eval" / task / "test.parquet")
+
+    _materialise(root, settings, fill)
+    return {"root": root, "eval_root": root / "eval", "eval": {t: root / "eval" / t / "test.parquet" for t in TASKS}}

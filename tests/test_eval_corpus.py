@@ -189,6 +189,16 @@ def test_broken_embedded_image_ambiguous_tables_and_missing_image_dir(tmp_path):
         load_collection(str(root), str(images))
 
 
+def test_image_files_are_decoded_at_load_and_their_content_keys_the_fingerprint(tmp_path):
+    root, images = _collection(tmp_path)
+    before = load_collection(str(root), str(images)).fingerprint
+    Image.new("RGB", (36, 36), "white").save(images / "q" / "0.png")  # same path, other pixels
+    assert load_collection(str(root), str(images)).fingerprint != before
+    (images / "q" / "0.png").write_bytes(b"")  # a query image that would only fail at encoding time
+    with pytest.raises(DataError, match="0.png'.*image file is empty"):
+        load_collection(str(root), str(images))
+
+
 def test_cli_writes_scores_and_run_equal_to_brute_force_and_resumes(tiny_backbone_dir, tmp_path, capsys):
     root, images = _collection(tmp_path / "data")
     out = tmp_path / "out"

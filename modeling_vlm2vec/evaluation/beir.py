@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
-from ..data.images import resolve_image_path
+from ..data.images import check_image_file, resolve_image_path
 
 
 @dataclass
@@ -118,8 +118,12 @@ def _grade(value: object, file: str, row: int) -> int:
 
 
 class _ImageResolver:
+    """Resolves a table's image values; path images are decoded once each (the shared
+    :func:`~modeling_vlm2vec.data.images.check_image_file`) and their content digests kept for the fingerprint."""
+
     def __init__(self, image_dir: str | None):
         self.image_dir = image_dir
+        self.digests: dict[str, str] = {}  # resolved path -> SHA-256 of the image bytes
 
     def __call__(self, value: object, file: str, row: int) -> str | bytes | None:
         if isinstance(value, dict):  # Hugging Face datasets' Image feature: embedded bytes win over the path
@@ -140,6 +144,8 @@ class _ImageResolver:
         path = resolve_image_path(self.image_dir, value, dataset=Path(file).name, row=row)
         if not path.is_file():
             raise DataError(f"image file not found: {str(path)!r}", row=row, file=file)
+        if str(path) not in self.digests:
+            self.digests[str(path)] = check_image_file(path, dataset=Path(file).name, row=row)
         return str(path)
 
 
@@ -159,7 +165,12 @@ def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str]
         if not text and image is None:
             raise DataError(f"item {item_id!r} has neither text nor image", row=row, file=file)
         digest.update(json.dumps([item_id, text]).encode())
-        digest.update(hashlib.sha256(image).digest() if isinstance(image, bytes) else str(image).encode())
+        if isinstance(image, bytes):
+            digest.update(hashlib.sha256(image).digest())
+        elif image is not None:  # the path and the content: the same path with other bytes is another item
+            digest.update(f"{image}:{resolve.digests[image]}".encode())
+        else:
+            digest.update(b"None")
         ids.append(item_id)
         items.append((text, image))
     if not ids:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import evaluate_mmeb
 from modeling_vlm2vec.common.errors import DataError
@@ -210,3 +211,22 @@ def test_a_downloaded_hub_layout_with_a_data_folder_loads_the_same(suite, sets, 
     (folder / "test.parquet").rename(folder / "data" / "test-00000-of-00001.parquet")
     (moved,) = load_v2_sets(["HMDB51"], data, suite["media"])
     assert moved.fingerprint == sets["HMDB51"].fingerprint
+
+
+def test_media_files_are_decoded_at_load_and_their_content_keys_the_fingerprint(suite, sets, tmp_path):
+    media = tmp_path / "media"
+    shutil.copytree(suite["media"], media)
+    frame = Path(sets["MSR-VTT"].candidates[0][2][0]).relative_to(suite["media"])
+    (copied,) = load_v2_sets(["MSR-VTT"], suite["data"], media)
+    assert copied.fingerprint == load_v2_sets(["MSR-VTT"], suite["data"], media)[0].fingerprint
+    with Image.open(media / frame) as img:
+        before = img.tobytes()
+        Image.new(img.mode, img.size, "white" if img.getpixel((0, 0)) != (255, 255, 255) else "black").save(
+            media / frame, format=img.format
+        )  # same path, other pixels
+    with Image.open(media / frame) as img:
+        assert img.tobytes() != before
+    assert load_v2_sets(["MSR-VTT"], suite["data"], media)[0].fingerprint != copied.fingerprint
+    (media / frame).write_bytes(b"")  # would only fail once the model reads it
+    with pytest.raises(DataError, match=rf"dataset 'MSR-VTT', file '[^']*{frame.name}': image file is empty"):
+        load_v2_sets(["MSR-VTT"], suite["data"], media)

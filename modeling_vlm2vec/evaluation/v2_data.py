@@ -26,7 +26,7 @@ import numpy as np
 
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
-from ..data.images import resolve_image_path
+from ..data.images import check_image_file, resolve_image_path
 
 IMAGE_PLACEHOLDER = "<|image_1|>"
 #: Where the official V2 code puts the backbone's video token (``<|video_pad|>`` for Qwen2-VL).
@@ -151,11 +151,17 @@ class SetBuilder:
     def build(self) -> V2Set:
         if not self.queries:
             raise DataError("task has no queries", dataset=self.task.name)
-        digest = hashlib.sha256()
+        digest, files = hashlib.sha256(), {}
+
+        def content(path: str) -> str:  # each media file decoded once, before any forward; its bytes key the cache
+            if path not in files:
+                files[path] = f"{path}:{check_image_file(path, dataset=self.task.name, row=None)}"
+            return files[path]
+
         for items in (self.queries, self.candidates):
             for text, image, frames in items:
-                ref = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else image
-                digest.update(json.dumps([text, ref, list(frames)], ensure_ascii=False).encode())
+                ref = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else image and content(image)
+                digest.update(json.dumps([text, ref, [content(f) for f in frames]], ensure_ascii=False).encode())
         digest.update(json.dumps(self.names, ensure_ascii=False).encode())
         digest.update(json.dumps([sorted(r.items()) for r in self.relevant]).encode())
         for own in self.query_candidates:

@@ -81,6 +81,21 @@ def format_percent(value: float | None) -> str:
     return "–" if value is None else f"{100.0 * float(value):.1f}"
 
 
+def aggregate_table(
+    aggregates: dict, *, header: str, score: str, paper: str, title: Callable[[str], str] = str
+) -> list[str]:
+    """Markdown lines (a blank line first) of the aggregates table: ``title(group)`` (marked partial when fewer
+    than all of its datasets were evaluated), ``n/N``, ``agg[score]`` and ``agg[paper]`` in percent."""
+    lines = ["", header, "|---|---:|---:|---:|"]
+    for group, agg in aggregates.items():
+        partial = "" if agg["n"] == agg["N"] else " (partial)"
+        lines.append(
+            f"| {title(group)}{partial} | {agg['n']}/{agg['N']} | {format_percent(agg[score])} | "
+            f"{format_percent(agg[paper])} |"
+        )
+    return lines
+
+
 def render_markdown(summary: dict) -> str:
     """Markdown: per-dataset table (ours beside the paper's) then the aggregates table, in percent."""
     lines = [
@@ -98,13 +113,13 @@ def render_markdown(summary: dict) -> str:
             f"{format_percent(row['mrr'])} | "
             f"{format_percent(row['ndcg@10'])} | {row['num_queries']} |"
         )
-    lines += ["", "| Aggregate | Datasets | hit@1 | Paper |", "|---|---:|---:|---:|"]
-    for group, agg in summary["aggregates"].items():
-        partial = "" if agg["n"] == agg["N"] else " (partial)"
-        lines.append(
-            f"| {GROUP_TITLES[group]}{partial} | {agg['n']}/{agg['N']} | {format_percent(agg[METRIC])} | "
-            f"{format_percent(agg[f'paper_{METRIC}'])} |"
-        )
+    lines += aggregate_table(
+        summary["aggregates"],
+        header="| Aggregate | Datasets | hit@1 | Paper |",
+        score=METRIC,
+        paper=f"paper_{METRIC}",
+        title=GROUP_TITLES.__getitem__,
+    )
     lines += [
         "",
         "Aggregates are unweighted means over the evaluated datasets of each group; Overall is the mean "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .report import format_percent
+from .report import aggregate_table, format_percent
 from .v2_registry import V2_PUBLISHED_AGGREGATES, V2_REGISTRY, v2_groups
 
 SCORE = "score"
@@ -86,13 +86,9 @@ def render_v2_markdown(summary: dict) -> str:
                 f"{format_percent(row['ndcg@5'])} | {format_percent(row['mrr@10'])} | {row['num_queries']} | "
                 f"{row['video_input'] or '–'} |"
             )
-    lines += ["", "| Aggregate | Tasks | Score | VLM2Vec-V2 |", "|---|---:|---:|---:|"]
-    for group, agg in summary["aggregates"].items():
-        partial = "" if agg["n"] == agg["N"] else " (partial)"
-        lines.append(
-            f"| {group}{partial} | {agg['n']}/{agg['N']} | {format_percent(agg[SCORE])} | "
-            f"{format_percent(agg['paper_score'])} |"
-        )
+    lines += aggregate_table(
+        summary["aggregates"], header="| Aggregate | Tasks | Score | VLM2Vec-V2 |", score=SCORE, paper="paper_score"
+    )
     lines += [
         "",
         "Aggregates are unweighted means over the evaluated tasks of each group; All is the mean over all evaluated "

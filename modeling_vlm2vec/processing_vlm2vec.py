@@ -8,11 +8,8 @@ Hub files.
   (the collator), evaluation and ``Vlm2VecModel.encode`` all call it; ``AutoProcessor.from_pretrained(checkpoint,
   trust_remote_code=True)`` returns it, while ``AutoProcessor.from_pretrained(checkpoint)`` still gives the bare
   backbone processor (what other engines use).
-* :func:`build_prompt` is the single prompt builder. MMEB texts carry their instruction and the canonical image
-  placeholder ``<|image_1|>``; the placeholder is replaced by the backbone's image token, nothing else is added.
-* :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
-* :func:`apply_position_policy` marks the image runs transformers 4 gave 1-D positions as text in
-  ``mm_token_type_ids`` (the ``transformers4`` policy of converted official Qwen releases).
+* The prompt builder (:func:`~.prompting_vlm2vec.build_prompt`) and the resolution and position policies
+  (:mod:`.image_policy_vlm2vec`) live in sibling Hub files; this processor is the one place that applies them.
 * :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen-VL without
   torchvision too).
 """
@@ -20,13 +17,13 @@ Hub files.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 
 import torch
 from PIL import Image
 from transformers import AutoProcessor, ProcessorMixin
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.models.auto.processing_auto import processor_class_from_name
 from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLProcessor
@@ -34,89 +31,14 @@ from transformers.models.qwen3_vl import Qwen3VLProcessor
 from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
+from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy
+from .prompting_vlm2vec import IMAGE_PLACEHOLDER, build_prompt, check_item_text
 
-IMAGE_PLACEHOLDER = "<|image_1|>"
 _VISION_START = "<|vision_start|>"
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
 _NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm", "gemma3")
-
-
-def build_prompt(
-    text: str | None, has_image: bool, image_token: str, instruction: str | None = None, *, strip: bool = True
-) -> str:
-    """Return the backbone input string for one item.
-
-    Contract (the official VLM2Vec raw format): ``instruction`` and ``text`` are joined by one space; an item with an
-    image must contain exactly one ``<|image_1|>`` — if it has none, the placeholder is put first, followed by one
-    space; the placeholder is then replaced by ``image_token``. A placeholder in an item *without* an image is removed
-    (MMEB has text-only rows whose instruction template mentions an image).
-
-    With ``strip`` (the default) instruction and text are stripped first and a removed placeholder leaves runs of
-    whitespace collapsed to one space; without it every other character is kept as given (a trailing ``"\n"`` of
-    the official MMEB-V2 formats included) and a removed placeholder takes one following space with it.
-    """
-    parts = [p.strip() if strip else p for p in (instruction, text) if p and p.strip()]
-    prompt = " ".join(parts)
-    count = prompt.count(IMAGE_PLACEHOLDER)
-    if not has_image:
-        if not count:
-            return prompt
-        if strip:
-            return " ".join(prompt.replace(IMAGE_PLACEHOLDER, " ").split())
-        return prompt.replace(IMAGE_PLACEHOLDER + " ", "").replace(IMAGE_PLACEHOLDER, "")
-    if count > 1:
-        raise ValueError(f"a prompt may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}: {prompt!r}")
-    if count == 0:
-        prompt = f"{IMAGE_PLACEHOLDER} {prompt}" if prompt else IMAGE_PLACEHOLDER
-    return prompt.replace(IMAGE_PLACEHOLDER, image_token)
-
-
-def check_item_text(text: str) -> None:
-    """Raise ``ValueError`` for an item text no prompt can be built from, whatever the backbone: text that is not
-    encodable UTF-8 (a lone surrogate, e.g. from a JSON ``\\ud800`` escape) or holds more than one ``<|image_1|>``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid UTF-8 ({exc.reason} at character {exc.start})") from None
-    count = text.count(IMAGE_PLACEHOLDER)
-    if count > 1:
-        raise ValueError(f"a text may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}")
-
-
-def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
-    """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
-    fixed size, else the pixel count clamped between the bounds; then the ``small_image_edge`` rule.
-
-    Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
-    """
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    image = _resize_by_policy(image, config)
-    edge = config.small_image_edge
-    if edge is not None and min(image.size) < edge:
-        image = image.resize((2 * edge, 2 * edge), Image.Resampling.BICUBIC)  # PIL's default filter, as official
-    return image
-
-
-def _resize_by_policy(image: Image.Image, config) -> Image.Image:
-    if config.image_fixed_size is not None:
-        size = tuple(int(v) for v in config.image_fixed_size)
-        return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
-    width, height = image.size
-    pixels = width * height
-    scale = 1.0
-    if config.image_max_pixels is not None and pixels > config.image_max_pixels:
-        scale = math.sqrt(config.image_max_pixels / pixels)
-    elif config.image_min_pixels is not None and pixels < config.image_min_pixels:
-        scale = math.sqrt(config.image_min_pixels / pixels)
-    if scale == 1.0:
-        return image
-    # floor when shrinking, ceil when growing, so the bound always holds
-    rounding = math.floor if scale < 1 else math.ceil
-    new_size = (max(1, rounding(width * scale)), max(1, rounding(height * scale)))
-    return image.resize(new_size, Image.Resampling.BICUBIC)
 
 
 class Vlm2VecProcessor(ProcessorMixin):
@@ -173,7 +95,8 @@ class Vlm2VecProcessor(ProcessorMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """Save the backbone processor, register this class for ``AutoProcessor`` in its config file and copy this
-        module beside it. The settings are not written here: they live in the model's ``config.json``."""
+        module and the sibling Hub files it imports beside it. The settings are not written here: they live in the
+        model's ``config.json``."""
         files = self.backbone_processor.save_pretrained(save_directory, **kwargs)
         for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
             path = os.path.join(save_directory, name)
@@ -186,9 +109,10 @@ class Vlm2VecProcessor(ProcessorMixin):
                 auto_map["AutoProcessor"] = f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}"
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-                target = os.path.join(save_directory, os.path.basename(__file__))
-                if not os.path.exists(target) or not os.path.samefile(__file__, target):
-                    shutil.copyfile(__file__, target)
+                for source in (__file__, *get_relative_import_files(__file__)):
+                    target = os.path.join(save_directory, os.path.basename(source))
+                    if not os.path.exists(target) or not os.path.samefile(source, target):
+                        shutil.copyfile(source, target)
                 break
         return files
 
@@ -309,35 +233,6 @@ class Vlm2VecProcessor(ProcessorMixin):
         return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
 
 
-def apply_position_policy(
-    input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, vision_start_id: int
-) -> torch.Tensor:
-    """``mm_token_type_ids`` (batch, seq; 0 text, 1 image, 2 video) under the ``transformers4`` position policy.
-
-    transformers 4's Qwen2-VL ``get_rope_index`` counted, per row, the ``<|vision_start|>`` tokens directly followed
-    by an image (video) token, and gave 3-D M-RoPE positions to that many image (video) runs, the first ones in
-    order; every other token got the next 1-D position. transformers 5 gives 3-D positions to every run marked in
-    ``mm_token_type_ids``, so the runs transformers 4 treated as text are marked 0 (text) here. Returns a new tensor.
-    """
-    out = mm_token_type_ids.clone()
-    for row in range(out.shape[0]):
-        ids, types = input_ids[row], out[row]
-        after_start = torch.zeros_like(types)  # the type of each token that directly follows <|vision_start|>
-        after_start[1:] = torch.where(ids[:-1] == vision_start_id, types[1:], 0)
-        budget = {kind: int((after_start == kind).sum()) for kind in (1, 2)}
-        starts = torch.nonzero(types != torch.cat([types.new_zeros(1), types[:-1]])).flatten().tolist()
-        bounds = starts + [len(types)]
-        for begin, end in zip(bounds[:-1], bounds[1:]):
-            kind = int(types[begin])
-            if kind == 0:
-                continue
-            if budget.get(kind, 0) > 0:
-                budget[kind] -= 1
-            else:
-                types[begin:end] = 0
-    return out
-
-
 def _image_only(stock: type) -> type:
     """A subclass of the stock Qwen-VL processor class ``stock`` without the video processor (which needs
     torchvision): images and text only. It saves under the stock class name, so other tools load the folder with the
@@ -402,13 +297,9 @@ def _saved_processor_class(path_or_id: str, kwargs: dict) -> str | None:
 Vlm2VecProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
-    "IMAGE_PLACEHOLDER",
     "ImageOnlyQwen2VLProcessor",
     "ImageOnlyQwen2_5_VLProcessor",
     "ImageOnlyQwen3VLProcessor",
     "Vlm2VecProcessor",
-    "apply_position_policy",
-    "apply_resolution_policy",
-    "build_prompt",
     "load_backbone_processor",
 ]

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.modeling_vlm2vec import _length_batches, _prepared
-from modeling_vlm2vec.processing_vlm2vec import build_prompt
+from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
 INSTRUCTION = "Find me an everyday image that matches the given caption:"
 

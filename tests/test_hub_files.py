@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from modeling_vlm2vec.hub.checkpoint import REMOTE_CODE_FILES
+
 PACKAGE = Path(__file__).resolve().parents[1] / "modeling_vlm2vec"
-HUB_FILES = ("configuration_vlm2vec.py", "modeling_vlm2vec.py", "processing_vlm2vec.py")
+HUB_FILES = REMOTE_CODE_FILES
 ALLOWED_ROOTS = {"torch", "transformers", "PIL"}
 
 

@@ -34,6 +34,8 @@ HUB_FILES = {
     "configuration_vlm2vec.py",
     "modeling_vlm2vec.py",
     "processing_vlm2vec.py",
+    "prompting_vlm2vec.py",
+    "image_policy_vlm2vec.py",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",

@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecConfig
+from modeling_vlm2vec.image_policy_vlm2vec import apply_resolution_policy
 from modeling_vlm2vec.modeling_vlm2vec import pool
-from modeling_vlm2vec.processing_vlm2vec import apply_resolution_policy, build_prompt
+from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
 
 def _hidden(batch, seq, dim=3):

@@ -35,7 +35,7 @@ import torch
 
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
-from ..processing_vlm2vec import check_item_text
+from ..prompting_vlm2vec import check_item_text
 from .data_config import SourceSpec, load_data_config
 from .images import load_image, resolve_image_path
 

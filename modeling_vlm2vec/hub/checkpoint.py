@@ -32,7 +32,14 @@ from ..loading import (
 from ..modeling_vlm2vec import Vlm2VecModel
 from ..processing_vlm2vec import Vlm2VecProcessor
 
-REMOTE_CODE_FILES = ("configuration_vlm2vec.py", "modeling_vlm2vec.py", "processing_vlm2vec.py")
+#: The Hub files every checkpoint carries (the modeling file and the sibling files it imports).
+REMOTE_CODE_FILES = (
+    "configuration_vlm2vec.py",
+    "modeling_vlm2vec.py",
+    "processing_vlm2vec.py",
+    "prompting_vlm2vec.py",
+    "image_policy_vlm2vec.py",
+)
 
 
 @dataclass

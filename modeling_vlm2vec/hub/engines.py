@@ -20,7 +20,7 @@ from pathlib import Path
 import transformers
 
 from ..configuration_vlm2vec import Vlm2VecConfig
-from ..processing_vlm2vec import IMAGE_PLACEHOLDER
+from ..prompting_vlm2vec import IMAGE_PLACEHOLDER
 
 #: MMEB's query instructions (the "original" variant baked into MMEB-train), named by dataset; the image placeholder
 #: is left out because an item's image goes first anyway when its text has none.

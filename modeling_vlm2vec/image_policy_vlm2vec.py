@@ -1,0 +1,81 @@
+"""The image side of a Vlm2Vec checkpoint's input contract: the resolution policy and the position policy.
+
+Hub file: imports only stdlib, torch and PIL.
+
+* :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
+* :func:`apply_position_policy` marks the image runs transformers 4 gave 1-D positions as text in
+  ``mm_token_type_ids`` (the ``transformers4`` policy of converted official Qwen releases).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+
+def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
+    """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
+    fixed size, else the pixel count clamped between the bounds; then the ``small_image_edge`` rule.
+
+    Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image = _resize_by_policy(image, config)
+    edge = config.small_image_edge
+    if edge is not None and min(image.size) < edge:
+        image = image.resize((2 * edge, 2 * edge), Image.Resampling.BICUBIC)  # PIL's default filter, as official
+    return image
+
+
+def _resize_by_policy(image: Image.Image, config) -> Image.Image:
+    if config.image_fixed_size is not None:
+        size = tuple(int(v) for v in config.image_fixed_size)
+        return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+    width, height = image.size
+    pixels = width * height
+    scale = 1.0
+    if config.image_max_pixels is not None and pixels > config.image_max_pixels:
+        scale = math.sqrt(config.image_max_pixels / pixels)
+    elif config.image_min_pixels is not None and pixels < config.image_min_pixels:
+        scale = math.sqrt(config.image_min_pixels / pixels)
+    if scale == 1.0:
+        return image
+    # floor when shrinking, ceil when growing, so the bound always holds
+    rounding = math.floor if scale < 1 else math.ceil
+    new_size = (max(1, rounding(width * scale)), max(1, rounding(height * scale)))
+    return image.resize(new_size, Image.Resampling.BICUBIC)
+
+
+def apply_position_policy(
+    input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, vision_start_id: int
+) -> torch.Tensor:
+    """``mm_token_type_ids`` (batch, seq; 0 text, 1 image, 2 video) under the ``transformers4`` position policy.
+
+    transformers 4's Qwen2-VL ``get_rope_index`` counted, per row, the ``<|vision_start|>`` tokens directly followed
+    by an image (video) token, and gave 3-D M-RoPE positions to that many image (video) runs, the first ones in
+    order; every other token got the next 1-D position. transformers 5 gives 3-D positions to every run marked in
+    ``mm_token_type_ids``, so the runs transformers 4 treated as text are marked 0 (text) here. Returns a new tensor.
+    """
+    out = mm_token_type_ids.clone()
+    for row in range(out.shape[0]):
+        ids, types = input_ids[row], out[row]
+        after_start = torch.zeros_like(types)  # the type of each token that directly follows <|vision_start|>
+        after_start[1:] = torch.where(ids[:-1] == vision_start_id, types[1:], 0)
+        budget = {kind: int((after_start == kind).sum()) for kind in (1, 2)}
+        starts = torch.nonzero(types != torch.cat([types.new_zeros(1), types[:-1]])).flatten().tolist()
+        bounds = starts + [len(types)]
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            kind = int(types[begin])
+            if kind == 0:
+                continue
+            if budget.get(kind, 0) > 0:
+                budget[kind] -= 1
+            else:
+                types[begin:end] = 0
+    return out
+
+
+__all__ = ["apply_position_policy", "apply_resolution_policy"]

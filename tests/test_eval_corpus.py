@@ -3,6 +3,7 @@ loading and validation, and the command line end to end on a tiny model (resumed
 
 import io
 import json
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +86,17 @@ def _png(color, size=(40, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _png_with_corrupt_pixels() -> bytes:
+    """A PNG whose chunk structure and CRCs are valid (PIL's ``verify()`` accepts it) but whose pixel data is not
+    zlib: only a full decode finds it broken."""
+    data = _png("red")
+    start = data.index(b"IDAT") - 4
+    length = int.from_bytes(data[start : start + 4], "big")
+    garbage = b"\x00" * length
+    chunk = length.to_bytes(4, "big") + b"IDAT" + garbage + zlib.crc32(b"IDAT" + garbage).to_bytes(4, "big")
+    return data[:start] + chunk + data[start + 12 + length :]
 
 
 def _write_jsonl(path, rows):
@@ -183,10 +195,13 @@ def test_broken_embedded_image_ambiguous_tables_and_missing_image_dir(tmp_path):
     (root / "qrels" / "dev.tsv").unlink()
     assert load_collection(str(root), str(images)).qrels[0] == {0: 1}  # BEIR's tsv, grades read as integers
     table = pq.read_table(root / "corpus.parquet").to_pylist()
-    table[3]["image"] = {"bytes": b"not an image"}
-    pq.write_table(pa.Table.from_pylist(table), root / "corpus.parquet")
-    with pytest.raises(DataError, match="row 3, file '[^']*corpus.parquet': embedded image cannot be decoded"):
-        load_collection(str(root), str(images))
+    for broken in (b"not an image", _png_with_corrupt_pixels()):
+        table[3]["image"] = {"bytes": broken}
+        pq.write_table(pa.Table.from_pylist(table), root / "corpus.parquet")
+        with pytest.raises(DataError, match="row 3, file '[^']*corpus.parquet': embedded image cannot be decoded"):
+            load_collection(str(root), str(images))
+    with Image.open(io.BytesIO(_png_with_corrupt_pixels())) as img:
+        img.verify()  # the structural check alone would have let it through
 
 
 def test_image_files_are_decoded_at_load_and_their_content_keys_the_fingerprint(tmp_path):

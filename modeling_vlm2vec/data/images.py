@@ -53,19 +53,28 @@ def check_image_file(path: str | os.PathLike, *, dataset: str, row: int | None) 
         raise DataError(f"cannot read image ({exc.strerror or exc})", dataset=dataset, row=row, file=str(path)) from exc
     if not data:
         raise DataError("image file is empty (0 bytes)", dataset=dataset, row=row, file=str(path))
-    _decode(io.BytesIO(data), path, dataset=dataset, row=row)
+    return check_image_bytes(data, dataset=dataset, row=row, file=str(path))
+
+
+def check_image_bytes(
+    data: bytes, *, dataset: str | None, row: int | None, file: str, failure: str = "cannot read image"
+) -> str:
+    """Decode ``data`` fully, with the decompression-bomb rule of :func:`load_image`, and return its SHA-256 hex
+    digest; a corrupt or oversized image raises ``DataError`` whose message starts with ``failure``."""
+    _decode(io.BytesIO(data), file, dataset=dataset, row=row, convert=False, failure=failure)
     return hashlib.sha256(data).hexdigest()
 
 
-def _decode(source, path, *, dataset: str, row: int | None) -> Image.Image:
+def _decode(
+    source, path, *, dataset: str | None, row: int | None, convert: bool = True, failure: str = "cannot read image"
+) -> Image.Image | None:
+    """Decode ``source`` fully; return it as RGB with ``convert`` (else nothing: a check only)."""
     try:
         with warnings.catch_warnings():
             # A decompression-bomb *warning* (between 1x and 2x Image.MAX_IMAGE_PIXELS) is treated as an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 img.load()
-                return img.convert("RGB")
+                return img.convert("RGB") if convert else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(
-            f"cannot read image ({type(exc).__name__}: {exc})", dataset=dataset, row=row, file=str(path)
-        ) from exc
+        raise DataError(f"{failure} ({type(exc).__name__}: {exc})", dataset=dataset, row=row, file=str(path)) from exc

@@ -19,16 +19,13 @@ image files, undecodable embedded images, bad grades), each problem raising
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
-from ..data.images import check_image_file, resolve_image_path
+from ..data.images import check_image_bytes, check_image_file, resolve_image_path
 
 
 @dataclass
@@ -131,11 +128,9 @@ class _ImageResolver:
         if value is None or value == "":
             return None
         if isinstance(value, (bytes, bytearray)):
-            try:
-                with Image.open(io.BytesIO(value)) as img:
-                    img.verify()
-            except Exception as exc:  # Pillow raises many types for bad data
-                raise DataError(f"embedded image cannot be decoded ({type(exc).__name__})", row=row, file=file) from exc
+            check_image_bytes(
+                bytes(value), dataset=None, row=row, file=file, failure="embedded image cannot be decoded"
+            )
             return bytes(value)
         if not isinstance(value, str):
             raise DataError(f"image must be a path, bytes or null, got {type(value).__name__}", row=row, file=file)

@@ -304,6 +304,9 @@ WRAPPER_FIELDS = tuple(
     if f.name not in {g.name for g in dataclasses.fields(PreTrainedConfig)} and f.name != "backbone_config"
 )
 
+#: The default of each wrapper field (what a raw VLM is wrapped with).
+SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Vlm2VecConfig) if f.name in WRAPPER_FIELDS}
+
 
 def wrapper_dict_from_native(native: dict) -> dict:
     """A ``config.json`` dict of the export layout turned into the wrapper's own form (the inverse of
@@ -324,6 +327,7 @@ __all__ = [
     "INPUT_CONTRACT_FIELDS",
     "NATIVE_SETTINGS_KEY",
     "POSITION_POLICIES",
+    "SETTING_DEFAULTS",
     "WRAPPER_FIELDS",
     "Vlm2VecConfig",
     "wrapper_dict_from_native",

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .configuration_vlm2vec import WRAPPER_FIELDS
+from .common.errors import DataError
+from .configuration_vlm2vec import SETTING_DEFAULTS, WRAPPER_FIELDS
 from .demo.hook import SYNTHETIC
 
 
@@ -77,10 +78,37 @@ class ModelArguments:
         metadata={"help": "native (default) or transformers4 (Qwen positions as the official releases used them)."},
     )
 
+    reset_settings: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Settings returned to their defaults when continuing a checkpoint (unset keys keep the saved "
+            "values), e.g. false_negative_margin to switch the margin off, or image_max_pixels to drop the bound."
+        },
+    )
+
+    def __post_init__(self):
+        self.settings()  # a bad reset_settings entry is refused when the recipe is read, before any work
+
     def settings(self) -> dict:
-        """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out)."""
-        values = {name: getattr(self, RECIPE_KEYS.get(name, name), None) for name in WRAPPER_FIELDS}
-        return {name: value for name, value in values.items() if value is not None}
+        """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out), the ones listed in
+        ``reset_settings`` at their defaults.
+
+        Raises:
+            DataError: ``reset_settings`` names something that is not a setting key of the recipe, or a key the
+                recipe also sets.
+        """
+        keys = {
+            RECIPE_KEYS.get(name, name): name for name in WRAPPER_FIELDS if hasattr(self, RECIPE_KEYS.get(name, name))
+        }
+        values = {name: getattr(self, key) for key, name in keys.items()}
+        chosen = {name: value for name, value in values.items() if value is not None}
+        for key in self.reset_settings or []:
+            if key not in keys:
+                raise DataError(f"reset_settings: {key!r} is not a setting; settings: {sorted(keys)}")
+            if keys[key] in chosen:
+                raise DataError(f"reset_settings: {key!r} is also set in the recipe; keep one of the two")
+            chosen[keys[key]] = SETTING_DEFAULTS[keys[key]]
+        return chosen
 
 
 #: Recipe keys spelled differently from the config field they set.

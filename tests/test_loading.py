@@ -82,6 +82,19 @@ def test_loss_option_recipe_keys_are_recorded_in_the_saved_config(tiny_backbone_
     with pytest.raises(DataError, match="matryoshka_weights"):
         build_model(ModelArguments(model_name_or_path=str(tmp_path / "saved"), matryoshka_dims=[8]))
 
+    reset = ["false_negative_margin", "matryoshka_dims", "matryoshka_weights"]
+    off = build_model(ModelArguments(model_name_or_path=str(tmp_path / "saved"), reset_settings=reset))
+    assert (off.config.false_negative_margin, off.config.matryoshka_dimensions, off.config.matryoshka_weights) == (
+        None,
+        None,
+        None,
+    )
+    assert off.config.hardness_alpha == 9.0  # what is not reset keeps its saved value
+    with pytest.raises(DataError, match="'temperature' is not a setting"):
+        ModelArguments(model_name_or_path="x", reset_settings=["temperature"])
+    with pytest.raises(DataError, match="'hardness_alpha' is also set"):
+        ModelArguments(model_name_or_path="x", hardness_alpha=1.0, reset_settings=["hardness_alpha"])
+
 
 def _plant_marker(folder: Path, marker: Path) -> None:
     """Append a line writing `marker` to every Python file of a checkpoint folder (as a hostile upload would)."""

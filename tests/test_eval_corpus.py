@@ -16,6 +16,26 @@ from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.evaluation import evaluate_corpus, load_collection, retrieval_metrics, score_corpus, top_k
 from modeling_vlm2vec.loading import load_vlm2vec
 
+METRICS = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100")
+OURS_BLUE = (52, 101, 164)
+
+
+def _bar_heights(png_path) -> list[int]:
+    """Heights in pixels of the blue bars of a report chart, left to right (the legend's swatch, in the top 50
+    rows, left out)."""
+    with Image.open(png_path) as png:
+        assert png.format == "PNG" and png.size == (1200, 600)
+        pixels = np.asarray(png.convert("RGB"))[50:]
+    column = (pixels == OURS_BLUE).all(axis=2).sum(axis=0)  # blue pixels per column
+    bars, start = [], None
+    for x, count in enumerate(list(column) + [0]):
+        if count and start is None:
+            start = x
+        elif not count and start is not None:
+            bars.append(int(column[(start + x) // 2]))
+            start = None
+    return bars
+
 
 def _brute_ranking(queries, corpus):
     scores = queries @ corpus.T  # (queries, corpus)
@@ -229,11 +249,17 @@ def test_cli_writes_scores_and_run_equal_to_brute_force_and_resumes(tiny_backbon
     run = [line.rsplit(" ", 2)[0] for line in (out / "run.trec").read_text().splitlines()]
     assert run == expected_run
     expected = retrieval_metrics(ranking, collection.qrels)
-    for name in ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100"):
+    for name in METRICS:
         assert score[name] == pytest.approx(expected[name], abs=1e-6), name
     assert (score["num_queries"], score["num_corpus"], score["num_judged_queries"]) == (5, 7, 5)
     table = (out / "corpus_results.md").read_text().splitlines()
     assert table[-3].split(" | ")[1] == "ndcg@10" and table[-1].split(" | ")[1] == f"{100 * expected['ndcg@10']:.2f}"
+    heights = _bar_heights(out / "corpus_results.png")
+    values = [expected[name] for name in METRICS]
+    assert len(heights) == len(METRICS)  # one bar per metric, in the table's order, no reference bars
+    top = max(range(len(values)), key=values.__getitem__)
+    for name, height, value in zip(METRICS, heights, values):  # bar heights proportional to the metrics
+        assert abs((height - 1) - value / values[top] * (heights[top] - 1)) <= 1.5, name
 
     # resume: without the score file, the cached embeddings give the same results with no encoding at all
     (out / "corpus_score.json").unlink()

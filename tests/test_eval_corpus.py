@@ -1,14 +1,19 @@
 """Corpus retrieval: chunked top-k against a brute-force ranking, graded metrics against pytrec_eval, BEIR-layout
-loading and validation, and the command line end to end on a tiny model (resumed from cached embeddings)."""
+loading and validation, and the command line end to end on a tiny model (resumed from cached embeddings; two
+processes under `accelerate launch` write what one does)."""
 
 import io
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import pytrec_eval
+from launch import TWO_CPU_PROCESSES
 from PIL import Image
 
 import evaluate_mmeb
@@ -16,6 +21,7 @@ from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.evaluation import evaluate_corpus, load_collection, retrieval_metrics, score_corpus, top_k
 from modeling_vlm2vec.loading import load_vlm2vec
 
+REPO = Path(__file__).resolve().parents[1]
 METRICS = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100")
 OURS_BLUE = (52, 101, 164)
 
@@ -280,6 +286,30 @@ def test_cli_writes_scores_and_run_equal_to_brute_force_and_resumes(tiny_backbon
     )
     assert {k: again[k] for k in expected} == pytest.approx({k: score[k] for k in expected}, abs=1e-6)
     assert [line.rsplit(" ", 2)[0] for line in (out / "run.trec").read_text().splitlines()] == expected_run
+
+
+def test_cli_two_processes_write_the_scores_and_run_of_one(tiny_backbone_dir, tmp_path):
+    root, images = _collection(tmp_path / "data")
+    args = ["--model_name_or_path", str(tiny_backbone_dir("qwen2_vl")), "--corpus_dir", str(root)]
+    args += ["--image_dir", str(images), "--top_k", "4", "--batch_size", "2", "--query_instruction", "Find it:"]
+    assert evaluate_mmeb.main(args + ["--output_dir", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [*TWO_CPU_PROCESSES, str(REPO / "evaluate_mmeb.py"), *args, "--output_dir", str(tmp_path / "multi")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Really two processes, each encoding its shard of the 5 queries and of the 7 corpus items.
+    assert "queries: encoding items 0-5 of 5 (process 1 of 2 encodes 3 of them)" in proc.stderr
+    assert "corpus: encoding items 0-7 of 7 (process 2 of 2 encodes 3 of them)" in proc.stderr
+    single, multi = (json.loads((tmp_path / d / "corpus_score.json").read_text()) for d in ("single", "multi"))
+    assert multi.keys() == single.keys()
+    for key, value in single.items():
+        assert multi[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
+    runs = [(tmp_path / d / "run.trec").read_text().splitlines() for d in ("single", "multi")]
+    assert len(runs[0]) == 5 * 4
+    assert [line.split()[:4] for line in runs[1]] == [line.split()[:4] for line in runs[0]]  # ids and ranks
+    scores = [[float(line.split()[4]) for line in run] for run in runs]
+    assert scores[1] == pytest.approx(scores[0], abs=2e-6)
 
 
 def test_cli_bad_collection_fails_before_loading_the_model(tmp_path, capsys):

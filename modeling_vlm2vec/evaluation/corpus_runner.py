@@ -76,8 +76,17 @@ def encode_cached(
         if all_true(cached is not None):
             blocks.append(cached)
             continue
-        logger.info("%s: encoding items %d-%d of %d", name, block_start, block_start + len(block), len(items))
         start, stop = shard_bounds(len(block), rank, world_size)
+        logger.info(
+            "%s: encoding items %d-%d of %d (process %d of %d encodes %d of them)",
+            name,
+            block_start,
+            block_start + len(block),
+            len(items),
+            rank + 1,
+            world_size,
+            stop - start,
+        )
         local = np.zeros((0, 0), dtype=np.float32)
         if stop > start:
             show = show_progress_bar if rank == 0 else False

@@ -42,8 +42,7 @@ def test_cached_embeddings_equal_encoding_items_one_by_one(setup):
     summary = json.loads((out / "mmeb-v2" / "summary.json").read_text())
     assert list(summary["datasets"]) == ["OK-VQA", "ViDoRe_arxivqa"]
     # A model card made from this folder lists the scores but claims no results on MMEB-V1's Hub dataset.
-    config = Vlm2VecConfig.from_pretrained(setup["checkpoint"])
-    card = render_model_card(config, card_context={"eval_dir": str(out / "mmeb-v2")})
+    card = render_model_card(Vlm2VecConfig.from_pretrained(setup["checkpoint"]), card_context={"eval_dir": str(out)})
     assert "ViDoRe_arxivqa" in card.text and not card.data.eval_results
     model = load_vlm2vec(setup["checkpoint"])
     suite = setup["suite"]

@@ -3,7 +3,7 @@
     python evaluate_mmeb.py --model_name_or_path outputs/demo --image_dir eval_images \\
         --subset_name all --output_dir runs/mmeb
     python evaluate_mmeb.py --benchmark mmeb-v2 --model_name_or_path outputs/demo --image_dir MMEB-V2 \\
-        --subset_name image visdoc --output_dir runs/mmeb-v2   # MMEB-V2: 78 tasks (image, video, visdoc)
+        --subset_name image visdoc --output_dir runs/mmeb   # MMEB-V2 (78 tasks) into runs/mmeb/mmeb-v2/
     python evaluate_mmeb.py --model_name_or_path outputs/demo --corpus_dir my_collection --image_dir images \\
         --output_dir runs/mine --query_instruction "Find a document image that matches the given query:"
     python evaluate_mmeb.py config.yaml                  # the same keys in one YAML file

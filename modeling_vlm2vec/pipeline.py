@@ -9,12 +9,14 @@
    checkpoint to resume, then — once the model and its processor are loaded — every prompt
    (:func:`~.data.sources.check_prompts`); a fresh run moves an earlier run's ``eval/`` to ``eval.previous-<n>/``;
 3. wraps the backbone (a raw VLM, or continues from a Vlm2Vec checkpoint) and adds LoRA / DoRA when asked;
-4. evaluates the untrained model on the held-out MMEB sets (``do_eval``) into ``<output_dir>/eval/baseline``;
+4. evaluates the untrained model on the held-out MMEB sets (``do_eval``; ``eval_benchmark`` MMEB-V1 or MMEB-V2,
+   whose results go one folder down, into ``mmeb-v2/``) into ``<output_dir>/eval/baseline``;
 5. trains with :class:`~modeling_vlm2vec.training.trainer.ContrastiveTrainer` (resumable checkpoints);
 6. exports the final model into ``output_dir`` (merged weights, remote code, processor, card) — the folder is the
    Hub-ready checkpoint — then evaluates *that export*, loaded the way users load it, into ``<output_dir>/eval``,
    re-renders the card with the scores and prints a before/after table (with Matryoshka sizes, the exported model
-   is also scored at each smaller size, from the same cached embeddings, into ``<output_dir>/eval/dim<d>``).
+   is also scored at each smaller size, from the same cached embeddings, into ``<output_dir>/eval/dim<d>``; MMEB-V1
+   only).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .data.sources import check_prompts, load_corpus
 from .demo.hook import SYNTHETIC, DemoArguments, prepare_demo, synthetic_locations
 from .evaluation import load_eval_sets, run_evaluation
 from .evaluation.report import format_percent
+from .evaluation.v2_runner import load_v2_sets, run_v2_evaluation
 from .hub.card import write_model_card
 from .hub.export import export_checkpoint
 from .loading import check_safetensors, load_vlm2vec
@@ -87,8 +90,8 @@ def run(
         mode=training_args.sampler_mode,
         homogeneous_sub_batch=training_args.homogeneous_sub_batch,
     )
-    where = {key: eval_kwargs.pop(key) for key in ("subsets", "image_dir")}
-    eval_sets = load_eval_sets(eval_kwargs["dataset_name"], **where) if training_args.do_eval else []
+    benchmark = data_args.eval_benchmark
+    eval_sets = _load_eval_sets(benchmark, eval_kwargs) if training_args.do_eval else []
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
     model = build_model(model_args)
     check_lora_targets(model, lora_args)
@@ -98,8 +101,8 @@ def run(
     barrier()
     results = {"baseline": None, "final": None}
     if training_args.do_eval:
-        results["baseline"] = run_evaluation(
-            model, eval_sets, output_dir=output_dir / "eval" / "baseline", model_name="before training", **eval_kwargs
+        results["baseline"] = _evaluate(
+            benchmark, model, eval_sets, output_dir / "eval" / "baseline", "before training", eval_kwargs
         )
     trainable = prepare_trainable_model(model, lora_args)
     trainer = ContrastiveTrainer(
@@ -117,10 +120,9 @@ def run(
     barrier()
     if training_args.do_eval:
         exported = load_vlm2vec(output_dir, device=training_args.device)  # the export, as users load it
-        results["final"] = run_evaluation(
-            exported, eval_sets, output_dir=output_dir / "eval", model_name="after training", **eval_kwargs
-        )
-        for size in (exported.config.matryoshka_dimensions or [])[:-1]:  # scored from the cached embeddings
+        results["final"] = _evaluate(benchmark, exported, eval_sets, output_dir / "eval", "after training", eval_kwargs)
+        sizes = (exported.config.matryoshka_dimensions or [])[:-1] if benchmark == "mmeb-v1" else []
+        for size in sizes:  # scored from the cached embeddings
             results[f"final_dim{size}"] = run_evaluation(
                 exported,
                 eval_sets,
@@ -217,11 +219,13 @@ def build_model(model_args: ModelArguments) -> Vlm2VecModel:
 
 
 def before_after_table(baseline: dict | None, final: dict | None) -> str:
-    """A Markdown table of hit@1 (%) per dataset and aggregate, before and after training."""
+    """A Markdown table of the summaries' metric (%) per dataset and aggregate, before and after training (MMEB-V1:
+    hit@1; MMEB-V2: each task's headline score)."""
     if final is None:
         return ""
+    key = final.get("metric", "hit@1")
     rows = ["| | before | after |", "|---|---:|---:|"]
-    for group, key in (("datasets", "hit@1"), ("aggregates", "hit@1")):
+    for group in ("datasets", "aggregates"):
         for name, after in final.get(group, {}).items():
             before = (baseline or {}).get(group, {}).get(name, {}).get(key)
             rows.append(f"| {name} | {format_percent(before)} | {format_percent(after.get(key))} |")
@@ -257,7 +261,27 @@ def _data_locations(data_args: DataArguments, demo_args: DemoArguments, output_d
         "image_dir": data_args.eval_image_dir or (str(default_images) if default_images else None),
         "batch_size": data_args.eval_batch_size,
     }
+    if data_args.eval_benchmark == "mmeb-v2":  # no synthetic MMEB-V2: only what the recipe names, else the Hub's
+        eval_kwargs.update(
+            dataset_name=data_args.eval_dataset_name,
+            subsets=data_args.eval_subset_name or ["all"],
+            image_dir=data_args.eval_image_dir,
+        )
     return data_config, eval_kwargs
+
+
+def _load_eval_sets(benchmark: str, eval_kwargs: dict) -> list:
+    """Load and validate the evaluation data of ``benchmark`` (pops its locations from ``eval_kwargs``)."""
+    subsets, image_dir = eval_kwargs.pop("subsets"), eval_kwargs.pop("image_dir")
+    if benchmark == "mmeb-v2":
+        return load_v2_sets(subsets, eval_kwargs.pop("dataset_name"), image_dir)
+    return load_eval_sets(eval_kwargs["dataset_name"], subsets, image_dir)
+
+
+def _evaluate(benchmark: str, model, eval_sets: list, output_dir: Path, label: str, eval_kwargs: dict) -> dict:
+    """Score ``model`` on the loaded sets into ``output_dir`` (MMEB-V2: its ``mmeb-v2/`` sub-folder)."""
+    run = run_v2_evaluation if benchmark == "mmeb-v2" else run_evaluation
+    return run(model, eval_sets, output_dir=output_dir, model_name=label, **eval_kwargs)
 
 
 def _card_context(trainer: ContrastiveTrainer, corpus, model_args: ModelArguments, data_args: DataArguments) -> dict:

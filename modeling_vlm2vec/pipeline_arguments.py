@@ -111,6 +111,8 @@ class ModelArguments:
         return chosen
 
 
+#: Benchmarks ``do_eval`` can run (``eval_benchmark``).
+EVAL_BENCHMARKS = ("mmeb-v1", "mmeb-v2")
 #: Recipe keys spelled differently from the config field they set.
 RECIPE_KEYS = {"matryoshka_dimensions": "matryoshka_dims"}
 
@@ -125,20 +127,36 @@ class DataArguments:
             "help": "Data-config YAML listing the training sources, or 'synthetic' for the bundled synthetic data."
         },
     )
+    eval_benchmark: str = field(
+        default="mmeb-v1",
+        metadata={
+            "help": "Benchmark of the evaluation before and after training (do_eval): mmeb-v1 (36 datasets) or "
+            "mmeb-v2 (78 tasks; results in <output_dir>/eval/mmeb-v2/).",
+            "choices": list(EVAL_BENCHMARKS),
+        },
+    )
     eval_dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "MMEB-eval Hub id or local folder (default: the synthetic eval split, or TIGER-Lab/MMEB-eval)."
+            "help": "mmeb-v1: MMEB-eval Hub id or local folder (default: the synthetic eval split, or "
+            "TIGER-Lab/MMEB-eval). mmeb-v2: a local mirror folder (default: each task's own Hub dataset)."
         },
     )
     eval_subset_name: list[str] | None = field(
         default=None,
-        metadata={"help": "Datasets to evaluate: names or all / ind / ood / synthetic (default: synthetic or all)."},
+        metadata={
+            "help": "Datasets to evaluate: names or all / ind / ood / synthetic (default: synthetic or all); "
+            "mmeb-v2: task names or all / image / video / visdoc (default: all)."
+        },
     )
-    eval_image_dir: str | None = field(default=None, metadata={"help": "Image root of the evaluation data."})
+    eval_image_dir: str | None = field(
+        default=None, metadata={"help": "Image root of the evaluation data (mmeb-v2: its media root)."}
+    )
     eval_batch_size: int = field(default=32, metadata={"help": "Items per forward when encoding for evaluation."})
 
     def __post_init__(self):
+        if self.eval_benchmark not in EVAL_BENCHMARKS:
+            raise ValueError(f"eval_benchmark must be one of {', '.join(EVAL_BENCHMARKS)}, got {self.eval_benchmark!r}")
         if (
             isinstance(self.eval_batch_size, bool)
             or not isinstance(self.eval_batch_size, int)
@@ -147,4 +165,4 @@ class DataArguments:
             raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
 
 
-__all__ = ["DataArguments", "ModelArguments", "RECIPE_KEYS"]
+__all__ = ["DataArguments", "EVAL_BENCHMARKS", "ModelArguments", "RECIPE_KEYS"]

@@ -1,21 +1,47 @@
 """Corpus retrieval: chunked top-k against a brute-force ranking, graded metrics against pytrec_eval, BEIR-layout
-loading and validation, and the command line end to end on a tiny model (resumed from cached embeddings)."""
+loading and validation, and the command line end to end on a tiny model (resumed from cached embeddings; two
+processes under `accelerate launch` write what one does)."""
 
 import io
 import json
+import os
+import subprocess
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import pytrec_eval
+from launch import TWO_CPU_PROCESSES
 from PIL import Image
 
 import evaluate_mmeb
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.evaluation import evaluate_corpus, load_collection, retrieval_metrics, score_corpus, top_k
 from modeling_vlm2vec.loading import load_vlm2vec
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100")
+OURS_BLUE = (52, 101, 164)
+
+
+def _bar_heights(png_path) -> list[int]:
+    """Heights in pixels of the blue bars of a report chart, left to right (the legend's swatch, in the top 50
+    rows, left out)."""
+    with Image.open(png_path) as png:
+        assert png.format == "PNG" and png.size == (1200, 600)
+        pixels = np.asarray(png.convert("RGB"))[50:]
+    column = (pixels == OURS_BLUE).all(axis=2).sum(axis=0)  # blue pixels per column
+    bars, start = [], None
+    for x, count in enumerate(list(column) + [0]):
+        if count and start is None:
+            start = x
+        elif not count and start is not None:
+            bars.append(int(column[(start + x) // 2]))
+            start = None
+    return bars
 
 
 def _brute_ranking(queries, corpus):
@@ -244,11 +270,17 @@ def test_cli_writes_scores_and_run_equal_to_brute_force_and_resumes(tiny_backbon
     run = [line.rsplit(" ", 2)[0] for line in (out / "run.trec").read_text().splitlines()]
     assert run == expected_run
     expected = retrieval_metrics(ranking, collection.qrels)
-    for name in ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10", "map@100"):
+    for name in METRICS:
         assert score[name] == pytest.approx(expected[name], abs=1e-6), name
     assert (score["num_queries"], score["num_corpus"], score["num_judged_queries"]) == (5, 7, 5)
     table = (out / "corpus_results.md").read_text().splitlines()
     assert table[-3].split(" | ")[1] == "ndcg@10" and table[-1].split(" | ")[1] == f"{100 * expected['ndcg@10']:.2f}"
+    heights = _bar_heights(out / "corpus_results.png")
+    values = [expected[name] for name in METRICS]
+    assert len(heights) == len(METRICS)  # one bar per metric, in the table's order, no reference bars
+    top = max(range(len(values)), key=values.__getitem__)
+    for name, height, value in zip(METRICS, heights, values):  # bar heights proportional to the metrics
+        assert abs((height - 1) - value / values[top] * (heights[top] - 1)) <= 1.5, name
 
     # resume: without the score file, the cached embeddings give the same results with no encoding at all
     (out / "corpus_score.json").unlink()
@@ -269,6 +301,30 @@ def test_cli_writes_scores_and_run_equal_to_brute_force_and_resumes(tiny_backbon
     )
     assert {k: again[k] for k in expected} == pytest.approx({k: score[k] for k in expected}, abs=1e-6)
     assert [line.rsplit(" ", 2)[0] for line in (out / "run.trec").read_text().splitlines()] == expected_run
+
+
+def test_cli_two_processes_write_the_scores_and_run_of_one(tiny_backbone_dir, tmp_path):
+    root, images = _collection(tmp_path / "data")
+    args = ["--model_name_or_path", str(tiny_backbone_dir("qwen2_vl")), "--corpus_dir", str(root)]
+    args += ["--image_dir", str(images), "--top_k", "4", "--batch_size", "2", "--query_instruction", "Find it:"]
+    assert evaluate_mmeb.main(args + ["--output_dir", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [*TWO_CPU_PROCESSES, str(REPO / "evaluate_mmeb.py"), *args, "--output_dir", str(tmp_path / "multi")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Really two processes, each encoding its shard of the 5 queries and of the 7 corpus items.
+    assert "queries: encoding items 0-5 of 5 (process 1 of 2 encodes 3 of them)" in proc.stderr
+    assert "corpus: encoding items 0-7 of 7 (process 2 of 2 encodes 3 of them)" in proc.stderr
+    single, multi = (json.loads((tmp_path / d / "corpus_score.json").read_text()) for d in ("single", "multi"))
+    assert multi.keys() == single.keys()
+    for key, value in single.items():
+        assert multi[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
+    runs = [(tmp_path / d / "run.trec").read_text().splitlines() for d in ("single", "multi")]
+    assert len(runs[0]) == 5 * 4
+    assert [line.split()[:4] for line in runs[1]] == [line.split()[:4] for line in runs[0]]  # ids and ranks
+    scores = [[float(line.split()[4]) for line in run] for run in runs]
+    assert scores[1] == pytest.approx(scores[0], abs=2e-6)
 
 
 def test_cli_bad_collection_fails_before_loading_the_model(tmp_path, capsys):

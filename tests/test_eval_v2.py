@@ -130,11 +130,11 @@ def test_known_scores_report_and_resume(suite, sets, tmp_path):
     encoder = KeyedEncoder()
     summary = run_v2_evaluation(encoder, list(sets.values()), output_dir=tmp_path, verbose=False)
     for name, expected in suite["expected"].items():
-        record = json.loads((tmp_path / f"{name}_score.json").read_text())
+        record = json.loads((tmp_path / "mmeb-v2" / f"{name}_score.json").read_text())
         assert record["score"] == pytest.approx(expected), name
         assert record["video_input"] == ("frames" if V2_REGISTRY[name].modality == "video" else None)
     assert {V2_REGISTRY[name].parser for name in suite["expected"]} == {t.parser for t in V2_REGISTRY.values()}
-    assert json.loads((tmp_path / "ViDoRe_arxivqa_score.json").read_text())["metric"] == "ndcg@5"
+    assert json.loads((tmp_path / "mmeb-v2" / "ViDoRe_arxivqa_score.json").read_text())["metric"] == "ndcg@5"
     image = summary["aggregates"]["image"]
     assert (image["n"], image["N"]) == (6, 36)
     assert image["score"] == pytest.approx((0.5 + 1.0 + 2 / 3 + 0.5 + 1.0 + 1.0) / 6)
@@ -145,9 +145,9 @@ def test_known_scores_report_and_resume(suite, sets, tmp_path):
     assert video_qa["n"] == 5 and video_qa["paper_score"] == pytest.approx(0.343)
     expected = suite["expected"]
     assert summary["aggregates"]["All"]["score"] == pytest.approx(sum(expected.values()) / len(expected))
-    markdown = (tmp_path / "results.md").read_text()
+    markdown = (tmp_path / "mmeb-v2" / "results.md").read_text()
     assert "| ViDoRe_arxivqa | ViDoRe-V1 | ndcg@5 | 96.2 | 78.9 |" in markdown
-    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "mmeb-v2" / "results.png").read_bytes().startswith(b"\x89PNG")
     again = KeyedEncoder()
     assert run_v2_evaluation(again, list(sets.values()), output_dir=tmp_path, verbose=False) == summary
     assert again.calls == []  # every task resumed from its score file

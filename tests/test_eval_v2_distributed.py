@@ -43,5 +43,5 @@ def test_two_processes_match_one(tmp_path):
         shards = [reports[r]["encoded"][i] for r in range(2)]
         assert sum(shards) == total and abs(shards[0] - shards[1]) <= 1
     for name in TASKS:
-        multi = (tmp_path / "multi" / f"{name}_score.json").read_text()
-        assert multi == (tmp_path / "single" / f"{name}_score.json").read_text()
+        multi = (tmp_path / "multi" / "mmeb-v2" / f"{name}_score.json").read_text()
+        assert multi == (tmp_path / "single" / "mmeb-v2" / f"{name}_score.json").read_text()

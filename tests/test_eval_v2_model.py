@@ -39,7 +39,7 @@ def _argv(setup, out, *tasks):
 def test_cached_embeddings_equal_encoding_items_one_by_one(setup):
     out = setup["root"] / "out"
     assert evaluate_mmeb.main(_argv(setup, out, "OK-VQA", "ViDoRe_arxivqa")) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "mmeb-v2" / "summary.json").read_text())
     assert list(summary["datasets"]) == ["OK-VQA", "ViDoRe_arxivqa"]
     # A model card made from this folder lists the scores but claims no results on MMEB-V1's Hub dataset.
     card = render_model_card(Vlm2VecConfig.from_pretrained(setup["checkpoint"]), card_context={"eval_dir": str(out)})

@@ -11,6 +11,10 @@ from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 
 from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder
+from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
+from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.hub.card import render_model_card
 from modeling_vlm2vec.hub.export import export_checkpoint
 
 CONTEXT = {
@@ -187,3 +191,44 @@ def test_matryoshka_dimensions_are_advertised_in_config_and_card(llava_dir, tmp_
         "print(tuple(e.shape), round(float(e.norm()), 5))"
     )
     assert "(1, 16) 1.0" in stdout
+
+
+def test_card_shows_mmeb_v2_tasks_and_aggregates_beside_mmeb_v1(llava_dir, tmp_path):
+    """One eval folder holding MMEB-V1 score files and an MMEB-V2 run (V2 fixtures, scores known by construction)."""
+    _write_scores(tmp_path / "eval")
+    suite = write_v2_suite(tmp_path / "v2")
+    sets = load_v2_sets(["ImageNet-1K", "OK-VQA", "ViDoRe_arxivqa"], suite["data"], suite["media"])
+    run_v2_evaluation(KeyedEncoder(), sets, output_dir=tmp_path / "eval", verbose=False)
+    out = export_checkpoint(
+        Vlm2VecModel.from_backbone(llava_dir), tmp_path / "out", card_context={"eval_dir": str(tmp_path / "eval")}
+    )
+    text = (out / "README.md").read_text()
+    ndcg = suite["expected"]["ViDoRe_arxivqa"]
+    # hand-computed from the fixtures' known scores and the published VLM2Vec-V2 numbers (80.8, 51.7, 78.9)
+    assert "| ImageNet-1K | image | classification | hit@1 | 50.0 | 80.8 |" in text
+    assert "| OK-VQA | image | vqa | hit@1 | 100.0 | 51.7 |" in text
+    assert f"| ViDoRe_arxivqa | visdoc | ViDoRe-V1 | ndcg@5 | {100 * ndcg:.1f} | 78.9 |" in text
+    assert f"| image | 2/36 | 75.0 | {(80.8 + 51.7) / 2:.1f} |" in text
+    assert f"| All | 3/78 | {100 * (0.5 + 1.0 + ndcg) / 3:.1f} | {(80.8 + 51.7 + 78.9) / 3:.1f} |" in text
+    # MMEB-V1's table and model-index are unchanged: V1's score files only (hand-computed as above)
+    assert "| Overall | 2/36 | 37.5 | 77.4 |" in text and "| ImageNet-1K | classification | IND | 50.0 | 74.5 |" in text
+    results = {r["dataset"]["name"] for r in _front_matter(text)["model-index"][0]["results"]}
+    assert results == {"MMEB Classification", "MMEB IND", "MMEB Overall", "MMEB ImageNet-1K", "MMEB N24News"}
+    # Both benchmarks' results travel with the export, each in its place; no embedding cache.
+    copied = sorted(p.relative_to(out / "eval").as_posix() for p in (out / "eval").rglob("*") if p.is_file())
+    assert copied == sorted(
+        ["ImageNet-1K_score.json", "N24News_score.json"]
+        + [f"mmeb-v2/{name}" for name in ("summary.json", "results.md", "results.png")]
+        + [f"mmeb-v2/{s.name}_score.json" for s in sets]
+    )
+
+
+def test_card_aggregates_mmeb_v2_score_files_without_a_summary(llava_dir, tmp_path):
+    suite = write_v2_suite(tmp_path / "v2")
+    sets = load_v2_sets(["ImageNet-1K", "OK-VQA"], suite["data"], suite["media"])
+    run_v2_evaluation(KeyedEncoder(), sets, output_dir=tmp_path / "eval", verbose=False)
+    (tmp_path / "eval" / "mmeb-v2" / "summary.json").unlink()
+    config = Vlm2VecModel.from_backbone(llava_dir).config
+    card = render_model_card(config, card_context={"eval_dir": str(tmp_path / "eval")})
+    assert "| image | 2/36 | 75.0 |" in card.text and "| OK-VQA | image | vqa | hit@1 | 100.0 | 51.7 |" in card.text
+    assert "## Evaluation (MMEB, precision@1 %)" not in card.text  # no MMEB-V1 results, no V1 table

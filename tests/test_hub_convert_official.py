@@ -1,12 +1,15 @@
 """Importing official VLM2Vec releases: a PEFT (DoRA) adapter saved on a raw VLM with transformers-4 key names."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hub_isolation import emit_json_code, last_json_line, run_isolated
 from peft import LoraConfig, get_peft_model
-from PIL import Image
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
@@ -182,6 +185,50 @@ def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny
     moved = (native - expected).abs().amax(-1)
     assert moved[1] > 1e-3 and moved[2] > 1e-3
     assert moved[0] < 1e-5 and moved[3] < 1e-5
+
+
+ISOLATED_CHILD = """
+import json
+from transformers import AutoModel
+folders, items = json.loads(ARGS)
+out = {}
+for name, folder in folders.items():
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    out[name] = {"class": type(model).__module__, "policy": model.config.position_policy,
+                 "embeddings": model.encode(items, convert_to_numpy=True).tolist()}
+"""
+
+
+def test_converted_qwen_release_applies_its_position_policy_through_its_hub_files_alone(tiny_backbone_dir, tmp_path):
+    raw_dir = tiny_backbone_dir("qwen2_vl")
+    _official_release(raw_dir, tmp_path / "release", "qwen2_vl")
+    out = convert_official_checkpoint(raw_dir, tmp_path / "release", tmp_path / "converted")
+    # The same checkpoint with only the policy changed in its config.json.
+    native_dir = tmp_path / "converted-native"
+    shutil.copytree(out, native_dir)
+    config = json.loads((native_dir / "config.json").read_text())
+    config["vlm2vec"]["position_policy"] = "native"
+    (native_dir / "config.json").write_text(json.dumps(config))
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    # Not one colour: an image-only row's image tokens must differ, or attention averages equal values whatever
+    # their positions.
+    picture = Image.new("RGB", (36, 48), "blue")
+    ImageDraw.Draw(picture).ellipse([4, 4, 30, 20], fill="yellow")
+    picture.save(tmp_path / "blue.png")
+    items = [
+        {"text": "<|image_1|> Represent the given image for classification.\n", "image": str(tmp_path / "red.png")},
+        {"image": str(tmp_path / "blue.png")},
+        "a red circle on a white background\n",
+    ]
+    expected = Vlm2VecModel.from_pretrained(out).encode(items, convert_to_numpy=True)  # in-package encode
+    code = f"ARGS = {json.dumps([{'converted': str(out), 'native': str(native_dir)}, items])!r}\n"
+    result = last_json_line(run_isolated(code + ISOLATED_CHILD + emit_json_code("out")))
+    assert result["converted"]["class"].startswith("transformers_modules.")  # the checkpoint's own code ran
+    assert (result["converted"]["policy"], result["native"]["policy"]) == ("transformers4", "native")
+    np.testing.assert_allclose(np.asarray(result["converted"]["embeddings"]), expected, rtol=0, atol=1e-6)
+    # The policy is what makes it so: native positions move the image rows, not the text-only row.
+    moved = np.abs(np.asarray(result["native"]["embeddings"]) - expected).max(axis=-1)
+    assert moved[0] > 1e-3 and moved[1] > 1e-3 and moved[2] < 1e-6
 
 
 @pytest.mark.parametrize("target", ["release", "run"])

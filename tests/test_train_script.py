@@ -20,8 +20,11 @@ from transformers.integrations import integration_utils
 
 import train
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
+from modeling_vlm2vec.common.fingerprint import model_fingerprint
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
 from modeling_vlm2vec.hub.native import native_state_dict
+from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.pipeline import TRAIN_ARGUMENTS, check_reporting
 
 REPO = Path(__file__).resolve().parents[1]
@@ -395,3 +398,46 @@ def test_a_new_run_sets_the_previous_results_aside_and_logs_dropped_rows(tmp_pat
         "model": "an earlier model"
     }
     assert "an earlier model" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_eval_benchmark_mmeb_v2_scores_the_export_into_eval_mmeb_v2_and_its_card(tmp_path, backbone, synthetic, capsys):
+    suite = write_v2_suite(tmp_path / "v2")
+    tasks = ["OK-VQA", "ViDoRe_arxivqa"]
+    recipe = _recipe(
+        tmp_path,
+        backbone,
+        synthetic,
+        max_steps=1,
+        do_eval=True,
+        eval_benchmark="mmeb-v2",
+        eval_dataset_name=str(suite["data"]),
+        eval_image_dir=str(suite["media"]),
+        eval_subset_name=tasks,
+        eval_batch_size=4,
+    )
+    assert train.main([str(recipe)]) == 0
+    out = tmp_path / "out"
+    final = json.loads((out / "eval" / "mmeb-v2" / "summary.json").read_text())
+    baseline = json.loads((out / "eval" / "baseline" / "mmeb-v2" / "summary.json").read_text())
+    assert list(final["datasets"]) == list(baseline["datasets"]) == tasks
+    assert not (out / "eval" / "summary.json").exists()  # no MMEB-V1 run
+    # The scores are those of the exported folder as users load it, not of the model in memory.
+    assert final["model_fingerprint"] == model_fingerprint(load_vlm2vec(out))
+    assert baseline["model_fingerprint"] != final["model_fingerprint"]
+    card = (out / "README.md").read_text()
+    for name in tasks:
+        record = json.loads((out / "eval" / "mmeb-v2" / f"{name}_score.json").read_text())
+        row = f"| {name} | {record['modality']} | {record['meta_task']} | {record['metric']} | "
+        assert row + f"{100 * record['score']:.1f} |" in card, name
+    mean = sum(final["datasets"][name]["score"] for name in tasks) / 2
+    assert f"| All | 2/78 | {100 * mean:.1f} |" in card
+    table = capsys.readouterr().out
+    assert "| OK-VQA |" in table and "| All |" in table  # the before/after table
+
+
+def test_eval_benchmark_is_validated_when_the_recipe_loads(tmp_path, backbone, synthetic, capsys):
+    recipe = _recipe(tmp_path, backbone, synthetic, do_eval=True, eval_benchmark="mmeb-v3")
+    assert train.main([str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "eval_benchmark must be one of mmeb-v1, mmeb-v2, got 'mmeb-v3'" in err
+    assert not (tmp_path / "out").exists()

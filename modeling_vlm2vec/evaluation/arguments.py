@@ -12,7 +12,12 @@ class EvalArguments:
     """What to evaluate, on which MMEB datasets, and where to write the results."""
 
     model_name_or_path: str = field(metadata={"help": "Vlm2Vec checkpoint or raw VLM: local folder or Hub id."})
-    output_dir: str = field(metadata={"help": "Where score files, summary.json, results.md/png and the cache go."})
+    output_dir: str = field(
+        metadata={
+            "help": "Where score files, summary.json, results.md/png and the cache go (mmeb-v2: its results in the "
+            "sub-folder mmeb-v2/, so both benchmarks can share one output_dir)."
+        }
+    )
     lora_adapter: str | None = field(
         default=None, metadata={"help": "PEFT LoRA adapter folder applied to the model and merged before evaluation."}
     )

@@ -1,8 +1,9 @@
 """Bar chart of an MMEB summary, drawn with Pillow only (no plotting dependency).
 
 One group of bars per evaluated dataset, then one per aggregate: ours (blue) beside the paper's VLM2Vec number
-(grey) where the paper has one. The y axis is the summary's metric in percent, 0-100. A summary may name its chart
-(``chart_title``, default ``"MMEB <metric>"``) and its reference column (``paper_label``, default VLM2Vec's paper).
+(grey) where the paper has one (the reference's legend only when some bar has one). The y axis is the summary's
+metric in percent, 0-100. A summary may name its chart (``chart_title``, default ``"MMEB <metric>"``) and its
+reference column (``paper_label``, default VLM2Vec's paper).
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def render_chart(summary: dict, size: tuple[int, int] = CHART_SIZE) -> bytes:
     )
     draw.rectangle([plot_right - 210, 10, plot_right - 200, 20], fill=_OURS)
     draw.text((plot_right - 195, 9), "ours", font=font, fill=_INK)
-    draw.rectangle([plot_right - 150, 10, plot_right - 140, 20], fill=_PAPER)
-    draw.text((plot_right - 135, 9), summary.get("paper_label", "VLM2Vec (paper)"), font=font, fill=_INK)
-
     bars = _bars(summary)
+    if any(paper is not None for _, _, paper in bars):
+        draw.rectangle([plot_right - 150, 10, plot_right - 140, 20], fill=_PAPER)
+        draw.text((plot_right - 135, 9), summary.get("paper_label", "VLM2Vec (paper)"), font=font, fill=_INK)
+
     slot = (plot_right - plot_left) / max(len(bars), 1)
     bar = max(1.0, slot * 0.38)
     for i, (label, ours, paper) in enumerate(bars):

@@ -1,7 +1,8 @@
 """Corpus retrieval end to end on a validated :class:`~.beir.Collection`: encode once, rank, score, write, resume.
 
 Files written under ``output_dir`` (atomically, by process 0 only): ``corpus_score.json`` (metrics, counts, the
-fingerprint), ``corpus_results.md`` (the metrics as a table), ``run.trec`` (``qid Q0 docid rank score run`` lines,
+fingerprint), ``corpus_results.md`` (the metrics as a table), ``corpus_results.png`` (one bar per metric),
+``run.trec`` (``qid Q0 docid rank score run`` lines,
 the ``top_k`` best items of every query) and the embedding cache
 ``cache/<model fingerprint>/{queries,corpus}-<block>.safetensors``: items are encoded in blocks of
 :data:`CACHE_BLOCK`, each cached as soon as it is done, so a killed run resumes at the block it stopped in. A score
@@ -23,9 +24,10 @@ from PIL import Image
 
 from ..common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
 from ..common.embedding_blocks import read_block, write_block
-from ..common.files import read_json_if_complete, write_json_atomic, write_text_atomic
+from ..common.files import read_json_if_complete, write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..common.fingerprint import CACHE_VERSION, model_fingerprint
 from .beir import Collection
+from .chart import render_chart
 from .corpus import score_corpus
 
 logger = logging.getLogger(__name__)
@@ -74,8 +76,17 @@ def encode_cached(
         if all_true(cached is not None):
             blocks.append(cached)
             continue
-        logger.info("%s: encoding items %d-%d of %d", name, block_start, block_start + len(block), len(items))
         start, stop = shard_bounds(len(block), rank, world_size)
+        logger.info(
+            "%s: encoding items %d-%d of %d (process %d of %d encodes %d of them)",
+            name,
+            block_start,
+            block_start + len(block),
+            len(items),
+            rank + 1,
+            world_size,
+            stop - start,
+        )
         local = np.zeros((0, 0), dtype=np.float32)
         if stop > start:
             show = show_progress_bar if rank == 0 else False
@@ -106,6 +117,18 @@ def _results_table(record: dict) -> str:
         f"{record['num_judged_queries']} judged queries of {record['num_queries']}, {record['num_corpus']} corpus "
         f"items; scores in %.\n\n{header}\n|{'---:|' * len(METRIC_NAMES)}\n{values}\n"
     )
+
+
+def _results_chart(record: dict) -> bytes:
+    """PNG bytes: one bar per metric of :data:`METRIC_NAMES`, in percent (no reference column)."""
+    summary = {
+        "metric": "score",
+        "model": record["model"],
+        "chart_title": "Corpus retrieval",
+        "datasets": {name: {"score": record[name], "paper_score": None} for name in METRIC_NAMES},
+        "aggregates": {},
+    }
+    return render_chart(summary)
 
 
 def evaluate_corpus(
@@ -170,6 +193,7 @@ def evaluate_corpus(
     if rank_and_world()[0] == 0:
         write_text_atomic(output_dir / "run.trec", _run_file(collection, scores, indices, top_k, "vlm2vec"))
         write_text_atomic(output_dir / "corpus_results.md", _results_table(record))
+        write_bytes_atomic(output_dir / "corpus_results.png", _results_chart(record))
         write_json_atomic(score_file, record)
     barrier()
     return record

@@ -1,10 +1,12 @@
 """MMEB-V2 evaluation end to end: validate every task, encode each unique item once (sharded), rank, score, report.
 
-Files under ``output_dir`` (atomic, process 0 only): ``<task>_score.json`` per task, ``summary.json``,
-``results.md``, ``results.png`` and the embedding cache ``cache/<model fingerprint>/v2/<task>.safetensors`` (the
-MMEB-V1 layout one folder down, so the image tasks' caches of both benchmarks never evict each other). A task whose
-score file carries the current fingerprint is skipped, so a killed run resumes. Nothing is written before every
-requested task is validated.
+Files under ``output_dir`` (atomic, process 0 only): the results in the sub-folder ``mmeb-v2/``
+(:data:`V2_RESULTS_FOLDER`: ``<task>_score.json`` per task, ``summary.json``, ``results.md``, ``results.png``) and
+the embedding cache ``cache/<model fingerprint>/v2/<task>.safetensors``. MMEB-V1 writes the same file names at the
+top of its output folder and 36 of its datasets share their names with V2 image tasks, so one folder holds both
+benchmarks' results and caches side by side, neither overwriting nor resuming from the other's. A task whose score
+file carries the current fingerprint is skipped, so a killed run resumes. Nothing is written before every requested
+task is validated.
 
 Video items go to the model as ``{"text": ..., "video": [frame paths]}``. A model says how it feeds them through
 its ``video_input`` attribute: ``"video"`` (the backbone's video input) or ``"frames"`` (the frames as images of
@@ -25,6 +27,7 @@ from PIL import Image
 
 from ..common.distributed import barrier, gather_rows, rank_and_world, shard_bounds
 from ..common.errors import DataError
+from ..common.files import check_writable_folder
 from ..common.fingerprint import model_fingerprint
 from .encoding import cache_path, dataset_fingerprint
 from .report import write_report
@@ -36,6 +39,8 @@ from .v2_scoring import mean_metrics, relevant_ranks_global, relevant_ranks_loca
 
 logger = logging.getLogger(__name__)
 
+#: Sub-folder of ``output_dir`` that holds the MMEB-V2 score files and report.
+V2_RESULTS_FOLDER = "mmeb-v2"
 #: Items handed to ``encode`` per call: bounds how many decoded page images are alive at once.
 ENCODE_SLICE = 256
 
@@ -97,6 +102,7 @@ def score_v2_set(v2set: V2Set, queries: np.ndarray, candidates: np.ndarray) -> d
 
 def _record(task: V2Task, v2set: V2Set, metrics: dict, fingerprint: str, dim: int, video: str | None) -> dict:
     return {
+        "benchmark": "mmeb-v2",
         "dataset": task.name,
         "modality": task.modality,
         "meta_task": task.meta_task,
@@ -113,7 +119,9 @@ def _record(task: V2Task, v2set: V2Set, metrics: dict, fingerprint: str, dim: in
     }
 
 
-def _evaluate_one(model, v2set: V2Set, model_fp: str, output_dir: Path, *, batch_size, show_progress_bar, overwrite):
+def _evaluate_one(
+    model, v2set: V2Set, model_fp: str, output_dir: Path, *, batch_size, show_progress_bar, overwrite
+) -> dict:
     task = V2_REGISTRY[v2set.name]
     fingerprint = dataset_fingerprint(model_fp, v2set)
 
@@ -133,7 +141,7 @@ def _evaluate_one(model, v2set: V2Set, model_fp: str, output_dir: Path, *, batch
 
     return score_resumably(
         v2set.name,
-        score_file=output_dir / f"{v2set.name}_score.json",
+        score_file=output_dir / V2_RESULTS_FOLDER / f"{v2set.name}_score.json",
         score_fingerprint=fingerprint,
         cache_file=cache_path(output_dir / "cache", model_fp, f"v2/{v2set.name}"),
         cache_fingerprint=fingerprint,
@@ -154,7 +162,8 @@ def run_v2_evaluation(
     model_name: str | None = None,
     verbose: bool = True,
 ) -> dict:
-    """Score validated MMEB-V2 tasks and write the score files and report; returns the summary (every process).
+    """Score validated MMEB-V2 tasks and write the score files and report into ``<output_dir>/mmeb-v2/`` (the
+    cache into ``<output_dir>/cache``); returns the summary (every process).
 
     Raises:
         DataError: video tasks requested for a model without video input -- before anything is encoded.
@@ -167,6 +176,7 @@ def run_v2_evaluation(
             "and visdoc tasks (--subset_name image visdoc) or a model with video input"
         )
     output_dir = Path(output_dir)
+    check_writable_folder(output_dir / V2_RESULTS_FOLDER)
     model_fp = model_fingerprint(model)
     records = [
         _evaluate_one(
@@ -183,7 +193,7 @@ def run_v2_evaluation(
     label = model_name or str(getattr(model, "name_or_path", "") or type(model).__name__)
     summary = build_v2_summary(records, model=label, model_fingerprint=model_fp)
     if rank_and_world()[0] == 0:
-        markdown = write_report(output_dir, summary, render_v2_markdown)
+        markdown = write_report(output_dir / V2_RESULTS_FOLDER, summary, render_v2_markdown)
         if verbose:
             print(markdown)
     barrier()

@@ -2,7 +2,8 @@
 
 The card has Hub YAML metadata (``library_name: transformers``, ``pipeline_tag: feature-extraction``, base model,
 datasets, tags, license, and a ``model-index`` from the MMEB results), a runnable usage snippet, the training details
-from a ``card_context`` dict, the MMEB table read from ``evaluate_mmeb`` outputs, framework versions and the citation.
+from a ``card_context`` dict, the MMEB-V1 and MMEB-V2 tables read from ``evaluate_mmeb`` outputs, framework versions
+and the citation.
 
 ``card_context`` keys (all optional):
     repo_id (str): the Hub id used in the snippet (default: the output folder's name).
@@ -10,7 +11,8 @@ from a ``card_context`` dict, the MMEB table read from ``evaluate_mmeb`` outputs
     datasets (list[str]: Hub dataset ids), tags (list[str]: added to vlm2vec, mmeb, custom_code, ...),
     training (dict: hyper-parameter name -> value), data_sources (list of {"name": str, "count": int}),
     grad_cache (dict: chunk-size name -> int), world_size (int), lora (dict: r, alpha, dropout, ... or None),
-    hard_negatives (bool), eval_dir (folder holding ``summary.json`` / ``<dataset>_score.json``).
+    hard_negatives (bool), eval_dir (an ``evaluate_mmeb`` output folder: MMEB-V1 results at its top, MMEB-V2's in
+    ``mmeb-v2/``; the card shows each benchmark it holds).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from ..common.files import read_json, write_text_atomic
 from ..common.locations import MMEB_EVAL_DATASET, is_hub_id
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..evaluation.report import GROUP_TITLES, build_summary, format_percent
+from ..evaluation.v2_report import build_v2_summary
+from ..evaluation.v2_runner import V2_RESULTS_FOLDER
 from .engines import engine_resolution_note, native_architecture
 
 _TEMPLATE_NAME = "vlm2vec_card.md"
@@ -42,21 +46,40 @@ BASE_TAGS = ["vlm2vec", "mmeb", "custom_code", "multimodal-embedding", "sentence
 _VERSIONED_PACKAGES = ("vlm2vec", "torch", "transformers", "peft", "huggingface_hub", "accelerate")
 
 
-def load_eval_summary(eval_dir: str | os.PathLike | None) -> dict | None:
-    """The MMEB summary of an ``evaluate_mmeb`` output folder, or None when it holds no results.
-
-    Reads ``summary.json`` (per dataset, per meta-task, IND, OOD, Overall; scores are fractions); without it, the
-    ``<dataset>_score.json`` records are aggregated the way ``evaluate_mmeb`` does.
-    """
-    if eval_dir is None or not Path(eval_dir).is_dir():
-        return None
-    eval_dir = Path(eval_dir)
-    if (eval_dir / "summary.json").is_file():
-        return read_json(eval_dir / "summary.json")
-    records = [read_json(path) for path in sorted(eval_dir.glob("*_score.json"))]
+def _folder_summary(folder: Path) -> dict | None:
+    """``folder/summary.json``, else its ``<dataset>_score.json`` records aggregated as their benchmark's runner
+    does (the records of one benchmark: MMEB-V2's carry ``benchmark``), else None."""
+    if (folder / "summary.json").is_file():
+        return read_json(folder / "summary.json")
+    records = [read_json(path) for path in sorted(folder.glob("*_score.json"))]
+    v2 = [r for r in records if r.get("benchmark") == "mmeb-v2"]
+    if v2:
+        return build_v2_summary(v2, model=folder.name, model_fingerprint="")
     if not records:
         return None
-    return build_summary(records, model=eval_dir.name, model_fingerprint="", dataset_name=None)
+    return build_summary(records, model=folder.name, model_fingerprint="", dataset_name=None)
+
+
+def load_eval_summaries(eval_dir: str | os.PathLike | None) -> dict[str, dict]:
+    """The summaries of an ``evaluate_mmeb`` output folder by benchmark: ``{"mmeb-v1": ..., "mmeb-v2": ...}``,
+    only those it holds results of (empty when none).
+
+    MMEB-V1's are at the top of the folder, MMEB-V2's in ``mmeb-v2/`` (a folder holding only MMEB-V2 results at its
+    top is read too). Each is ``summary.json`` (per dataset / task and aggregates; scores are fractions), or, without
+    it, the score records aggregated the way ``evaluate_mmeb`` does.
+    """
+    if eval_dir is None or not Path(eval_dir).is_dir():
+        return {}
+    eval_dir = Path(eval_dir)
+    found = {}
+    top = _folder_summary(eval_dir)
+    if top is not None:
+        found[top.get("benchmark", "mmeb-v1")] = top
+    if (eval_dir / V2_RESULTS_FOLDER).is_dir():
+        v2 = _folder_summary(eval_dir / V2_RESULTS_FOLDER)
+        if v2 is not None:
+            found["mmeb-v2"] = v2
+    return found
 
 
 def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
@@ -82,6 +105,31 @@ def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
         for name, row in summary.get("datasets", {}).items()
     ]
     return aggregates, datasets
+
+
+def _v2_rows(summary: dict) -> tuple[list[dict], list[dict]]:
+    aggregates = [
+        {
+            "name": group,
+            "n": agg["n"],
+            "N": agg["N"],
+            "score": format_percent(agg["score"]),
+            "paper": format_percent(agg.get("paper_score")),
+        }
+        for group, agg in summary.get("aggregates", {}).items()
+    ]
+    tasks = [
+        {
+            "name": name,
+            "modality": row["modality"],
+            "meta_task": row["meta_task"],
+            "metric": row["metric"],
+            "score": format_percent(row["score"]),
+            "paper": format_percent(row.get("paper_score")),
+        }
+        for name, row in summary.get("datasets", {}).items()
+    ]
+    return aggregates, tasks
 
 
 def _eval_results(summary: dict) -> list[EvalResult]:
@@ -180,7 +228,8 @@ def render_model_card(
     context = dict(card_context or {})
     repo_id = repo_id or context.get("repo_id") or "your-username/vlm2vec-model"
     model_name = context.get("model_name") or repo_id.split("/")[-1]
-    summary = load_eval_summary(context.get("eval_dir"))
+    summaries = load_eval_summaries(context.get("eval_dir"))
+    summary, v2_summary = summaries.get("mmeb-v1"), summaries.get("mmeb-v2")
     base_model = backbone = _base_model_id(config, context)
     if adapter_only and base_reference and is_hub_id(base_reference):
         base_model = base_reference
@@ -197,6 +246,7 @@ def render_model_card(
         eval_results=(_eval_results(summary) or None) if summary else None,
     )
     aggregates, datasets = _eval_rows(summary) if summary else ([], [])
+    v2_aggregates, v2_tasks = _v2_rows(v2_summary) if v2_summary else ([], [])
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path),
@@ -224,6 +274,8 @@ def render_model_card(
         eval_aggregates=aggregates,
         eval_datasets=datasets,
         eval_dataset=(summary or {}).get("dataset_name", MMEB_EVAL_DATASET),
+        v2_aggregates=v2_aggregates,
+        v2_tasks=v2_tasks,
         versions=framework_versions(),
         engines=engines,
         architecture=native_architecture(config),
@@ -251,7 +303,7 @@ __all__ = [
     "BASE_TAGS",
     "TEMPLATE_PATH",
     "framework_versions",
-    "load_eval_summary",
+    "load_eval_summaries",
     "render_model_card",
     "write_model_card",
 ]

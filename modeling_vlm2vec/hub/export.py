@@ -30,8 +30,9 @@ import torch
 from ..common.cli import run_cli
 from ..common.errors import DataError
 from ..common.files import check_writable_folder, read_json
+from ..evaluation.v2_runner import V2_RESULTS_FOLDER
 from ..loading import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, is_vlm2vec_base
-from .card import load_eval_summary, write_model_card
+from .card import load_eval_summaries, write_model_card
 from .checkpoint import (
     REMOTE_CODE_FILES,
     check_remote_code,
@@ -216,13 +217,17 @@ def _save_adapter(model, folder: Path, reference: str) -> None:
 
 
 def _copy_eval(eval_dir: str | os.PathLike | None, target: Path) -> None:
-    """Copy the MMEB scores and report (not the embedding cache) beside the weights."""
-    if load_eval_summary(eval_dir) is None:
+    """Copy the MMEB-V1 and MMEB-V2 scores and reports (not the embedding cache) beside the weights, each benchmark's
+    in its own place (MMEB-V2's in ``mmeb-v2/``)."""
+    if not load_eval_summaries(eval_dir):
         return
-    target.mkdir()
-    for pattern in EVAL_FILE_PATTERNS:
-        for path in Path(eval_dir).glob(pattern):
-            shutil.copy2(path, target / path.name)
+    for folder in (Path(eval_dir), Path(eval_dir) / V2_RESULTS_FOLDER):
+        files = [path for pattern in EVAL_FILE_PATTERNS for path in folder.glob(pattern)]
+        if files:
+            destination = target / folder.relative_to(eval_dir)
+            destination.mkdir(parents=True, exist_ok=True)
+            for path in files:
+                shutil.copy2(path, destination / path.name)
 
 
 def _move_into_place(staging: Path, output_dir: Path) -> None:

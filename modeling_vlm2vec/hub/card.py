@@ -28,6 +28,7 @@ from ..common.files import read_json, write_text_atomic
 from ..common.locations import MMEB_EVAL_DATASET, is_hub_id
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..evaluation.report import GROUP_TITLES, build_summary, format_percent
+from ..image_policy_vlm2vec import pixel_bounds_are_native
 from .engines import engine_resolution_note, native_architecture
 
 _TEMPLATE_NAME = "vlm2vec_card.md"
@@ -136,6 +137,8 @@ def _resolution_text(config) -> str:
         ]
         bounds = [b for b in bounds if b]
         text = (" and ".join(bounds) + " (aspect ratio kept)") if bounds else "the processor's own defaults"
+        if bounds and pixel_bounds_are_native(config):
+            text += ", applied by the processor's own `size` (`preprocessor_config.json`), so every engine applies it"
     edge = config.small_image_edge
     if edge is not None:
         text += f"; an image with an edge under {edge} px is stretched to {2 * edge}x{2 * edge}"

@@ -55,7 +55,7 @@ class Vlm2VecProcessor(ProcessorMixin):
 
     The resolution policy is expressed in the backbone processor's own settings where it can be
     (:func:`backbone_image_settings`: Qwen-VL's pixel bounds become its image processor's ``size``, set from the
-    config before every call and when saving, so the saved ``preprocessor_config.json`` carries them and an engine
+    config before every call and when saving, so the saved processor config carries them and an engine
     running the backbone processor alone gets the same ``pixel_values``); the rest (a fixed size, the small-image rule,
     pixel bounds of other backbones) resizes images before the backbone processor (:func:`apply_resolution_policy`).
 

@@ -48,7 +48,7 @@ def test_qwen_pixels_equal_the_stock_processor_from_the_export_alone(qwen_export
     image = _image(size, seed=len(case))
     ours = model.processor([None], [image])
     assert ours["image_grid_thw"].tolist() == [grid]
-    # the stock image processor class reads only the export's preprocessor_config.json
+    # the stock image processor class reads only the export's processor config
     stock = Qwen2VLImageProcessorPil.from_pretrained(folder)(image, return_tensors="pt")
     torch.testing.assert_close(ours["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
     assert stock["image_grid_thw"].tolist() == [grid]

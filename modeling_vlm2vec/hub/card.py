@@ -138,7 +138,7 @@ def _resolution_text(config) -> str:
         bounds = [b for b in bounds if b]
         text = (" and ".join(bounds) + " (aspect ratio kept)") if bounds else "the processor's own defaults"
         if bounds and pixel_bounds_are_native(config):
-            text += ", applied by the processor's own `size` (`preprocessor_config.json`), so every engine applies it"
+            text += ", applied by the processor's own `size` (saved in its config), so every engine applies it"
     edge = config.small_image_edge
     if edge is not None:
         text += f"; an image with an edge under {edge} px is stretched to {2 * edge}x{2 * edge}"

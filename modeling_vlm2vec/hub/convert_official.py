@@ -16,7 +16,7 @@ off: the official MMEB-V2 formats end queries with a newline), last-token poolin
 official code's image rules (:data:`OFFICIAL_SETTINGS`: transformers-4 positions, images with an edge under 28 px
 stretched to 56x56; without processor files in the release, the official evaluation's pixel bounds
 :data:`OFFICIAL_QWEN_PIXEL_BOUNDS`, recorded in the config and, as the official code does, given to the Qwen image
-processor as its ``size``, so they travel in the export's ``preprocessor_config.json`` too) — merged, and exported
+processor as its ``size``, so they travel in the export's processor config too) — merged, and exported
 with :func:`export_checkpoint`.
 
 Only ``adapter_model.safetensors`` is read. Releases that ship a pickled ``adapter_model.bin`` are converted once,

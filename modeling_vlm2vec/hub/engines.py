@@ -101,7 +101,7 @@ def native_architecture(config: Vlm2VecConfig) -> str | None:
 def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
     """What other engines see differently, in plain words, or None when nothing differs: the part of the resolution
     policy the backbone processor cannot express (:func:`unexpressed_policy`; e.g. Qwen-VL's pixel bounds are in its
-    ``preprocessor_config.json`` and are not listed) is applied by `Vlm2VecProcessor` before the backbone processor,
+    saved processor config and are not listed) is applied by `Vlm2VecProcessor` before the backbone processor,
     and other engines run only the backbone processor."""
     policy = unexpressed_policy(config)
     if not policy:

@@ -148,6 +148,7 @@ class Vlm2VecProcessor(ProcessorMixin):
         """The backbone processor's ``apply_chat_template`` (so engines that render chat messages, such as
         sentence-transformers with ``trust_remote_code=True``, work with this processor too). Only the part of the
         resolution policy the backbone processor expresses applies here (see :meth:`__call__`)."""
+        self._configure_backbone()
         return self.backbone_processor.apply_chat_template(*args, **kwargs)
 
     @property

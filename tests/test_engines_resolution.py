@@ -11,16 +11,29 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.hub.export import export_checkpoint
 from modeling_vlm2vec.loading import load_vlm2vec
-from modeling_vlm2vec.processing_vlm2vec import ImageOnlyQwen2VLProcessor
+from modeling_vlm2vec.processing_vlm2vec import (
+    ImageOnlyQwen2_5_VLProcessor,
+    ImageOnlyQwen2VLProcessor,
+    ImageOnlyQwen3VLProcessor,
+)
 
 # Bounds far from the tiny Qwen2-VL processor's own (784 to 3136 pixels), so a processor that ignored them would show.
 BOUNDS = {"image_min_pixels": 6 * 28 * 28, "image_max_pixels": 12 * 28 * 28}  # 4704 and 9408 pixels
-# smart_resize by hand (factor = patch 14 x merge 2 = 28), as (height, width) -> (temporal, rows, columns) patches:
-# - 300x420 (126000 px) rounds to 308x420, above 9408: beta = sqrt(126000 / 9408) = 3.6596;
-#   floor(300 / 3.6596 / 28) * 28 = 2 * 28 = 56, floor(420 / 3.6596 / 28) * 28 = 4 * 28 = 112 -> 4 x 8 patches.
-# - 14x20 (280 px) rounds to 0x28, below 4704: beta = sqrt(4704 / 280) = 4.0988;
-#   ceil(14 * 4.0988 / 28) * 28 = 3 * 28 = 84, ceil(20 * 4.0988 / 28) * 28 = 3 * 28 = 84 -> 6 x 6 patches.
+# smart_resize by hand, as (height, width) -> (temporal, rows, columns) patches. Qwen2-VL / Qwen2.5-VL: factor =
+# patch 14 x merge 2 = 28; Qwen3-VL: patch 16 x merge 2 = 32.
+# - 300x420 (126000 px) rounds to 308x420 (288x416), above 9408: beta = sqrt(126000 / 9408) = 3.6596;
+#   28: floor(300 / 3.6596 / 28) * 28 = 2 * 28 = 56, floor(420 / 3.6596 / 28) * 28 = 4 * 28 = 112 -> 4 x 8 patches;
+#   32: floor(300 / 3.6596 / 32) * 32 = 2 * 32 = 64, floor(420 / 3.6596 / 32) * 32 = 3 * 32 = 96 -> 4 x 6 patches.
+# - 14x20 (280 px) rounds to 0x28 (0x32), below 4704: beta = sqrt(4704 / 280) = 4.0988;
+#   28: ceil(14 * 4.0988 / 28) * 28 = 3 * 28 = 84, ceil(20 * 4.0988 / 28) * 28 = 3 * 28 = 84 -> 6 x 6 patches;
+#   32: ceil(14 * 4.0988 / 32) * 32 = 2 * 32 = 64, ceil(20 * 4.0988 / 32) * 32 = 3 * 32 = 96 -> 4 x 6 patches.
 IMAGES = {"above max": ((420, 300), [1, 4, 8]), "below min": ((20, 14), [1, 6, 6])}
+QWEN3_GRIDS = {"above max": [1, 4, 6], "below min": [1, 4, 6]}
+STAND_INS = {
+    "qwen2_vl": ImageOnlyQwen2VLProcessor,
+    "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
+    "qwen3_vl": ImageOnlyQwen3VLProcessor,
+}
 
 
 def _saved_size(folder):
@@ -41,10 +54,18 @@ def qwen_export(tiny_backbone_dir, tmp_path_factory):
     return model, export_checkpoint(model, tmp_path_factory.mktemp("qwen") / "export")
 
 
+@pytest.mark.parametrize("model_type", list(STAND_INS))
 @pytest.mark.parametrize("case", list(IMAGES))
-def test_qwen_pixels_equal_the_stock_processor_from_the_export_alone(qwen_export, case):
-    model, folder = qwen_export
+def test_qwen_pixels_equal_the_stock_processor_from_the_export_alone(
+    qwen_export, tiny_backbone_dir, tmp_path, model_type, case
+):
+    if model_type == "qwen2_vl":
+        model, folder = qwen_export
+    else:
+        model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type), **BOUNDS)
+        folder = export_checkpoint(model, tmp_path / "export")
     size, grid = IMAGES[case]
+    grid = QWEN3_GRIDS[case] if model_type == "qwen3_vl" else grid
     image = _image(size, seed=len(case))
     ours = model.processor([None], [image])
     assert ours["image_grid_thw"].tolist() == [grid]
@@ -53,7 +74,7 @@ def test_qwen_pixels_equal_the_stock_processor_from_the_export_alone(qwen_export
     torch.testing.assert_close(ours["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
     assert stock["image_grid_thw"].tolist() == [grid]
     # the whole backbone processor too (the stock Qwen2-VL class without its torchvision video processor)
-    stock_processor = ImageOnlyQwen2VLProcessor.from_pretrained(folder)
+    stock_processor = STAND_INS[model_type].from_pretrained(folder)
     backbone = stock_processor(text=["<|image_pad|>"], images=[image], return_tensors="pt")
     assert backbone["input_ids"].tolist() == ours["input_ids"].tolist()
     torch.testing.assert_close(ours["pixel_values"], backbone["pixel_values"], rtol=0, atol=0)
@@ -95,3 +116,13 @@ def test_a_checkpoint_saved_before_native_bounds_loads_with_the_bounds_of_its_co
         assert loaded.processor([None], [_image(size, seed=len(case))])["image_grid_thw"].tolist() == [grid], case
     loaded.processor.save_pretrained(tmp_path / "again")
     assert _saved_size(tmp_path / "again") == (4704, 9408)
+
+
+def test_the_bounds_follow_the_config_after_the_processor_is_built(tiny_backbone_dir):
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("qwen2_vl"))
+    image = _image((420, 300), seed=0)
+    # the tiny processor's own bounds (784 to 3136 pixels): 300x420 -> beta = sqrt(126000 / 3136) = 6.3387;
+    # floor(300 / 6.3387 / 28) * 28 = 28, floor(420 / 6.3387 / 28) * 28 = 56 -> 2 x 4 patches
+    assert model.processor([None], [image])["image_grid_thw"].tolist() == [[1, 2, 4]]
+    model.config.apply_overrides(BOUNDS)
+    assert model.processor([None], [image])["image_grid_thw"].tolist() == [IMAGES["above max"][1]]

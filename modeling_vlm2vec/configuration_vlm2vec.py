@@ -77,15 +77,22 @@ class Vlm2VecConfig(PreTrainedConfig):
         max_length (`int`, *optional*):
             Token budget per input; only text is truncated, never image tokens. `None` disables truncation.
         image_max_pixels (`int`, *optional*):
-            Images with more pixels are downscaled (aspect ratio kept) to at most this many pixels.
+            Images with more pixels are downscaled (aspect ratio kept) to at most this many pixels. Qwen2-VL,
+            Qwen2.5-VL and Qwen3-VL: the image processor's own upper bound (`size["longest_edge"]`, its
+            `max_pixels`), which its `smart_resize` applies together with rounding both sides to multiples of 28 (32
+            for Qwen3-VL), so every engine running the saved processor applies it; other backbones: a bicubic resize
+            before their processor, which only `Vlm2VecProcessor` does. `None` keeps the processor's own bound.
         image_min_pixels (`int`, *optional*):
-            Images with fewer pixels are upscaled (aspect ratio kept) to at least this many pixels.
+            Images with fewer pixels are upscaled (aspect ratio kept) to at least this many pixels; Qwen-VL: the image
+            processor's own lower bound (`size["shortest_edge"]`, its `min_pixels`), as for `image_max_pixels`.
         image_fixed_size (`list[int]`, *optional*):
-            `[width, height]`: every image is resized to exactly this size (the official "high"/"low" resolution modes);
-            takes precedence over the pixel bounds.
+            `[width, height]`: every image is resized to exactly this size (the official "high"/"low" resolution modes),
+            before the backbone processor; takes precedence over the pixel bounds (no backbone processor expresses it).
         small_image_edge (`int`, *optional*):
-            After the policy above, an image whose width or height is below this many pixels is stretched to a square
-            of twice this edge (the official Qwen rule: an edge under 28 px -> 56x56, aspect ratio not kept).
+            An image whose width or height is below this many pixels is stretched to a square of twice this edge (the
+            official Qwen rule: an edge under 28 px -> 56x56, aspect ratio not kept), after the resizes above that
+            happen before the backbone processor (for Qwen-VL the pixel bounds come after it, in the processor, as in
+            the official code). No backbone processor expresses it.
         strip_prompt (`bool`, defaults to `True`):
             Strip leading and trailing whitespace of the instruction and the text before joining them with one space.
             Converted official checkpoints keep it (`False`): the official MMEB-V2 formats end queries with `"\n"`,

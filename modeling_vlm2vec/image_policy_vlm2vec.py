@@ -2,7 +2,11 @@
 
 Hub file: imports only stdlib, torch and PIL.
 
-* :func:`apply_resolution_policy` resizes images by the policy stored in the checkpoint config.
+* :func:`backbone_image_settings` expresses what the backbone's own image processor can of the resolution policy
+  stored in the checkpoint config (the pixel bounds of Qwen-VL's ``smart_resize``), so an engine that runs only the
+  backbone processor from an export sees the same pixels;
+* :func:`apply_resolution_policy` resizes images, before the backbone processor, by the rest of the policy;
+  :func:`unexpressed_policy` names that rest (what other engines do not apply).
 * :func:`apply_position_policy` marks the image runs transformers 4 gave 1-D positions as text in
   ``mm_token_type_ids`` (the ``transformers4`` policy of converted official Qwen releases).
 """
@@ -14,16 +18,55 @@ import math
 import torch
 from PIL import Image
 
+#: Backbone types whose image processor bounds the pixel count itself: Qwen-VL's ``smart_resize`` scales an image
+#: (aspect ratio kept) so its sides are multiples of ``patch_size * merge_size`` (28 for Qwen2-VL / Qwen2.5-VL, 32 for
+#: Qwen3-VL) and its pixel count lies within ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}``.
+NATIVE_PIXEL_BOUNDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+_BOUND_KEYS = (("image_min_pixels", "shortest_edge"), ("image_max_pixels", "longest_edge"))
+
+
+def pixel_bounds_are_native(config) -> bool:
+    """True when the backbone image processor applies ``image_min_pixels`` / ``image_max_pixels`` of ``config`` itself
+    (a :data:`NATIVE_PIXEL_BOUNDS` backbone and no ``image_fixed_size``, which overrides the bounds)."""
+    return config.backbone_type in NATIVE_PIXEL_BOUNDS and config.image_fixed_size is None
+
+
+def backbone_image_settings(config, image_processor) -> dict:
+    """Attributes of the backbone's ``image_processor`` that express the pixel bounds of ``config`` natively.
+
+    For a :data:`NATIVE_PIXEL_BOUNDS` backbone: ``{"size": {...}}``, the processor's ``size`` with ``shortest_edge``
+    set to ``image_min_pixels`` and ``longest_edge`` to ``image_max_pixels`` (a bound left ``None`` keeps the
+    processor's own). Empty when there is nothing to express (another backbone, no bound set, or a fixed size).
+    """
+    if not pixel_bounds_are_native(config):
+        return {}
+    bounds = {key: getattr(config, name) for name, key in _BOUND_KEYS if getattr(config, name) is not None}
+    if not bounds:
+        return {}
+    return {"size": {**{k: v for k, v in dict(image_processor.size).items() if v is not None}, **bounds}}
+
+
+def unexpressed_policy(config) -> dict:
+    """The resolution-policy fields of ``config`` the backbone processor cannot express, by name: what
+    :func:`apply_resolution_policy` applies before it, and what an engine running the backbone processor alone does
+    not do (the pixel bounds of a :data:`NATIVE_PIXEL_BOUNDS` backbone are not among them)."""
+    names = ["image_fixed_size", "small_image_edge"]
+    if config.image_fixed_size is None and not pixel_bounds_are_native(config):
+        names[1:1] = ["image_max_pixels", "image_min_pixels"]
+    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+
 
 def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
-    """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`): a
-    fixed size, else the pixel count clamped between the bounds; then the ``small_image_edge`` rule.
+    """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`) that
+    the backbone processor does not apply itself: a fixed size, else the pixel count clamped between the bounds
+    (unless :func:`pixel_bounds_are_native`); then the ``small_image_edge`` rule.
 
     Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
-    image = _resize_by_policy(image, config)
+    if not pixel_bounds_are_native(config):
+        image = _resize_by_policy(image, config)
     edge = config.small_image_edge
     if edge is not None and min(image.size) < edge:
         image = image.resize((2 * edge, 2 * edge), Image.Resampling.BICUBIC)  # PIL's default filter, as official
@@ -78,4 +121,11 @@ def apply_position_policy(
     return out
 
 
-__all__ = ["apply_position_policy", "apply_resolution_policy"]
+__all__ = [
+    "NATIVE_PIXEL_BOUNDS",
+    "apply_position_policy",
+    "apply_resolution_policy",
+    "backbone_image_settings",
+    "pixel_bounds_are_native",
+    "unexpressed_policy",
+]

@@ -41,10 +41,16 @@ class ModelArguments:
         default=None, metadata={"help": "Token budget per input (text is truncated, image tokens never)."}
     )
     image_max_pixels: int | None = field(
-        default=None, metadata={"help": "Downscale larger images to this many pixels (aspect kept)."}
+        default=None,
+        metadata={
+            "help": "Downscale larger images to this many pixels (aspect kept; Qwen-VL: its processor's max_pixels)."
+        },
     )
     image_min_pixels: int | None = field(
-        default=None, metadata={"help": "Upscale smaller images to this many pixels (aspect kept)."}
+        default=None,
+        metadata={
+            "help": "Upscale smaller images to this many pixels (aspect kept; Qwen-VL: its processor's min_pixels)."
+        },
     )
     image_fixed_size: list[int] | None = field(default=None, metadata={"help": "Resize every image to W H."})
     # loss options, recorded in the checkpoint's config like the temperature

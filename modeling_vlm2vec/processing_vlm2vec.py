@@ -31,7 +31,7 @@ from transformers.models.qwen3_vl import Qwen3VLProcessor
 from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
-from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy
+from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
 from .prompting_vlm2vec import IMAGE_PLACEHOLDER, build_prompt, check_item_text
 
 _VISION_START = "<|vision_start|>"
@@ -50,9 +50,14 @@ class Vlm2VecProcessor(ProcessorMixin):
             read from it on every call — ``image_token`` (replaces MMEB's ``<|image_1|>``), ``strip_prompt``,
             ``padding_side``, ``max_length`` (token budget; only text is truncated, never image tokens), the
             resolution policy ``image_max_pixels`` / ``image_min_pixels`` / ``image_fixed_size`` /
-            ``small_image_edge`` (see :func:`apply_resolution_policy`) and ``position_policy`` (see
-            :func:`apply_position_policy`) — so a model and its processor never disagree; they are also readable as
-            attributes of the processor.
+            ``small_image_edge`` and ``position_policy`` (see :func:`apply_position_policy`) — so a model and its
+            processor never disagree; they are also readable as attributes of the processor.
+
+    The resolution policy is expressed in the backbone processor's own settings where it can be
+    (:func:`backbone_image_settings`: Qwen-VL's pixel bounds become its image processor's ``size``, set from the
+    config before every call and when saving, so the saved processor config carries them and an engine
+    running the backbone processor alone gets the same ``pixel_values``); the rest (a fixed size, the small-image rule,
+    pixel bounds of other backbones) resizes images before the backbone processor (:func:`apply_resolution_policy`).
 
     :meth:`from_pretrained` loads the backbone processor and the config saved in a checkpoint folder or Hub repo.
     Calling the processor turns items into backbone tensors (see :meth:`__call__`).
@@ -62,6 +67,17 @@ class Vlm2VecProcessor(ProcessorMixin):
         super().__init__()  # no sub-processor attributes of its own: the backbone processor is saved as it is
         self.backbone_processor = backbone_processor
         self.config = config
+        self._configure_backbone()
+
+    def _configure_backbone(self) -> None:
+        """Set the backbone image processor's settings that express the config's resolution policy (a no-op when
+        they already agree or there are none)."""
+        image_processor = getattr(self.backbone_processor, "image_processor", None)
+        if image_processor is None:
+            return
+        for name, value in backbone_image_settings(self.config, image_processor).items():
+            if getattr(image_processor, name) != value:
+                setattr(image_processor, name, value)
 
     # The input contract, read from the config (one record, shared with the model).
     backbone_type = property(lambda self: self.config.backbone_type, doc="``model_type`` of the VLM.")
@@ -96,7 +112,8 @@ class Vlm2VecProcessor(ProcessorMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """Save the backbone processor, register this class for ``AutoProcessor`` in its config file and copy this
         module and the sibling Hub files it imports beside it. The settings are not written here: they live in the
-        model's ``config.json``."""
+        model's ``config.json`` (the backbone processor's own files carry what it can express of them)."""
+        self._configure_backbone()
         files = self.backbone_processor.save_pretrained(save_directory, **kwargs)
         for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
             path = os.path.join(save_directory, name)
@@ -129,8 +146,9 @@ class Vlm2VecProcessor(ProcessorMixin):
 
     def apply_chat_template(self, *args, **kwargs):
         """The backbone processor's ``apply_chat_template`` (so engines that render chat messages, such as
-        sentence-transformers with ``trust_remote_code=True``, work with this processor too). It sees images as they
-        are: the resolution policy of :meth:`__call__` is not applied here."""
+        sentence-transformers with ``trust_remote_code=True``, work with this processor too). Only the part of the
+        resolution policy the backbone processor expresses applies here (see :meth:`__call__`)."""
+        self._configure_backbone()
         return self.backbone_processor.apply_chat_template(*args, **kwargs)
 
     @property
@@ -192,6 +210,7 @@ class Vlm2VecProcessor(ProcessorMixin):
         if len(texts) != len(images):
             raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
         prompts = [self.build_prompt(t, img is not None, instruction) for t, img in zip(texts, images)]
+        self._configure_backbone()  # the config may have changed since the last call
         pil_images = [None if img is None else apply_resolution_policy(img, self) for img in images]
         batch = self._run_backbone(prompts, pil_images)
         if self.max_length is not None:

@@ -48,11 +48,16 @@ AutoProcessor.from_pretrained = lambda path, **kwargs: image_only.from_pretraine
 """
 
 
+# Qwen-VL expresses pixel bounds in its own processor settings: bounds the two images fall outside of (4704 and 9408
+# pixels; the tiny processor's own are 784 and 3136) must reach sentence-transformers through the export alone.
+POLICIES = {"qwen2_vl": {"image_min_pixels": 6 * 28 * 28, "image_max_pixels": 12 * 28 * 28}}
+
+
 @pytest.mark.parametrize("model_type", ["llava_next", "idefics3", "qwen2_vl"])
 def test_sentence_transformers_embeds_exactly_like_encode(model_type, tiny_backbone_dir, tmp_path):
-    small = _image(tmp_path / "small.png", "red", (20, 14))  # below the processor's native size
-    big = _image(tmp_path / "big.png", "blue", (420, 300))  # above it
-    model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type))
+    small = _image(tmp_path / "small.png", "red", (20, 14))  # below the processor's native size (and min pixels)
+    big = _image(tmp_path / "big.png", "blue", (420, 300))  # above it (and max pixels)
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type), **POLICIES.get(model_type, {}))
     # a budget that fits the image with a short text but cuts the long texts
     image_tokens = model.processor(["What colour is it?"], [Image.open(small)])["attention_mask"].sum().item()
     model.config.max_length = image_tokens + 6
@@ -120,7 +125,7 @@ def test_a_policy_other_engines_cannot_apply_is_stated_and_only_affects_images_i
     model = Vlm2VecModel.from_backbone(tiny_backbone_dir("llava_next"), image_max_pixels=5000)
     folder = export_checkpoint(model, tmp_path / "export")
     card = " ".join((folder / "README.md").read_text().split())
-    assert "resizes images by image_max_pixels=5000" in card and "differ from `encode()`" in card
+    assert "scales images (aspect ratio kept) to image_max_pixels=5000" in card and "differ from `encode()`" in card
     child = f"""
 import json
 from PIL import Image

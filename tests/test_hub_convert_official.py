@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common.errors import DataError
@@ -148,8 +149,10 @@ def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny
     model = Vlm2VecModel.from_pretrained(out)
     config = model.config
     assert (config.position_policy, config.small_image_edge, config.strip_prompt) == ("transformers4", 28, False)
-    size = model.processor.backbone_processor.image_processor.size
-    assert (size["shortest_edge"], size["longest_edge"]) == (4 * 28 * 28, 1280 * 28 * 28)
+    # the official evaluation's bounds, recorded in the config and saved as the Qwen image processor's own size
+    assert (config.image_min_pixels, config.image_max_pixels) == (4 * 28 * 28, 1280 * 28 * 28)
+    saved = Qwen2VLImageProcessorPil.from_pretrained(out).size
+    assert (saved["shortest_edge"], saved["longest_edge"]) == (4 * 28 * 28, 1280 * 28 * 28)
     card = (out / "README.md").read_text()
     assert "stretched to 56x56" in card and "follow transformers 4" in card and "whitespace is kept" in card
 

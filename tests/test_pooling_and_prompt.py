@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecConfig
-from modeling_vlm2vec.image_policy_vlm2vec import apply_resolution_policy
+from modeling_vlm2vec.image_policy_vlm2vec import apply_resolution_policy, backbone_image_settings, unexpressed_policy
 from modeling_vlm2vec.modeling_vlm2vec import pool
 from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
@@ -67,12 +67,13 @@ def test_prompt_builder_keeps_whitespace_when_asked():
 
 
 def test_resolution_policy():
-    cfg = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_max_pixels=100 * 100)
+    # LLaVA-Next's processor has no pixel bounds: the policy resizes before it
+    cfg = Vlm2VecConfig(backbone_config={"model_type": "llava_next"}, image_max_pixels=100 * 100)
     big = Image.new("RGB", (400, 200))
     out = apply_resolution_policy(big, cfg)
     assert out.size[0] * out.size[1] <= 100 * 100 and abs(out.size[0] / out.size[1] - 2) < 0.05
     small = Image.new("L", (10, 10))
-    cfg_min = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_min_pixels=56 * 56)
+    cfg_min = Vlm2VecConfig(backbone_config={"model_type": "llava_next"}, image_min_pixels=56 * 56)
     up = apply_resolution_policy(small, cfg_min)
     assert up.mode == "RGB" and up.size[0] * up.size[1] >= 56 * 56
     cfg_fixed = Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, image_fixed_size=[32, 16])
@@ -82,6 +83,33 @@ def test_resolution_policy():
     assert apply_resolution_policy(Image.new("RGB", (300, 27)), cfg_edge).size == (56, 56)
     assert apply_resolution_policy(Image.new("RGB", (28, 28)), cfg_edge).size == (28, 28)
     assert apply_resolution_policy(Image.new("RGB", (300, 27)), cfg).size == (300, 27)
+
+
+@pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_pixel_bounds_go_to_the_image_processor_and_nothing_else_is_resized_before_it(backbone):
+    bounds = {"image_max_pixels": 100 * 100, "image_min_pixels": 56 * 56, "small_image_edge": 28}
+    cfg = Vlm2VecConfig(backbone_config={"model_type": backbone}, **bounds)
+    big, thin = Image.new("RGB", (400, 200)), Image.new("RGB", (300, 20))
+    assert apply_resolution_policy(big, cfg).size == (400, 200)  # the bounds are the processor's job
+    assert apply_resolution_policy(thin, cfg).size == (56, 56)  # the small-image rule is not expressible
+    processor_size = {"shortest_edge": 3136, "longest_edge": 10**6, "height": None}
+    image_processor = type("ImageProcessor", (), {"size": processor_size})()
+    assert backbone_image_settings(cfg, image_processor) == {"size": {"shortest_edge": 3136, "longest_edge": 10**4}}
+    only_max = Vlm2VecConfig(backbone_config={"model_type": backbone}, image_max_pixels=5000)
+    assert backbone_image_settings(only_max, image_processor)["size"]["shortest_edge"] == 3136  # its own lower bound
+    assert unexpressed_policy(cfg) == {"small_image_edge": 28}
+    fixed = Vlm2VecConfig(backbone_config={"model_type": backbone}, image_fixed_size=[64, 32], **bounds)
+    assert backbone_image_settings(fixed, image_processor) == {}  # a fixed size overrides the bounds
+    assert unexpressed_policy(fixed) == {"image_fixed_size": [64, 32], "small_image_edge": 28}
+    assert apply_resolution_policy(big, fixed).size == (64, 32)
+
+
+def test_policies_other_processors_cannot_express_are_listed():
+    cfg = Vlm2VecConfig(backbone_config={"model_type": "idefics3"}, image_max_pixels=4000, image_min_pixels=100)
+    assert unexpressed_policy(cfg) == {"image_max_pixels": 4000, "image_min_pixels": 100}
+    image_processor = type("ImageProcessor", (), {"size": {"longest_edge": 364}})()
+    assert backbone_image_settings(cfg, image_processor) == {}
+    assert unexpressed_policy(Vlm2VecConfig(backbone_config={"model_type": "llava_next"})) == {}
 
 
 def test_config_defaults_and_validation():

@@ -32,6 +32,7 @@ from ..configuration_vlm2vec import Vlm2VecConfig
 from ..evaluation.report import GROUP_TITLES, build_summary, format_percent
 from ..evaluation.v2_report import build_v2_summary
 from ..evaluation.v2_runner import V2_RESULTS_FOLDER
+from ..image_policy_vlm2vec import pixel_bounds_are_native
 from .engines import engine_resolution_note, native_architecture
 
 _TEMPLATE_NAME = "vlm2vec_card.md"
@@ -184,6 +185,8 @@ def _resolution_text(config) -> str:
         ]
         bounds = [b for b in bounds if b]
         text = (" and ".join(bounds) + " (aspect ratio kept)") if bounds else "the processor's own defaults"
+        if bounds and pixel_bounds_are_native(config):
+            text += ", applied by the processor's own `size` (saved in its config), so every engine applies it"
     edge = config.small_image_edge
     if edge is not None:
         text += f"; an image with an edge under {edge} px is stretched to {2 * edge}x{2 * edge}"

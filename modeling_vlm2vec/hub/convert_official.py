@@ -15,7 +15,9 @@ format (bare ``<|image_pad|>`` for Qwen, ``<image>`` for LLaVA-Next) with its wh
 off: the official MMEB-V2 formats end queries with a newline), last-token pooling, L2 normalisation, and for Qwen the
 official code's image rules (:data:`OFFICIAL_SETTINGS`: transformers-4 positions, images with an edge under 28 px
 stretched to 56x56; without processor files in the release, the official evaluation's pixel bounds
-:data:`OFFICIAL_QWEN_IMAGE_SIZE`) — merged, and exported with :func:`export_checkpoint`.
+:data:`OFFICIAL_QWEN_PIXEL_BOUNDS`, recorded in the config and, as the official code does, given to the Qwen image
+processor as its ``size``, so they travel in the export's processor config too) — merged, and exported
+with :func:`export_checkpoint`.
 
 Only ``adapter_model.safetensors`` is read. Releases that ship a pickled ``adapter_model.bin`` are converted once,
 outside this tool, with a loader that cannot execute code::
@@ -56,9 +58,10 @@ OFFICIAL_SETTINGS = {
     "qwen2_vl": {"position_policy": "transformers4", "small_image_edge": 28},
     "qwen2_5_vl": {"position_policy": "transformers4", "small_image_edge": 28},
 }
-#: Pixel bounds the official MMEB-V2 evaluation gives the Qwen image processor (its ``resize_min_pixels`` /
-#: ``resize_max_pixels`` defaults), used when a release ships no processor files of its own.
-OFFICIAL_QWEN_IMAGE_SIZE = {"shortest_edge": 4 * 28 * 28, "longest_edge": 1280 * 28 * 28}
+#: Pixel bounds the official MMEB-V2 code gives the Qwen image processor as ``size={"shortest_edge": ...,
+#: "longest_edge": ...}`` (its ``resize_min_pixels`` / ``resize_max_pixels`` defaults), used when a release ships no
+#: processor files of its own; `Vlm2VecProcessor` expresses them the same way.
+OFFICIAL_QWEN_PIXEL_BOUNDS = {"image_min_pixels": 4 * 28 * 28, "image_max_pixels": 1280 * 28 * 28}
 _QWEN_RULES = (
     (r"^model\.language_model\.", "backbone.language_model."),  # transformers 5, raw model
     (r"^model\.visual\.", "backbone.visual."),
@@ -160,7 +163,7 @@ def convert_official_checkpoint(
     if has_processor_files(adapter_dir):
         merged.processor = load_processor(adapter_dir, merged, trust_remote_code=trust_remote_code)
     elif merged.config.backbone_type in OFFICIAL_SETTINGS:
-        merged.processor.backbone_processor.image_processor.size = dict(OFFICIAL_QWEN_IMAGE_SIZE)
+        merged.config.apply_overrides({k: v for k, v in OFFICIAL_QWEN_PIXEL_BOUNDS.items() if k not in config_kwargs})
     context = {"base_model": str(base_backbone_dir_or_id), **(card_context or {})}
     context.setdefault("lora", {k: getattr(peft_config, k, None) for k in ("r", "lora_alpha", "use_dora")})
     return export_checkpoint(merged, output_dir, card_context=context, overwrite=overwrite, protect=tuple(inputs))

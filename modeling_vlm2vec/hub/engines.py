@@ -20,6 +20,7 @@ from pathlib import Path
 import transformers
 
 from ..configuration_vlm2vec import Vlm2VecConfig
+from ..image_policy_vlm2vec import unexpressed_policy
 from ..prompting_vlm2vec import IMAGE_PLACEHOLDER
 
 #: MMEB's query instructions (the "original" variant baked into MMEB-train), named by dataset; the image placeholder
@@ -98,20 +99,28 @@ def native_architecture(config: Vlm2VecConfig) -> str | None:
 
 
 def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
-    """What other engines see differently, in plain words: the resolution policy is applied by `Vlm2VecProcessor`
-    before the backbone processor, and other engines run only the backbone processor (None without a policy)."""
-    policy = [
-        f"{name}={getattr(config, name)}"
-        for name in ("image_max_pixels", "image_min_pixels", "image_fixed_size")
-        if getattr(config, name) is not None
-    ]
+    """What other engines see differently, in plain words, or None when nothing differs: the part of the resolution
+    policy the backbone processor cannot express (:func:`unexpressed_policy`; e.g. Qwen-VL's pixel bounds are in its
+    saved processor config and are not listed) is applied by `Vlm2VecProcessor` before the backbone processor,
+    and other engines run only the backbone processor."""
+    policy = unexpressed_policy(config)
     if not policy:
         return None
+    rules = []
+    if "image_fixed_size" in policy:
+        width, height = policy["image_fixed_size"]
+        rules.append(f"resizes every image to {width}x{height} pixels (image_fixed_size)")
+    bounds = [f"{name}={policy[name]}" for name in ("image_max_pixels", "image_min_pixels") if name in policy]
+    if bounds:
+        rules.append(f"scales images (aspect ratio kept) to {' and '.join(bounds)}")
+    if "small_image_edge" in policy:
+        edge = policy["small_image_edge"]
+        rules.append(f"stretches an image with a side under {edge} px to {2 * edge}x{2 * edge} (small_image_edge)")
     return (
-        f"this model resizes images by {', '.join(policy)} before its processor in `encode()` and training; "
-        f"sentence-transformers, mteb and vLLM run only the `{config.backbone_type}` processor, which keeps its own "
-        f"resolution, so their embeddings of images outside that policy differ from `encode()`. Resize images "
-        f"yourself the same way to get identical results; text-only embeddings are identical."
+        f"this model {'; then '.join(rules)} before its processor in `encode()` and training; sentence-transformers, "
+        f"mteb and vLLM run only the `{config.backbone_type}` processor, which does not, so their embeddings of the "
+        f"images this changes differ from `encode()`. Resize images yourself the same way to get identical results; "
+        f"text-only embeddings and other images are identical."
     )
 
 

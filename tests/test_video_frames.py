@@ -1,0 +1,117 @@
+"""Videos as their frames: one multi-image prompt, one image token run per frame, in order, built like single images."""
+
+import pytest
+import torch
+from PIL import Image
+
+from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
+from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor
+from modeling_vlm2vec.prompting_vlm2vec import build_prompt
+
+SIZE = 56  # every frame is resized to SIZE x SIZE by the fixed-size policy: 4 Qwen tokens (patch 14, merge 2)
+TEXT = "<|video_1|> Understand the content of the provided video."
+_NESTED = ("idefics3", "gemma3")
+
+
+def _frame(seed: int) -> Image.Image:
+    return Image.new("RGB", (30 + 9 * seed, 40 - 3 * seed), (60 * seed % 256, 200 - 30 * seed, 90))
+
+
+def _by_hand(frame: Image.Image) -> Image.Image:
+    return frame.resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+
+
+def _model(tiny_backbone_dir, model_type: str, **config) -> Vlm2VecModel:
+    return Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type), image_fixed_size=[SIZE, SIZE], **config).eval()
+
+
+def _backbone_inputs(processor: Vlm2VecProcessor, prompt: str, images: list[Image.Image]) -> dict:
+    """The backbone processor called directly on one prompt and its images (no Vlm2Vec code in between)."""
+    nested = processor.backbone_type in _NESTED
+    batch = processor.backbone_processor(
+        text=[prompt], images=[images] if nested else images, padding=True, return_tensors="pt"
+    )
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def test_prompt_builder_gives_one_image_token_per_frame():
+    pad = "<|image_pad|>"
+    expected = f"{pad} {pad} {pad} Understand the content of the provided video."
+    assert build_prompt(TEXT, False, pad, num_frames=3) == expected
+    # no placeholder: the frames go first, as a single image does; the instruction comes before the text
+    assert build_prompt("a dog", False, "<image>", "Find:", num_frames=2) == "<image> <image> Find: a dog"
+    assert build_prompt(None, False, "<image>", num_frames=1) == "<image>"
+    assert build_prompt("x <|video_1|> y\n", False, "<image>", strip=False, num_frames=2) == "x <image> <image> y\n"
+    # an item without a video loses a stray video placeholder, as for images
+    assert build_prompt("<|video_1|> Find the clip: a dog", False, "<image>") == "Find the clip: a dog"
+    assert build_prompt("<|video_1|> Understand.\n", False, "<image>", strip=False) == "Understand.\n"
+    with pytest.raises(ValueError, match="one video placeholder"):
+        build_prompt("<|video_1|> and <|video_1|>", False, "<image>", num_frames=2)
+    with pytest.raises(ValueError, match="an image or a video's frames, not both"):
+        build_prompt("x", True, "<image>", num_frames=2)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "llava_next", "idefics3"])
+def test_tokens_and_pixels_are_the_single_frames_put_together_in_order(model_type, tiny_backbone_dir):
+    processor = _model(tiny_backbone_dir, model_type).processor
+    frames = [_frame(i) for i in range(3)]
+    got = processor([TEXT], [frames])
+    # By hand: each frame's own image token run (the backbone processor on that frame alone), joined by a space,
+    # then the text; pixels: each frame's own, in order.
+    singles = [_backbone_inputs(processor, processor.image_token, [_by_hand(f)]) for f in frames]
+    tokenizer = processor.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    expected = []
+    for i, single in enumerate(singles):
+        expected += single["input_ids"][0].tolist() + (ids(" ") if i < 2 else [])
+    expected += ids(" Understand the content of the provided video.")
+    assert got["input_ids"][0].tolist() == expected
+    assert got["attention_mask"].tolist() == [[1] * len(expected)]
+    frame_dim = 1 if model_type == "idefics3" else 0  # Idefics3 stacks a row's images on dim 1
+    for key in set(singles[0]) - {"input_ids", "attention_mask", "mm_token_type_ids"}:
+        torch.testing.assert_close(got[key], torch.cat([s[key] for s in singles], frame_dim), rtol=0, atol=0)
+    if model_type.startswith("qwen"):  # three separate runs of 4 image tokens, each its own image for M-RoPE
+        pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        marks = "".join("x" if t == pad else "." for t in expected)
+        assert marks.startswith("xxxx.xxxx.xxxx.") and marks.count("x") == 12
+        assert got["mm_token_type_ids"][0].tolist() == [int(t == pad) for t in expected]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_next", "idefics3"])
+def test_truncation_keeps_every_frame(model_type, tiny_backbone_dir):
+    model = _model(tiny_backbone_dir, model_type)
+    frames = [_frame(i) for i in range(3)]
+    long_text = TEXT + " a red circle on a white background" * 20
+    image_id = model.processor.tokenizer.convert_tokens_to_ids(model.config.image_token)
+    full = model.processor([long_text], [frames])
+    frames_only = int(model.processor(["<|video_1|>"], [frames])["attention_mask"].sum())
+    budget = frames_only + 10
+    model.config.max_length = budget
+    try:
+        cut = model.processor([long_text, "short"], [frames, None])
+        too_small = frames_only - 1
+        model.config.max_length = too_small
+        with pytest.raises(ValueError, match="max_length is too small for the image tokens"):
+            model.processor([long_text], [frames])
+    finally:
+        model.config.max_length = None
+    assert full["attention_mask"].sum().item() > budget >= cut["attention_mask"].sum(-1).max().item()
+    assert int((cut["input_ids"][0] == image_id).sum()) == int((full["input_ids"][0] == image_id).sum())
+    for key in set(full) - {"input_ids", "attention_mask", "mm_token_type_ids"}:
+        torch.testing.assert_close(cut[key][: full[key].shape[0]], full[key], rtol=0, atol=0)
+    with torch.no_grad():
+        assert torch.isfinite(model(**cut).embeddings).all()
+
+
+def test_backbones_without_multi_image_prompts_are_refused(tiny_backbone_dir):
+    model = _model(tiny_backbone_dir, "llava_next")
+    # a LLaVA-1.5 config: its processor is not among the tested multi-image ones
+    config = Vlm2VecConfig(backbone_config={"model_type": "llava"}, image_token="<image>")
+    processor = Vlm2VecProcessor(model.processor.backbone_processor, config)
+    with pytest.raises(ValueError, match="backbone 'llava' takes one image per prompt"):
+        processor([TEXT], [[_frame(0), _frame(1)]])
+    with pytest.raises(ValueError, match="non-empty list of PIL images"):
+        model.processor([TEXT], [[]])

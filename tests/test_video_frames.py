@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
+from modeling_vlm2vec.demo import TINY_MODEL_TYPES
+from modeling_vlm2vec.modeling_vlm2vec import _length_batches
 from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor
 from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
@@ -80,6 +83,42 @@ def test_tokens_and_pixels_are_the_single_frames_put_together_in_order(model_typ
         assert got["mm_token_type_ids"][0].tolist() == [int(t == pad) for t in expected]
 
 
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+def test_encode_embeds_a_video_as_a_hand_built_forward_of_the_backbone(model_type, tiny_backbone_dir, tmp_path):
+    model = _model(tiny_backbone_dir, model_type)
+    assert model.video_input == "frames"
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"f{i}.png")
+        _frame(i).save(paths[-1])
+    items = [
+        {"text": TEXT, "video": [str(p) for p in paths[:3]]},  # frames as paths
+        {"text": "a red circle"},
+        {"text": "Find the clip: a dog", "video": [_frame(3), _frame(0)]},  # no placeholder, frames as images
+        {"text": "<|image_1|> Represent the given image.", "image": _frame(1)},
+        {"video": [_frame(2)]},
+    ]
+    got = model.encode(items, batch_size=2)
+    token = model.config.image_token
+    by_hand = [
+        (f"{token} {token} {token} Understand the content of the provided video.", [_frame(i) for i in range(3)]),
+        ("a red circle", []),
+        (f"{token} {token} Find the clip: a dog", [_frame(3), _frame(0)]),
+        (f"{token} Represent the given image.", [_frame(1)]),
+        (token, [_frame(2)]),
+    ]
+    processor = model.processor
+    for row, (prompt, frames) in enumerate(by_hand):
+        if frames:
+            inputs = _backbone_inputs(processor, prompt, [_by_hand(f) for f in frames])
+        else:
+            inputs = dict(processor.tokenizer([prompt], return_tensors="pt"))
+        with torch.no_grad():
+            hidden = model.backbone(**inputs).last_hidden_state  # (1, seq, hidden)
+        alone = F.normalize(hidden[0, -1].float(), dim=-1)
+        assert (got[row] - alone).abs().max().item() <= 1e-5, f"{model_type} item {row}"
+
+
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_next", "idefics3"])
 def test_truncation_keeps_every_frame(model_type, tiny_backbone_dir):
     model = _model(tiny_backbone_dir, model_type)
@@ -115,3 +154,25 @@ def test_backbones_without_multi_image_prompts_are_refused(tiny_backbone_dir):
         processor([TEXT], [[_frame(0), _frame(1)]])
     with pytest.raises(ValueError, match="non-empty list of PIL images"):
         model.processor([TEXT], [[]])
+    with pytest.raises(ValueError, match="a video is a non-empty list of frames, with no image"):
+        model.encode([{"text": "x", "video": [_frame(0)], "image": _frame(1)}])
+    with pytest.raises(ValueError, match="a video is a non-empty list of frames"):
+        model.encode([{"text": "x", "video": "clip.mp4"}])
+
+
+def test_video_items_get_batches_of_their_own_sorted_by_pixels(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (50, 50)).save(path)  # 2500 px, read from the file header
+    small, mid = Image.new("RGB", (10, 10)), Image.new("RGB", (20, 20))  # 100 px, 400 px
+    items = [
+        ("v", [small, small, small]),  # 300 px in all
+        ("t", None),
+        ("i", mid),
+        ("v", [str(path)]),  # 2500 px
+        ("v", [mid]),  # 400 px
+        ("i", small),
+    ]
+    batches = _length_batches(items, batch_size=2)
+    kinds = [{type(items[i][1]).__name__ for i in b} for b in batches]
+    assert all(len(kind) == 1 for kind in kinds), f"{batches} mixes kinds"
+    assert batches == [[1], [5, 2], [0, 4], [3]]  # text, images by pixels, videos by their frames' pixels

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
@@ -176,3 +177,42 @@ def test_video_items_get_batches_of_their_own_sorted_by_pixels(tmp_path):
     kinds = [{type(items[i][1]).__name__ for i in b} for b in batches]
     assert all(len(kind) == 1 for kind in kinds), f"{batches} mixes kinds"
     assert batches == [[1], [5, 2], [0, 4], [3]]  # text, images by pixels, videos by their frames' pixels
+
+
+@pytest.mark.parametrize(
+    ("image_token", "policy", "expected_runs"),
+    [
+        ("<|image_pad|>", "native", 3),  # transformers 5: every frame's run is an image of its own
+        ("<|image_pad|>", "transformers4", 0),  # bare pads: 1-D positions, as the official releases saw them
+        ("<|vision_start|><|image_pad|><|vision_end|>", "transformers4", 3),  # wrapped: 3-D again, frame by frame
+    ],
+)
+def test_the_position_policy_applies_to_every_frame(image_token, policy, expected_runs, tiny_backbone_dir):
+    model = _model(tiny_backbone_dir, "qwen2_vl", image_token=image_token, position_policy=policy)
+    batch = model.processor([TEXT], [[_frame(i) for i in range(3)]])
+    types = batch["mm_token_type_ids"][0].tolist()
+    runs = [t for t, before in zip(types, [0] + types[:-1]) if t == 1 and before == 0]
+    assert len(runs) == expected_runs and sum(types) == 12 * expected_runs // 3
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).embeddings).all()
+
+
+def test_a_saved_checkpoint_embeds_videos_the_same_in_a_fresh_process(tiny_backbone_dir, tmp_path):
+    model = _model(tiny_backbone_dir, "qwen2_vl")
+    model.save_pretrained(tmp_path / "ckpt")
+    model.processor.save_pretrained(tmp_path / "ckpt")
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"f{i}.png"))
+        _frame(i).save(paths[-1])
+    items = [{"text": TEXT, "video": paths}, {"text": "Find the clip: a dog", "video": paths[::-1]}]
+    expected = model.encode(items)
+    code = f"""
+import json
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+result = {{"mode": model.video_input, "embeddings": model.encode({items!r}).tolist()}}
+""" + emit_json_code("result")
+    result = last_json_line(run_isolated(code))
+    assert result["mode"] == "frames"
+    torch.testing.assert_close(torch.tensor(result["embeddings"]), expected, atol=1e-5, rtol=0)

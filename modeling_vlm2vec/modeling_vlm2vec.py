@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from transformers.utils import ModelOutput, cached_file
 from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
-from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
+from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native
 #: `...ForConditionalGeneration` names them on the Hub, the base model under `model.` (no LM head is saved) ...
@@ -161,6 +162,12 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         model.config._name_or_path = str(backbone_name_or_path)
         return model
 
+    @property
+    def video_input(self) -> str | None:
+        """How :meth:`encode` feeds ``{"video": frames}`` items: ``"frames"`` (the frames as the images of one
+        multi-image prompt) for backbones in ``FRAMES_BACKBONES``, else None (no video input)."""
+        return "frames" if self.config.backbone_type in FRAMES_BACKBONES else None
+
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.backbone.get_input_embeddings()
 
@@ -227,10 +234,12 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
 
         Args:
             inputs: items, each a `str` (text), a `PIL.Image.Image`, or a dict `{"text": str, "image": PIL image or
-                path}` (either key may be missing or None). Texts may contain MMEB's `<|image_1|>` placeholder.
+                path}` (either key may be missing or None). Texts may contain MMEB's `<|image_1|>` placeholder. A
+                video is `{"text": str, "video": [PIL images or paths]}`: its frames in order, fed as one multi-image
+                prompt (:attr:`video_input` ``"frames"``) where `<|video_1|>` marks them (put first when missing).
             instruction: put before every item's text (e.g. "Represent the given image for classification.").
-            batch_size: items per forward; items are sorted by length so batches pad little, and text-only items
-                never share a batch with image items.
+            batch_size: items per forward; items are sorted by length so batches pad little, and text-only,
+                image and video items never share a batch.
             show_progress_bar: defaults to showing one for more than one batch.
             convert_to_numpy: return a numpy array instead of a tensor.
             processor: a `Vlm2VecProcessor` (or a backbone processor, wrapped with this model's input contract);
@@ -246,9 +255,10 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             (len(inputs), truncate_dim or hidden_size) float32 embeddings on CPU, in input order.
 
         Raises:
-            ValueError: ``batch_size`` is not a positive integer, ``truncate_dim`` is not in [1, hidden_size], or an
-                item has neither text nor image (an empty text embeds nothing but the backbone's special tokens,
-                which is never what a caller meant).
+            ValueError: ``batch_size`` is not a positive integer, ``truncate_dim`` is not in [1, hidden_size], an
+                item has neither text nor image nor video (an empty text embeds nothing but the backbone's special
+                tokens, which is never what a caller meant), an item has both an image and a video or an empty
+                video, or the backbone takes no video (:attr:`video_input` None).
             TypeError: an item of another type.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -260,6 +270,8 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         elif not hasattr(processor, "backbone_processor"):
             processor = Vlm2VecProcessor.from_config(processor, self.config)
         items = [_as_item(x, position) for position, x in enumerate(inputs)]
+        if self.video_input is None and any(isinstance(item[1], list) for item in items):
+            raise ValueError(f"encode() takes no video items for backbone {self.config.backbone_type!r}")
         batches = _length_batches(items, batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(batches) > 1
@@ -315,16 +327,20 @@ def _backbone_from_config(backbone_config) -> PreTrainedModel:
 
 
 def _as_item(x, position: int) -> tuple[str | None, object]:
-    """Normalise the ``encode`` input at ``position`` to (text, image-or-path-or-None)."""
+    """Normalise the ``encode`` input at ``position`` to (text, image-or-path-or-None or a list of frames)."""
     if isinstance(x, str):
         text, image = x, None
     elif isinstance(x, Image.Image):
         text, image = None, x
     elif isinstance(x, dict):
-        unknown = set(x) - {"text", "image"}
+        unknown = set(x) - {"text", "image", "video"}
         if unknown:
-            raise ValueError(f"encode() items take keys 'text' and 'image', got {sorted(unknown)} at {position}")
-        text, image = x.get("text"), x.get("image")
+            raise ValueError(f"encode() items take keys 'text', 'image', 'video', got {sorted(unknown)} at {position}")
+        text, image, video = x.get("text"), x.get("image"), x.get("video")
+        if video is not None:
+            if image is not None or isinstance(video, (str, Image.Image)) or not video:
+                raise ValueError(f"encode() item {position}: a video is a non-empty list of frames, with no image")
+            image = list(video)
     else:
         raise TypeError(f"encode() items must be str, PIL.Image.Image or dict, got {type(x).__name__} at {position}")
     if text is not None and not isinstance(text, str):
@@ -335,26 +351,24 @@ def _as_item(x, position: int) -> tuple[str | None, object]:
 
 
 def _length_batches(items: list[tuple[str | None, object]], batch_size: int) -> list[list[int]]:
-    """Indices of ``items`` in batches of at most ``batch_size``, sorted by :func:`_length_key`; text-only and image
-    items go to separate batches (a short text padded to an image row's length wastes most of its compute)."""
-    order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
-    kinds = ([i for i in order if items[i][1] is None], [i for i in order if items[i][1] is not None])
+    """Indices of ``items`` in batches of at most ``batch_size``, sorted by :func:`_length_key`; text-only, image and
+    video items go to separate batches (a short text padded to an image row's length wastes most of its compute)."""
+    keys = [_length_key(item) for item in items]
+    order = sorted(range(len(items)), key=keys.__getitem__)
+    kinds = [[i for i in order if keys[i][0] == kind] for kind in range(3)]
     return [kind[start : start + batch_size] for kind in kinds for start in range(0, len(kind), batch_size)]
 
 
-def _length_key(item: tuple[str | None, object]) -> tuple[bool, int, int]:
-    """Sort key that groups items of similar token count: text-only first, then images by pixel count (which sets
-    the image tokens of resolution-dependent backbones), then by text length. Image files are only read for their
-    header here."""
+def _length_key(item: tuple[str | None, object]) -> tuple[int, int, int]:
+    """Sort key that groups items of similar token count: text-only (kind 0) first, then images (1), then videos
+    (2), each by pixel count (over all frames: it sets the image tokens of resolution-dependent backbones), then by
+    text length."""
     text, image = item
-    if image is None:
-        return False, 0, len(text or "")
-    if isinstance(image, Image.Image):
-        width, height = image.size
-    else:
-        with Image.open(image) as img:
-            width, height = img.size
-    return True, width * height, len(text or "")
+    pixels = 0
+    for frame in [] if image is None else image if isinstance(image, list) else [image]:
+        with nullcontext(frame) if isinstance(frame, Image.Image) else Image.open(frame) as img:  # a header only
+            pixels += img.width * img.height
+    return 2 if isinstance(image, list) else int(image is not None), pixels, len(text or "")
 
 
 def _prepared(prepare, batches: list, background: bool) -> Generator:
@@ -376,7 +390,9 @@ def _prepared(prepare, batches: list, background: bool) -> Generator:
         yield pending.result()
 
 
-def _open_image(image) -> Image.Image | None:
+def _open_image(image) -> Image.Image | list[Image.Image] | None:
+    if isinstance(image, list):  # a video's frames
+        return [_open_image(frame) for frame in image]
     if image is None or isinstance(image, Image.Image):
         return image
     with Image.open(image) as img:

@@ -4,7 +4,8 @@ Hub file: imports only stdlib, torch, transformers, PIL (a transformers dependen
 Hub files.
 
 * :class:`Vlm2VecProcessor` owns the input contract of a checkpoint: it wraps the backbone's own processor and applies
-  the prompt builder, the resolution policy, truncation that never cuts image tokens and the padding side. Training
+  the prompt builder, the resolution policy, truncation that never cuts image tokens and the padding side. An item
+  is text, an image, or a video's frames (a multi-image prompt, one image token per frame). Training
   (the collator), evaluation and ``Vlm2VecModel.encode`` all call it; ``AutoProcessor.from_pretrained(checkpoint,
   trust_remote_code=True)`` returns it, while ``AutoProcessor.from_pretrained(checkpoint)`` still gives the bare
   backbone processor (what other engines use).
@@ -39,6 +40,8 @@ _VISION_START = "<|vision_start|>"
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
 _NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm", "gemma3")
+#: Backbones whose processor and model take several images in one text (tested), so a video can be fed as its frames.
+FRAMES_BACKBONES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3")
 
 
 class Vlm2VecProcessor(ProcessorMixin):
@@ -163,9 +166,13 @@ class Vlm2VecProcessor(ProcessorMixin):
         settings = {name: getattr(self, name) for name in ("backbone_type", *INPUT_CONTRACT_FIELDS)}
         return {"processor_class": type(self).__name__, "backbone_processor": backbone_dict, **settings}
 
-    def build_prompt(self, text: str | None, has_image: bool, instruction: str | None = None) -> str:
-        """:func:`build_prompt` with this checkpoint's image token."""
-        return build_prompt(text, has_image, self.image_token, instruction, strip=self.strip_prompt)
+    def build_prompt(
+        self, text: str | None, has_image: bool, instruction: str | None = None, num_frames: int = 0
+    ) -> str:
+        """:func:`build_prompt` with this checkpoint's image token (``num_frames`` of them for a video item)."""
+        return build_prompt(
+            text, has_image, self.image_token, instruction, strip=self.strip_prompt, num_frames=num_frames
+        )
 
     def check_text(self, text: str) -> None:
         """Raise ``ValueError`` when ``text`` cannot become a correct prompt for this backbone, before any forward.
@@ -196,8 +203,11 @@ class Vlm2VecProcessor(ProcessorMixin):
         """Tokenize a batch of items into backbone inputs.
 
         Args:
-            texts: raw item texts in MMEB form (instruction included, ``<|image_1|>`` where the image goes), or None.
-            images: one PIL image or ``None`` per text.
+            texts: raw item texts in MMEB form (instruction included, ``<|image_1|>`` where the image goes,
+                ``<|video_1|>`` where a video goes), or None.
+            images: per text, one PIL image, a list of PIL images (a video's frames in order: each goes through the
+                resolution policy and gets its own image token, see :func:`build_prompt`; backbones in
+                :data:`FRAMES_BACKBONES` only), or ``None``.
             instruction: optional instruction put before every text.
 
         Returns:
@@ -205,13 +215,18 @@ class Vlm2VecProcessor(ProcessorMixin):
             processor's other tensors (``pixel_values`` and ``image_sizes`` / ``image_grid_thw`` /
             ``pixel_attention_mask`` / ``mm_token_type_ids`` as the backbone needs) when present. With
             :attr:`max_length` set, rows that are too long lose text tokens from the end of their text; image tokens
-            are never cut (a row whose image alone is too long raises ``ValueError``).
+            are never cut, of any frame (a row whose image or frames alone are too long raises ``ValueError``).
         """
         if len(texts) != len(images):
             raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
-        prompts = [self.build_prompt(t, img is not None, instruction) for t, img in zip(texts, images)]
+        counts = [self._check_frames(img) for img in images]  # frames per video item, else 0
+        prompts = [
+            self.build_prompt(t, img is not None and not n, instruction, n) for t, img, n in zip(texts, images, counts)
+        ]
         self._configure_backbone()  # the config may have changed since the last call
+        images = [frame for img, n in zip(images, counts) for frame in (img if n else [img])]  # frames one by one
         pil_images = [None if img is None else apply_resolution_policy(img, self) for img in images]
+        pil_images = _regroup_frames(pil_images, counts)
         batch = self._run_backbone(prompts, pil_images)
         if self.max_length is not None:
             for _ in range(3):  # decoding may re-tokenize a little longer; a few passes always converge
@@ -233,15 +248,30 @@ class Vlm2VecProcessor(ProcessorMixin):
             )
         return tensors
 
-    def _run_backbone(self, prompts: list[str], images: list[Image.Image | None]):
-        present = [img for img in images if img is not None]
+    def _run_backbone(self, prompts: list[str], images: list[Image.Image | list[Image.Image] | None]):
+        per_text = [img if isinstance(img, list) else [] if img is None else [img] for img in images]
+        present = [img for frames in per_text for img in frames]
         kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}
         if present and hasattr(self.backbone_processor, "image_processor"):
             if self.backbone_type in _NESTED_IMAGE_BACKBONES:
-                kwargs["images"] = [[img] if img is not None else [] for img in images]
+                kwargs["images"] = per_text
             else:
                 kwargs["images"] = present
         return self.backbone_processor(**kwargs)  # a text-only backbone: its tokenizer is the processor
+
+    def _check_frames(self, image) -> int:
+        """The number of frames of a video item (a list or tuple of PIL images), 0 for anything else; ``ValueError``
+        for an empty video, a frame that is no PIL image, or a backbone outside :data:`FRAMES_BACKBONES`."""
+        if not isinstance(image, (list, tuple)):
+            return 0
+        if self.backbone_type not in FRAMES_BACKBONES or not hasattr(self.backbone_processor, "image_processor"):
+            raise ValueError(
+                f"backbone {self.backbone_type!r} takes one image per prompt; a video's frames (a multi-image prompt) "
+                f"need one of {', '.join(FRAMES_BACKBONES)}"
+            )
+        if not image or not all(isinstance(frame, Image.Image) for frame in image):
+            raise ValueError("a video must be a non-empty list of PIL images (its frames)")
+        return len(image)
 
     def _shorten_text(self, prompt: str, excess: int) -> str:
         """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image token intact."""
@@ -250,6 +280,13 @@ class Vlm2VecProcessor(ProcessorMixin):
         if excess > len(ids):
             raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
         return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
+
+
+def _regroup_frames(images: list, counts: list[int]) -> list:
+    """Undo the flattening of :meth:`Vlm2VecProcessor.__call__`: the next ``n`` images become one list for an item
+    with ``n`` > 0 frames, else the next image (or None) stays as it is."""
+    flat = iter(images)
+    return [[next(flat) for _ in range(n)] if n else next(flat) for n in counts]
 
 
 def _image_only(stock: type) -> type:
@@ -316,6 +353,7 @@ def _saved_processor_class(path_or_id: str, kwargs: dict) -> str | None:
 Vlm2VecProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "FRAMES_BACKBONES",
     "ImageOnlyQwen2VLProcessor",
     "ImageOnlyQwen2_5_VLProcessor",
     "ImageOnlyQwen3VLProcessor",

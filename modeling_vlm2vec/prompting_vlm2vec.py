@@ -1,19 +1,29 @@
-"""The prompt contract of a Vlm2Vec checkpoint: how an item's instruction, text and image become one backbone string.
+"""The prompt contract of a Vlm2Vec checkpoint: how an item's instruction, text and image (or a video's frames)
+become one backbone string.
 
 Hub file: imports only the standard library.
 
-MMEB texts carry their instruction and the canonical image placeholder ``<|image_1|>``; :func:`build_prompt`
-replaces the placeholder by the backbone's image token and adds nothing else (the official raw format).
-:func:`check_item_text` refuses texts no prompt can be built from, whatever the backbone.
+MMEB texts carry their instruction and the canonical image placeholder ``<|image_1|>`` (MMEB-V2 video items
+``<|video_1|>``); :func:`build_prompt` replaces the placeholder by the backbone's image token (one per frame for a
+video) and adds nothing else (the official raw format). :func:`check_item_text` refuses texts no prompt can be built
+from, whatever the backbone.
 """
 
 from __future__ import annotations
 
 IMAGE_PLACEHOLDER = "<|image_1|>"
+#: Where a video goes (the official MMEB-V2 formats); its frames become one image token each, in order.
+VIDEO_PLACEHOLDER = "<|video_1|>"
 
 
 def build_prompt(
-    text: str | None, has_image: bool, image_token: str, instruction: str | None = None, *, strip: bool = True
+    text: str | None,
+    has_image: bool,
+    image_token: str,
+    instruction: str | None = None,
+    *,
+    strip: bool = True,
+    num_frames: int = 0,
 ) -> str:
     """Return the backbone input string for one item.
 
@@ -22,24 +32,37 @@ def build_prompt(
     space; the placeholder is then replaced by ``image_token``. A placeholder in an item *without* an image is removed
     (MMEB has text-only rows whose instruction template mentions an image).
 
+    A video item (``num_frames`` > 0 frames, no image) follows the same rules with ``<|video_1|>``, which becomes
+    ``num_frames`` image tokens joined by one space (the space keeps each frame's token run apart, so backbones that
+    find images as runs of image tokens, such as Qwen-VL, see one image per frame). ``<|video_1|>`` in an item
+    without a video is removed like a stray image placeholder.
+
     With ``strip`` (the default) instruction and text are stripped first and a removed placeholder leaves runs of
     whitespace collapsed to one space; without it every other character is kept as given (a trailing ``"\n"`` of
     the official MMEB-V2 formats included) and a removed placeholder takes one following space with it.
     """
+    if has_image and num_frames:
+        raise ValueError("an item holds an image or a video's frames, not both")
     parts = [p.strip() if strip else p for p in (instruction, text) if p and p.strip()]
-    prompt = " ".join(parts)
-    count = prompt.count(IMAGE_PLACEHOLDER)
-    if not has_image:
+    prompt = _fill(" ".join(parts), IMAGE_PLACEHOLDER, "image", image_token if has_image else None, strip)
+    frames = " ".join([image_token] * num_frames) if num_frames else None
+    return _fill(prompt, VIDEO_PLACEHOLDER, "video", frames, strip)
+
+
+def _fill(prompt: str, placeholder: str, kind: str, replacement: str | None, strip: bool) -> str:
+    """``placeholder`` in ``prompt`` replaced by ``replacement`` (put first when missing), or removed when None."""
+    count = prompt.count(placeholder)
+    if replacement is None:
         if not count:
             return prompt
         if strip:
-            return " ".join(prompt.replace(IMAGE_PLACEHOLDER, " ").split())
-        return prompt.replace(IMAGE_PLACEHOLDER + " ", "").replace(IMAGE_PLACEHOLDER, "")
+            return " ".join(prompt.replace(placeholder, " ").split())
+        return prompt.replace(placeholder + " ", "").replace(placeholder, "")
     if count > 1:
-        raise ValueError(f"a prompt may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}: {prompt!r}")
+        raise ValueError(f"a prompt may hold one {kind} placeholder {placeholder}, found {count}: {prompt!r}")
     if count == 0:
-        prompt = f"{IMAGE_PLACEHOLDER} {prompt}" if prompt else IMAGE_PLACEHOLDER
-    return prompt.replace(IMAGE_PLACEHOLDER, image_token)
+        prompt = f"{placeholder} {prompt}" if prompt else placeholder
+    return prompt.replace(placeholder, replacement)
 
 
 def check_item_text(text: str) -> None:
@@ -54,4 +77,4 @@ def check_item_text(text: str) -> None:
         raise ValueError(f"a text may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "build_prompt", "check_item_text"]
+__all__ = ["IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "build_prompt", "check_item_text"]

@@ -57,11 +57,43 @@ def test_cached_embeddings_equal_encoding_items_one_by_one(setup):
                 np.testing.assert_allclose(cached[kind][row], alone, atol=1e-5, err_msg=f"{v2set.name} {kind} {row}")
 
 
-def test_video_tasks_stop_before_any_work_for_a_model_without_video_input(setup, capsys):
+def _brute_force_metrics(queries: np.ndarray, candidates: np.ndarray, v2set) -> dict[str, float]:
+    """hit@1 and MRR@10 by sorting every query's candidates (its own list, or all of them for a global task)."""
+    hits, mrrs = [], []
+    for i, relevant in enumerate(v2set.relevant):
+        own = range(len(candidates)) if v2set.query_candidates is None else v2set.query_candidates[i]
+        scores = {int(c): float(candidates[c] @ queries[i]) for c in own}
+        assert len(set(scores.values())) == len(scores), "ties: the ranking would not be unique"
+        ranked = sorted(scores, key=lambda c: -scores[c])
+        rank = 1 + min(ranked.index(c) for c in relevant)
+        hits.append(float(rank == 1))
+        mrrs.append(1.0 / rank if rank <= 10 else 0.0)
+    return {"hit@1": float(np.mean(hits)), "mrr@10": float(np.mean(mrrs))}
+
+
+def test_video_tasks_run_as_frames_and_rank_as_encode_does(setup):
     out = setup["root"] / "video"
-    assert evaluate_mmeb.main(_argv(setup, out, "OK-VQA", "MSR-VTT")) == 2
-    assert "video tasks (MSR-VTT) need a model that takes videos" in capsys.readouterr().err
-    assert not out.exists()
+    tasks = ("MSR-VTT", "Video-MME")  # a global retrieval task (text -> video) and a local QA task (video -> text)
+    assert evaluate_mmeb.main(_argv(setup, out, *tasks)) == 0
+    model = load_vlm2vec(setup["checkpoint"])
+    suite = setup["suite"]
+    for v2set in load_v2_sets(list(tasks), suite["data"], suite["media"]):
+        record = json.loads((out / f"{v2set.name}_score.json").read_text())
+        assert record["video_input"] == "frames"
+
+        def alone(items):
+            inputs = [{"text": t, "video": list(f)} if f else {"text": t, "image": i} for t, i, f in items]
+            return np.stack([model.encode([x], convert_to_numpy=True)[0] for x in inputs])
+
+        queries, candidates = alone(v2set.queries), alone(v2set.candidates)
+        assert any(f for _, _, f in v2set.queries + v2set.candidates)
+        (cache,) = out.glob(f"cache/*/v2/{v2set.name}.safetensors")
+        np.testing.assert_allclose(load_file(cache)["queries"], queries, atol=1e-5, err_msg=v2set.name)
+        np.testing.assert_allclose(load_file(cache)["candidates"], candidates, atol=1e-5, err_msg=v2set.name)
+        expected = _brute_force_metrics(queries, candidates, v2set)
+        assert record["hit@1"] == pytest.approx(expected["hit@1"]) and record["mrr@10"] == pytest.approx(
+            expected["mrr@10"]
+        ), v2set.name
 
 
 @pytest.mark.parametrize("option", [["--truncate_dim", "8"], ["--cache_dir", "shared-cache"]])

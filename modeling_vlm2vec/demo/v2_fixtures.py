@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,11 +32,13 @@ def write_table(data_root: str | os.PathLike, repo: str, config: str | None, spl
 
 
 def write_frames(media_root: str | os.PathLike, rel_dir: str, count: int = 10) -> Path:
-    """``count`` tiny JPEG frames ``<rel_dir>/frame_<i>.jpg`` (i = 1..count), a pre-extracted video."""
+    """``count`` tiny JPEG frames ``<rel_dir>/frame_<i>.jpg`` (i = 1..count), a pre-extracted video. Frame ``i`` is
+    red ``20 * i``; green and blue follow the folder name, so different videos have different pixels."""
     folder = Path(media_root) / rel_dir
     folder.mkdir(parents=True, exist_ok=True)
+    tint = zlib.crc32(rel_dir.encode("utf-8"))
     for i in range(1, count + 1):
-        Image.new("RGB", (4, 4), (i, 0, 0)).save(folder / f"frame_{i}.jpg")
+        Image.new("RGB", (4, 4), (20 * i % 256, tint % 256, tint // 256 % 256)).save(folder / f"frame_{i}.jpg")
     return folder
 
 

@@ -27,10 +27,8 @@ import numpy as np
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
 from ..data.images import check_image_file, resolve_image_path
-from ..prompting_vlm2vec import IMAGE_PLACEHOLDER
+from ..prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
-#: Where the official V2 code puts the backbone's video token (``<|video_pad|>`` for Qwen2-VL).
-VIDEO_PLACEHOLDER = "<|video_1|>"
 #: Frames per video (``num_frames: 8`` in the official ``video.yaml``).
 NUM_FRAMES = 8
 _FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")

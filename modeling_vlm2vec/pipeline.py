@@ -41,7 +41,7 @@ from .data.sources import check_prompts, load_corpus
 from .demo.hook import SYNTHETIC, DemoArguments, prepare_demo, synthetic_locations
 from .evaluation import load_eval_sets, run_evaluation
 from .evaluation.report import format_percent
-from .evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from .evaluation.v2_runner import check_video_input, load_v2_sets, run_v2_evaluation
 from .hub.card import write_model_card
 from .hub.export import export_checkpoint
 from .loading import check_safetensors, load_vlm2vec
@@ -96,6 +96,8 @@ def run(
     model = build_model(model_args)
     check_lora_targets(model, lora_args)
     check_prompts(corpus, model.processor)
+    if benchmark == "mmeb-v2":
+        check_video_input(model, eval_sets)
     if training_args.process_index == 0 and resume is None:
         set_aside_previous_results(output_dir)
     barrier()

@@ -88,7 +88,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Settings returned to their defaults when continuing a checkpoint (unset keys keep the saved "
-            "values), e.g. false_negative_margin to switch the margin off, or image_max_pixels to drop the bound."
+            "values), e.g. false_negative_margin to switch the margin off, or image_fixed_size to drop a fixed resize."
         },
     )
 

@@ -441,3 +441,28 @@ def test_eval_benchmark_is_validated_when_the_recipe_loads(tmp_path, backbone, s
     err = capsys.readouterr().err
     assert "error: " in err and "eval_benchmark must be one of mmeb-v1, mmeb-v2, got 'mmeb-v3'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_video_tasks_for_a_model_without_video_input_stop_before_anything_moves(
+    tmp_path, backbone, synthetic, capsys, monkeypatch
+):
+    suite = write_v2_suite(tmp_path / "v2")
+    monkeypatch.setattr(Vlm2VecModel, "video_input", property(lambda self: None))  # a backbone without frames input
+    earlier = tmp_path / "out" / "eval" / "summary.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"model": "an earlier model"}')
+    recipe = _recipe(
+        tmp_path,
+        backbone,
+        synthetic,
+        max_steps=1,
+        do_eval=True,
+        eval_benchmark="mmeb-v2",
+        eval_dataset_name=str(suite["data"]),
+        eval_image_dir=str(suite["media"]),
+        eval_subset_name=["MSR-VTT"],
+    )
+    assert train.main([str(recipe)]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert earlier.read_text() == '{"model": "an earlier model"}'  # not set aside: nothing was started
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval"]

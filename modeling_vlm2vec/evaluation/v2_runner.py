@@ -151,6 +151,18 @@ def _evaluate_one(
     )
 
 
+def check_video_input(model: torch.nn.Module, v2sets: list[V2Set]) -> None:
+    """Raise ``DataError`` when ``v2sets`` hold video tasks and ``model`` declares no video input (see
+    :func:`video_input_mode`); callers run it before any work."""
+    video_tasks = [s.name for s in v2sets if s.has_video]
+    if video_tasks and video_input_mode(model) is None:
+        raise DataError(
+            f"video tasks ({', '.join(video_tasks)}) need a model that takes videos or multi-image prompts "
+            f"(a `video_input` of 'video' or 'frames'); {type(model).__name__} has neither. Evaluate the image "
+            "and visdoc tasks (--subset_name image visdoc) or a model with video input"
+        )
+
+
 def run_v2_evaluation(
     model: torch.nn.Module,
     v2sets: list[V2Set],
@@ -168,13 +180,7 @@ def run_v2_evaluation(
     Raises:
         DataError: video tasks requested for a model without video input -- before anything is encoded.
     """
-    video_tasks = [s.name for s in v2sets if s.has_video]
-    if video_tasks and video_input_mode(model) is None:
-        raise DataError(
-            f"video tasks ({', '.join(video_tasks)}) need a model that takes videos or multi-image prompts "
-            f"(a `video_input` of 'video' or 'frames'); {type(model).__name__} has neither. Evaluate the image "
-            "and visdoc tasks (--subset_name image visdoc) or a model with video input"
-        )
+    check_video_input(model, v2sets)
     output_dir = Path(output_dir)
     check_writable_folder(output_dir / V2_RESULTS_FOLDER)
     model_fp = model_fingerprint(model)

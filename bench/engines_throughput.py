@@ -10,6 +10,10 @@ of rounds run back to back, the order alternating (ours first, then theirs first
 rounds of a pair alike); the best and median items/s of each engine, the range of the paired ratios, the median
 ratio of process CPU seconds (both intra-op threads; less sensitive to other jobs than wall time) and the largest
 difference between the two embeddings (they must agree) are reported beside it.
+
+``stages`` splits one batch of each kind into the two stages both engines run — preprocessing (our
+``Vlm2VecProcessor`` call, ``SentenceTransformer.preprocess``) and the forward pass of the prepared tensors — timed in
+the same alternating pairs (median milliseconds), and says whether both engines prepared identical tensors.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 from common import add_backbone_arguments, backbone_spec, load_bench_model, machine, median, report
 from encode_throughput import KINDS, make_items
 from sentence_transformers import SentenceTransformer
@@ -63,6 +68,45 @@ def compare(engines: dict, items: list, repeats: int) -> dict:
     return result
 
 
+def as_text_and_image(item) -> tuple[str | None, object]:
+    """A bench item (text, PIL image or ``{"text", "image"}`` dict) as the processor's (text, image) pair."""
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, dict):
+        return item["text"], item["image"]
+    return None, item
+
+
+def paired_ms(first, second, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``first()`` and ``second()``, timed in alternating pairs after one untimed call each."""
+    calls = (first, second)
+    times = ([], [])
+    for fn in calls:
+        fn()
+    for pair in range(repeats):
+        for which in (0, 1) if pair % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            calls[which]()
+            times[which].append(time.perf_counter() - start)
+    return round(median(times[0]) * 1000, 2), round(median(times[1]) * 1000, 2)
+
+
+@torch.inference_mode()
+def stages(ours, theirs, batch: list, repeats: int) -> dict:
+    """Preprocessing and forward of one ``batch`` in each engine (median ms) and whether their tensors agree."""
+    texts, images = zip(*(as_text_and_image(item) for item in batch))
+    prepared, features = ours.processor(list(texts), list(images)), theirs.preprocess(batch)
+    same = all(torch.equal(tensor, features[name]) for name, tensor in prepared.items())
+    preprocess = paired_ms(lambda: ours.processor(list(texts), list(images)), lambda: theirs.preprocess(batch), repeats)
+    forward = paired_ms(lambda: ours(**prepared), lambda: theirs(dict(features)), repeats)
+    return {
+        "same_inputs": same,
+        "input_shape": list(prepared["input_ids"].shape),
+        "preprocess_ms": dict(zip(("encode", "sentence_transformers"), preprocess)),
+        "forward_ms": dict(zip(("encode", "sentence_transformers"), forward)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=64)
@@ -80,7 +124,11 @@ def main() -> None:
         "encode": lambda items: ours.encode(items, batch_size=args.batch_size, show_progress_bar=False).numpy(),
         "sentence_transformers": lambda items: theirs.encode(items, batch_size=args.batch_size),
     }
-    results = {kind: compare(engines, make_items(kind, args.items), args.repeats) for kind in KINDS}
+    results = {}
+    for kind in KINDS:
+        items = make_items(kind, args.items)
+        results[kind] = compare(engines, items, args.repeats)
+        results[kind]["stages"] = stages(ours, theirs, items[: args.batch_size], args.repeats)
     report(
         {
             "benchmark": "engines_throughput",

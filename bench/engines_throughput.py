@@ -115,20 +115,20 @@ def main() -> None:
     add_backbone_arguments(parser)
     args = parser.parse_args()
 
-    folder = export_checkpoint(
-        load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers), tempfile.mkdtemp() + "/export"
-    )
-    ours = load_vlm2vec(folder).eval()
-    theirs = SentenceTransformer(str(folder))
-    engines = {
-        "encode": lambda items: ours.encode(items, batch_size=args.batch_size, show_progress_bar=False).numpy(),
-        "sentence_transformers": lambda items: theirs.encode(items, batch_size=args.batch_size),
-    }
-    results = {}
-    for kind in KINDS:
-        items = make_items(kind, args.items)
-        results[kind] = compare(engines, items, args.repeats)
-        results[kind]["stages"] = stages(ours, theirs, items[: args.batch_size], args.repeats)
+    with tempfile.TemporaryDirectory(prefix="vlm2vec-engines-") as scratch:  # the export, removed at the end
+        model = load_bench_model(hidden_size=args.hidden_size, num_layers=args.layers)
+        folder = export_checkpoint(model, f"{scratch}/export")
+        ours = load_vlm2vec(folder).eval()
+        theirs = SentenceTransformer(str(folder))
+        engines = {
+            "encode": lambda items: ours.encode(items, batch_size=args.batch_size, show_progress_bar=False).numpy(),
+            "sentence_transformers": lambda items: theirs.encode(items, batch_size=args.batch_size),
+        }
+        results = {}
+        for kind in KINDS:
+            items = make_items(kind, args.items)
+            results[kind] = compare(engines, items, args.repeats)
+            results[kind]["stages"] = stages(ours, theirs, items[: args.batch_size], args.repeats)
     report(
         {
             "benchmark": "engines_throughput",

@@ -229,17 +229,17 @@ class Vlm2VecProcessor(ProcessorMixin):
         pil_images = _regroup_frames(pil_images, counts)
         batch = self._run_backbone(prompts, pil_images)
         if self.max_length is not None:
-            for _ in range(3):  # decoding may re-tokenize a little longer; a few passes always converge
+            for shortened in range(4):  # decoding may re-tokenize a little longer; three passes always converge
                 lengths = batch["attention_mask"].sum(-1).tolist()
                 if max(lengths) <= self.max_length:
                     break
+                if shortened == 3:
+                    raise ValueError(f"could not fit inputs into max_length={self.max_length}")
                 prompts = [
                     self._shorten_text(p, n - self.max_length) if n > self.max_length else p
                     for p, n in zip(prompts, lengths)
                 ]
                 batch = self._run_backbone(prompts, pil_images)
-            else:
-                raise ValueError(f"could not fit inputs into max_length={self.max_length}")
         tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.position_policy == "transformers4" and "mm_token_type_ids" in tensors:
             vision_start = self.tokenizer.convert_tokens_to_ids(_VISION_START)

@@ -400,10 +400,10 @@ def test_a_new_run_sets_the_previous_results_aside_and_logs_dropped_rows(tmp_pat
     assert "an earlier model" not in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_eval_benchmark_mmeb_v2_scores_the_export_into_eval_mmeb_v2_and_its_card(tmp_path, backbone, synthetic, capsys):
+def _v2_recipe(tmp_path, backbone, synthetic, tasks: list[str]):
+    """A one-step recipe evaluated on the MMEB-V2 fixture tasks ``tasks``."""
     suite = write_v2_suite(tmp_path / "v2")
-    tasks = ["OK-VQA", "ViDoRe_arxivqa"]
-    recipe = _recipe(
+    return _recipe(
         tmp_path,
         backbone,
         synthetic,
@@ -415,6 +415,11 @@ def test_eval_benchmark_mmeb_v2_scores_the_export_into_eval_mmeb_v2_and_its_card
         eval_subset_name=tasks,
         eval_batch_size=4,
     )
+
+
+def test_eval_benchmark_mmeb_v2_scores_the_export_into_eval_mmeb_v2_and_its_card(tmp_path, backbone, synthetic, capsys):
+    tasks = ["OK-VQA", "ViDoRe_arxivqa"]
+    recipe = _v2_recipe(tmp_path, backbone, synthetic, tasks)
     assert train.main([str(recipe)]) == 0
     out = tmp_path / "out"
     final = json.loads((out / "eval" / "mmeb-v2" / "summary.json").read_text())
@@ -446,22 +451,11 @@ def test_eval_benchmark_is_validated_when_the_recipe_loads(tmp_path, backbone, s
 def test_video_tasks_for_a_model_without_video_input_stop_before_anything_moves(
     tmp_path, backbone, synthetic, capsys, monkeypatch
 ):
-    suite = write_v2_suite(tmp_path / "v2")
     monkeypatch.setattr(Vlm2VecModel, "video_input", property(lambda self: None))  # a backbone without frames input
     earlier = tmp_path / "out" / "eval" / "summary.json"
     earlier.parent.mkdir(parents=True)
     earlier.write_text('{"model": "an earlier model"}')
-    recipe = _recipe(
-        tmp_path,
-        backbone,
-        synthetic,
-        max_steps=1,
-        do_eval=True,
-        eval_benchmark="mmeb-v2",
-        eval_dataset_name=str(suite["data"]),
-        eval_image_dir=str(suite["media"]),
-        eval_subset_name=["MSR-VTT"],
-    )
+    recipe = _v2_recipe(tmp_path, backbone, synthetic, ["MSR-VTT"])
     assert train.main([str(recipe)]) == 2
     assert "error: " in capsys.readouterr().err
     assert earlier.read_text() == '{"model": "an earlier model"}'  # not set aside: nothing was started

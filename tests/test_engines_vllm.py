@@ -66,6 +66,12 @@ def test_chat_template_gives_our_token_ids_on_vllms_path_and_transformers(bos_ex
         (None, image, [{"type": "image"}]),
         ("What colour is it?", image, [{"type": "text", "text": "What colour is it?"}, {"type": "image"}]),
         ("a red circle", None, [{"type": "text", "text": "a red circle"}]),
+        (
+            "<|video_1|> a  red <|image_1|> circle",
+            None,
+            [{"type": "text", "text": "<|video_1|> a  red <|image_1|> circle"}],
+        ),
+        ("<|video_1|> a red circle", image, [{"type": "text", "text": "<|video_1|> a red circle"}, {"type": "image"}]),
     ]
     for text, img, content in cases:
         messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": content}]

@@ -21,7 +21,7 @@ import transformers
 
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..image_policy_vlm2vec import unexpressed_policy
-from ..prompting_vlm2vec import IMAGE_PLACEHOLDER
+from ..prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 #: MMEB's query instructions (the "original" variant baked into MMEB-train), named by dataset; the image placeholder
 #: is left out because an item's image goes first anyway when its text has none.
@@ -55,7 +55,7 @@ _FORWARD = {"method": "forward", "method_output_name": "last_hidden_state"}
 # Jinja source of the chat template; `__IMAGE_TOKEN__` and `__BOS__` are filled per checkpoint. Mirrors
 # processing_vlm2vec.build_prompt: system texts form the instruction, user texts the text (each stripped, joined by
 # one space); with an image the placeholder is put first unless present, then replaced by the image token; without
-# one, placeholders are dropped and whitespace collapsed.
+# one, placeholders are dropped and whitespace collapsed; a video placeholder (engines get no video) is dropped too.
 _TEMPLATE = """{#- VLM2Vec prompt, raw format: [instruction] [text]; the image token first unless placed -#}
 {%- set ns = namespace(instruction=[], text=[], images=0) -%}
 {%- for message in messages -%}
@@ -80,6 +80,9 @@ _TEMPLATE = """{#- VLM2Vec prompt, raw format: [instruction] [text]; the image t
 {%- elif placeholder in prompt -%}
 {%- set prompt = prompt.replace(placeholder, ' ').split() | join(' ') -%}
 {%- endif -%}
+{%- if '__VIDEO_PLACEHOLDER__' in prompt -%}
+{%- set prompt = prompt.replace('__VIDEO_PLACEHOLDER__', ' ').split() | join(' ') -%}
+{%- endif -%}
 __BOS__{{ prompt }}"""
 
 
@@ -87,6 +90,7 @@ def render_chat_template(image_token: str, add_bos: bool) -> str:
     """The chat template of a checkpoint whose image token is ``image_token`` (see the module doc)."""
     return (
         _TEMPLATE.replace("__PLACEHOLDER__", IMAGE_PLACEHOLDER)
+        .replace("__VIDEO_PLACEHOLDER__", VIDEO_PLACEHOLDER)
         .replace("__IMAGE_TOKEN__", image_token)
         .replace("__BOS__", "{{ bos_token }}" if add_bos else "")
     )

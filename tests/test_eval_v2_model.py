@@ -78,7 +78,7 @@ def test_video_tasks_run_as_frames_and_rank_as_encode_does(setup):
     model = load_vlm2vec(setup["checkpoint"])
     suite = setup["suite"]
     for v2set in load_v2_sets(list(tasks), suite["data"], suite["media"]):
-        record = json.loads((out / f"{v2set.name}_score.json").read_text())
+        record = json.loads((out / "mmeb-v2" / f"{v2set.name}_score.json").read_text())
         assert record["video_input"] == "frames"
 
         def alone(items):

@@ -36,12 +36,16 @@ INPUT_CONTRACT_FIELDS = (
     "small_image_edge",
     "strip_prompt",
     "position_policy",
+    "video_input",
 )
 PADDING_SIDES = ("left", "right")
 #: ``native``: the backbone's own position ids. ``transformers4``: Qwen2-VL / Qwen2.5-VL positions as transformers 4
 #: computed them, which official VLM2Vec releases were trained and evaluated with (see ``position_policy``).
 POSITION_POLICIES = ("native", "transformers4")
 _MROPE_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
+#: ``frames``: a video's frames as the images of one multi-image prompt. ``video``: the backbone's own video input,
+#: built from the frames (Qwen2-VL / Qwen2.5-VL; see ``video_input``).
+VIDEO_INPUTS = ("frames", "video")
 #: Key of a native backbone ``config.json`` (the export layout) that holds the Vlm2Vec settings.
 NATIVE_SETTINGS_KEY = "vlm2vec"
 #: ``auto_map`` of every checkpoint: ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` -> Vlm2VecModel.
@@ -103,6 +107,11 @@ class Vlm2VecConfig(PreTrainedConfig):
             trained and evaluated with -- per row, only as many image (video) runs as there are `<|vision_start|>`
             tokens directly followed by an image (video) token get 3-D positions, the first ones in order; every other
             token, a bare `<|image_pad|>` included, gets plain 1-D positions.
+        video_input (`str`, defaults to `"frames"`):
+            How a video (its frames) is fed. `"frames"`: as the images of one multi-image prompt, one image token run
+            per frame. `"video"` (Qwen2-VL / Qwen2.5-VL only): through the backbone's video input, as the official
+            VLM2Vec-V2 code does -- `<|video_1|>` becomes one `<|video_pad|>`, expanded to the video's tokens, and the
+            processor builds `pixel_values_videos` / `video_grid_thw` from the frames itself (no torchvision).
         matryoshka_dimensions (`list[int]`, *optional*):
             Embedding sizes trained as Matryoshka prefixes: the first `d` coordinates, re-normalised, are an
             embedding of their own. Kept sorted and always ending with the full size (`hidden_size`); engines read
@@ -133,6 +142,7 @@ class Vlm2VecConfig(PreTrainedConfig):
     small_image_edge: int | None = None
     strip_prompt: bool = True
     position_policy: str = "native"
+    video_input: str = "frames"
     matryoshka_dimensions: list[int] | None = None
     matryoshka_weights: list[float] | None = None
     hardness_alpha: float = 0.0
@@ -201,6 +211,13 @@ class Vlm2VecConfig(PreTrainedConfig):
             raise ValueError(
                 f"position_policy 'transformers4' applies to {', '.join(_MROPE_BACKBONES)} backbones only, "
                 f"not {self.backbone_type!r}"
+            )
+        if self.video_input not in VIDEO_INPUTS:
+            raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {self.video_input!r}")
+        if self.video_input == "video" and self.backbone_type not in _MROPE_BACKBONES:
+            raise ValueError(
+                f"video_input 'video' applies to {', '.join(_MROPE_BACKBONES)} backbones only, "
+                f"not {self.backbone_type!r}; use 'frames'"
             )
         if not isinstance(self.strip_prompt, bool):
             raise ValueError(f"strip_prompt must be true or false, got {self.strip_prompt!r}")
@@ -335,6 +352,7 @@ __all__ = [
     "NATIVE_SETTINGS_KEY",
     "POSITION_POLICIES",
     "SETTING_DEFAULTS",
+    "VIDEO_INPUTS",
     "WRAPPER_FIELDS",
     "Vlm2VecConfig",
     "wrapper_dict_from_native",

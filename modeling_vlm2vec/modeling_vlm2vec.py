@@ -164,9 +164,9 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
 
     @property
     def video_input(self) -> str | None:
-        """How :meth:`encode` feeds ``{"video": frames}`` items: ``"frames"`` (the frames as the images of one
-        multi-image prompt) for backbones in ``FRAMES_BACKBONES``, else None (no video input)."""
-        return "frames" if self.config.backbone_type in FRAMES_BACKBONES else None
+        """How :meth:`encode` feeds ``{"video": frames}`` items: ``config.video_input`` (``"frames"``, ``"video"``) for
+        backbones in ``FRAMES_BACKBONES``, else None (no video input)."""
+        return self.config.video_input if self.config.backbone_type in FRAMES_BACKBONES else None
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.backbone.get_input_embeddings()
@@ -235,8 +235,8 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         Args:
             inputs: items, each a `str` (text), a `PIL.Image.Image`, or a dict `{"text": str, "image": PIL image or
                 path}` (either key may be missing or None). Texts may contain MMEB's `<|image_1|>` placeholder. A
-                video is `{"text": str, "video": [PIL images or paths]}`: its frames in order, fed as one multi-image
-                prompt (:attr:`video_input` ``"frames"``) where `<|video_1|>` marks them (put first when missing).
+                video is `{"text": str, "video": [PIL images or paths]}`: its frames in order, fed as
+                :attr:`video_input` says where `<|video_1|>` marks them (put first when missing).
             instruction: put before every item's text (e.g. "Represent the given image for classification.").
             batch_size: items per forward; items are sorted by length so batches pad little, and text-only,
                 image and video items never share a batch.

@@ -5,14 +5,15 @@ Hub files.
 
 * :class:`Vlm2VecProcessor` owns the input contract of a checkpoint: it wraps the backbone's own processor and applies
   the prompt builder, the resolution policy, truncation that never cuts image tokens and the padding side. An item
-  is text, an image, or a video's frames (a multi-image prompt, one image token per frame). Training
+  is text, an image, or a video's frames (a multi-image prompt, one image token per frame; with ``video_input``
+  ``video``, Qwen2-VL / Qwen2.5-VL's own video input, see :mod:`.video_vlm2vec`). Training
   (the collator), evaluation and ``Vlm2VecModel.encode`` all call it; ``AutoProcessor.from_pretrained(checkpoint,
   trust_remote_code=True)`` returns it, while ``AutoProcessor.from_pretrained(checkpoint)`` still gives the bare
   backbone processor (what other engines use).
 * The prompt builder (:func:`~.prompting_vlm2vec.build_prompt`) and the resolution and position policies
   (:mod:`.image_policy_vlm2vec`) live in sibling Hub files; this processor is the one place that applies them.
 * :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen-VL without
-  torchvision too).
+  torchvision too, videos included).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from transformers.utils import cached_file
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
 from .prompting_vlm2vec import IMAGE_PLACEHOLDER, build_prompt, check_item_text
+from .video_vlm2vec import process_videos
 
 _VISION_START = "<|vision_start|>"
 
@@ -93,6 +95,7 @@ class Vlm2VecProcessor(ProcessorMixin):
     small_image_edge = property(lambda self: self.config.small_image_edge, doc="Small-image edge rule, or None.")
     strip_prompt = property(lambda self: self.config.strip_prompt, doc="Strip whitespace around prompt parts.")
     position_policy = property(lambda self: self.config.position_policy, doc="``native`` or ``transformers4``.")
+    video_input = property(lambda self: self.config.video_input, doc="``frames`` or ``video``.")
 
     @classmethod
     def from_config(cls, backbone_processor, config: Vlm2VecConfig) -> Vlm2VecProcessor:
@@ -169,10 +172,13 @@ class Vlm2VecProcessor(ProcessorMixin):
     def build_prompt(
         self, text: str | None, has_image: bool, instruction: str | None = None, num_frames: int = 0
     ) -> str:
-        """:func:`build_prompt` with this checkpoint's image token (``num_frames`` of them for a video item)."""
+        """:func:`build_prompt` with this checkpoint's image token (``num_frames`` of them for a video item, or the
+        backbone's one video token with ``video_input`` ``video``)."""
+        video_token = self.backbone_processor.video_token if self.video_input == "video" else None
         return build_prompt(
-            text, has_image, self.image_token, instruction, strip=self.strip_prompt, num_frames=num_frames
-        )
+            text, has_image, self.image_token, instruction, strip=self.strip_prompt, num_frames=num_frames,
+            video_token=video_token,
+        )  # fmt: skip
 
     def check_text(self, text: str) -> None:
         """Raise ``ValueError`` when ``text`` cannot become a correct prompt for this backbone, before any forward.
@@ -205,15 +211,17 @@ class Vlm2VecProcessor(ProcessorMixin):
         Args:
             texts: raw item texts in MMEB form (instruction included, ``<|image_1|>`` where the image goes,
                 ``<|video_1|>`` where a video goes), or None.
-            images: per text, one PIL image, a list of PIL images (a video's frames in order: each goes through the
-                resolution policy and gets its own image token, see :func:`build_prompt`; backbones in
-                :data:`FRAMES_BACKBONES` only), or ``None``.
+            images: per text, one PIL image, a list of PIL images (a video's frames in order, each through the
+                resolution policy; backbones in :data:`FRAMES_BACKBONES` only: with :attr:`video_input` ``frames``
+                each frame gets its own image token, see :func:`build_prompt`; with ``video`` they become the
+                backbone's video input, see :func:`~.video_vlm2vec.video_from_frames`), or ``None``.
             instruction: optional instruction put before every text.
 
         Returns:
             ``input_ids`` and ``attention_mask`` (batch, seq) padded on :attr:`padding_side`, plus the backbone
             processor's other tensors (``pixel_values`` and ``image_sizes`` / ``image_grid_thw`` /
-            ``pixel_attention_mask`` / ``mm_token_type_ids`` as the backbone needs) when present. With
+            ``pixel_attention_mask`` / ``mm_token_type_ids`` / ``pixel_values_videos`` / ``video_grid_thw`` as the
+            backbone needs) when present. With
             :attr:`max_length` set, rows that are too long lose text tokens from the end of their text; image tokens
             are never cut, of any frame (a row whose image or frames alone are too long raises ``ValueError``).
         """
@@ -249,9 +257,12 @@ class Vlm2VecProcessor(ProcessorMixin):
         return tensors
 
     def _run_backbone(self, prompts: list[str], images: list[Image.Image | list[Image.Image] | None]):
-        per_text = [img if isinstance(img, list) else [] if img is None else [img] for img in images]
+        videos = [img for img in images if isinstance(img, list)] if self.video_input == "video" else []
+        per_text = [[] if img is None or videos and isinstance(img, list) else _as_list(img) for img in images]
         present = [img for frames in per_text for img in frames]
         kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}
+        if videos:
+            kwargs["videos"] = videos
         if present and hasattr(self.backbone_processor, "image_processor"):
             if self.backbone_type in _NESTED_IMAGE_BACKBONES:
                 kwargs["images"] = per_text
@@ -271,15 +282,27 @@ class Vlm2VecProcessor(ProcessorMixin):
             )
         if not image or not all(isinstance(frame, Image.Image) for frame in image):
             raise ValueError("a video must be a non-empty list of PIL images (its frames)")
+        if self.video_input == "video" and not isinstance(self.backbone_processor, _VIDEO_FROM_FRAMES):
+            raise ValueError(
+                f"video_input 'video' builds the video input from the frames itself: wrap the processor "
+                f"load_backbone_processor() gives, not a {type(self.backbone_processor).__name__}"
+            )
         return len(image)
 
     def _shorten_text(self, prompt: str, excess: int) -> str:
-        """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image token intact."""
-        head, sep, text = prompt.rpartition(self.image_token)
+        """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image (video) token
+        intact."""
+        video_token = self.backbone_processor.video_token if self.video_input == "video" else self.image_token
+        last = max((self.image_token, video_token), key=prompt.rfind)
+        head, sep, text = prompt.rpartition(last)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if excess > len(ids):
             raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
         return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
+
+
+def _as_list(image) -> list:
+    return image if isinstance(image, list) else [image]
 
 
 def _regroup_frames(images: list, counts: list[int]) -> list:
@@ -289,10 +312,11 @@ def _regroup_frames(images: list, counts: list[int]) -> list:
     return [[next(flat) for _ in range(n)] if n else next(flat) for n in counts]
 
 
-def _image_only(stock: type) -> type:
+def _image_only(stock: type, videos: bool) -> type:
     """A subclass of the stock Qwen-VL processor class ``stock`` without the video processor (which needs
-    torchvision): images and text only. It saves under the stock class name, so other tools load the folder with the
-    stock processor."""
+    torchvision). With ``videos``, its videos (lists of frames) are built by :func:`~.video_vlm2vec.process_videos`
+    from the image processor's output (the Qwen2-VL / Qwen2.5-VL rule); else it takes images and text only. It saves
+    under the stock class name, so other tools load the folder with the stock processor."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.video_processor = None
@@ -301,13 +325,17 @@ def _image_only(stock: type) -> type:
     def to_dict(self) -> dict:
         return {**stock.to_dict(self), "processor_class": stock.__name__}
 
-    name = f"ImageOnly{stock.__name__}"
-    return type(name, (stock,), {"__init__": __init__, "to_dict": to_dict, "__doc__": _image_only.__doc__})
+    members = {"__init__": __init__, "to_dict": to_dict, "__doc__": _image_only.__doc__}
+    if videos:
+        members["_process_videos"] = process_videos
+    return type(f"ImageOnly{stock.__name__}", (stock,), members)
 
 
-ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor)
-ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor)
-ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor)
+ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor, videos=True)
+ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor, videos=True)
+ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor, videos=False)
+#: Processors whose videos :func:`~.video_vlm2vec.process_videos` builds (``video_input: video``).
+_VIDEO_FROM_FRAMES = (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor)
 _IMAGE_ONLY_PROCESSORS = {
     name: cls
     for cls in (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor)

@@ -24,6 +24,7 @@ def build_prompt(
     *,
     strip: bool = True,
     num_frames: int = 0,
+    video_token: str | None = None,
 ) -> str:
     """Return the backbone input string for one item.
 
@@ -35,7 +36,9 @@ def build_prompt(
     A video item (``num_frames`` > 0 frames, no image) follows the same rules with ``<|video_1|>``, which becomes
     ``num_frames`` image tokens joined by one space (the space keeps each frame's token run apart, so backbones that
     find images as runs of image tokens, such as Qwen-VL, see one image per frame). ``<|video_1|>`` in an item
-    without a video is removed like a stray image placeholder.
+    without a video is removed like a stray image placeholder. With ``video_token`` (a backbone fed through its own
+    video input, e.g. Qwen-VL's ``<|video_pad|>``, which its processor expands), ``<|video_1|>`` becomes that one
+    token instead, whatever ``num_frames``.
 
     With ``strip`` (the default) instruction and text are stripped first and a removed placeholder leaves runs of
     whitespace collapsed to one space; without it every other character is kept as given (a trailing ``"\n"`` of
@@ -45,7 +48,7 @@ def build_prompt(
         raise ValueError("an item holds an image or a video's frames, not both")
     parts = [p.strip() if strip else p for p in (instruction, text) if p and p.strip()]
     prompt = _fill(" ".join(parts), IMAGE_PLACEHOLDER, "image", image_token if has_image else None, strip)
-    frames = " ".join([image_token] * num_frames) if num_frames else None
+    frames = (video_token or " ".join([image_token] * num_frames)) if num_frames else None
     return _fill(prompt, VIDEO_PLACEHOLDER, "video", frames, strip)
 
 

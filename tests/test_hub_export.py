@@ -29,6 +29,7 @@ EXPECTED_FILES = {
     "processing_vlm2vec.py",
     "prompting_vlm2vec.py",
     "image_policy_vlm2vec.py",
+    "video_vlm2vec.py",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",

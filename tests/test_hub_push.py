@@ -36,6 +36,7 @@ HUB_FILES = {
     "processing_vlm2vec.py",
     "prompting_vlm2vec.py",
     "image_policy_vlm2vec.py",
+    "video_vlm2vec.py",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",

@@ -110,6 +110,7 @@ def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path
         "processing_vlm2vec.py",
         "prompting_vlm2vec.py",
         "image_policy_vlm2vec.py",
+        "video_vlm2vec.py",
         "model.safetensors",
         "README.md",
         "eval/summary.json",

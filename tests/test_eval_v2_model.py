@@ -27,10 +27,10 @@ def setup(tmp_path_factory, tiny_backbone_dir):
     return {"root": root, "checkpoint": checkpoint, "suite": write_v2_suite(root / "suite")}
 
 
-def _argv(setup, out, *tasks):
+def _argv(setup, out, *tasks, checkpoint=None):
     suite = setup["suite"]
     return [
-        "--benchmark", "mmeb-v2", "--model_name_or_path", str(setup["checkpoint"]), "--dataset_name",
+        "--benchmark", "mmeb-v2", "--model_name_or_path", str(checkpoint or setup["checkpoint"]), "--dataset_name",
         str(suite["data"]), "--image_dir", str(suite["media"]), "--output_dir", str(out), "--batch_size", "2",
         "--subset_name", *tasks,
     ]  # fmt: skip
@@ -72,14 +72,26 @@ def _brute_force_metrics(queries: np.ndarray, candidates: np.ndarray, v2set) -> 
 
 
 def test_video_tasks_run_as_frames_and_rank_as_encode_does(setup):
-    out = setup["root"] / "video"
+    _check_video_tasks(setup, setup["checkpoint"], setup["root"] / "video", "frames")
+
+
+def test_video_tasks_run_through_the_qwen_video_input_and_rank_as_encode_does(setup):
+    checkpoint = setup["root"] / "vlm2vec-tiny-video"
+    model = load_vlm2vec(setup["checkpoint"], overrides={"video_input": "video"})
+    model.save_pretrained(checkpoint)
+    model.processor.save_pretrained(checkpoint)
+    _check_video_tasks(setup, checkpoint, setup["root"] / "video-input", "video")
+
+
+def _check_video_tasks(setup, checkpoint, out, mode: str) -> None:
     tasks = ("MSR-VTT", "Video-MME")  # a global retrieval task (text -> video) and a local QA task (video -> text)
-    assert evaluate_mmeb.main(_argv(setup, out, *tasks)) == 0
-    model = load_vlm2vec(setup["checkpoint"])
+    assert evaluate_mmeb.main(_argv(setup, out, *tasks, checkpoint=checkpoint)) == 0
+    model = load_vlm2vec(checkpoint)
+    assert model.video_input == mode
     suite = setup["suite"]
     for v2set in load_v2_sets(list(tasks), suite["data"], suite["media"]):
         record = json.loads((out / "mmeb-v2" / f"{v2set.name}_score.json").read_text())
-        assert record["video_input"] == "frames"
+        assert record["video_input"] == mode
 
         def alone(items):
             inputs = [{"text": t, "video": list(f)} if f else {"text": t, "image": i} for t, i, f in items]

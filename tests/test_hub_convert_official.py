@@ -149,12 +149,14 @@ def test_converted_qwen_release_embeds_like_the_official_transformers4_code(tiny
     model = Vlm2VecModel.from_pretrained(out)
     config = model.config
     assert (config.position_policy, config.small_image_edge, config.strip_prompt) == ("transformers4", 28, False)
+    assert config.video_input == "video"  # the official V2 code feeds videos through <|video_pad|>
     # the official evaluation's bounds, recorded in the config and saved as the Qwen image processor's own size
     assert (config.image_min_pixels, config.image_max_pixels) == (4 * 28 * 28, 1280 * 28 * 28)
     saved = Qwen2VLImageProcessorPil.from_pretrained(out).size
     assert (saved["shortest_edge"], saved["longest_edge"]) == (4 * 28 * 28, 1280 * 28 * 28)
     card = (out / "README.md").read_text()
     assert "stretched to 56x56" in card and "follow transformers 4" in card and "whitespace is kept" in card
+    assert "videos go through the backbone's video input" in card
 
     # MMEB-V2 style rows: trailing newlines, a row that does use <|vision_start|> (first: transformers 4 took image
     # grids in order over counted images only), bare images (one tiny), a text-only row

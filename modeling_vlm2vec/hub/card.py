@@ -194,6 +194,8 @@ def _resolution_text(config) -> str:
         text += "; position ids follow transformers 4 (images without `<|vision_start|>` get 1-D positions)"
     if not config.strip_prompt:
         text += "; prompt whitespace is kept as given"
+    if config.video_input == "video":
+        text += "; videos go through the backbone's video input (`<|video_pad|>`), built from their frames"
     return text
 
 

@@ -14,10 +14,10 @@ adapter is applied to ``Vlm2VecModel.from_backbone(base)`` configured like the o
 format (bare ``<|image_pad|>`` for Qwen, ``<image>`` for LLaVA-Next) with its whitespace kept (``strip_prompt``
 off: the official MMEB-V2 formats end queries with a newline), last-token pooling, L2 normalisation, and for Qwen the
 official code's image rules (:data:`OFFICIAL_SETTINGS`: transformers-4 positions, images with an edge under 28 px
-stretched to 56x56; without processor files in the release, the official evaluation's pixel bounds
-:data:`OFFICIAL_QWEN_PIXEL_BOUNDS`, recorded in the config and, as the official code does, given to the Qwen image
-processor as its ``size``, so they travel in the export's processor config too) — merged, and exported
-with :func:`export_checkpoint`.
+stretched to 56x56, videos through the backbone's video input as the official V2 code feeds them; without processor
+files in the release, the official evaluation's pixel bounds :data:`OFFICIAL_QWEN_PIXEL_BOUNDS`, recorded in the
+config and, as the official code does, given to the Qwen image processor as its ``size``, so they travel in the
+export's processor config too) — merged, and exported with :func:`export_checkpoint`.
 
 Only ``adapter_model.safetensors`` is read. Releases that ship a pickled ``adapter_model.bin`` are converted once,
 outside this tool, with a loader that cannot execute code::
@@ -55,8 +55,8 @@ from .export import check_output_folder, export_checkpoint
 PEFT_PREFIX = "base_model.model."
 #: Settings of the official code, by backbone type (on top of last-token pooling, normalisation, kept whitespace).
 OFFICIAL_SETTINGS = {
-    "qwen2_vl": {"position_policy": "transformers4", "small_image_edge": 28},
-    "qwen2_5_vl": {"position_policy": "transformers4", "small_image_edge": 28},
+    "qwen2_vl": {"position_policy": "transformers4", "small_image_edge": 28, "video_input": "video"},
+    "qwen2_5_vl": {"position_policy": "transformers4", "small_image_edge": 28, "video_input": "video"},
 }
 #: Pixel bounds the official MMEB-V2 code gives the Qwen image processor as ``size={"shortest_edge": ...,
 #: "longest_edge": ...}`` (its ``resize_min_pixels`` / ``resize_max_pixels`` defaults), used when a release ships no

@@ -83,6 +83,10 @@ class ModelArguments:
         default=None,
         metadata={"help": "native (default) or transformers4 (Qwen positions as the official releases used them)."},
     )
+    video_input: str | None = field(
+        default=None,
+        metadata={"help": "frames (default: one multi-image prompt) or video (Qwen2-VL / Qwen2.5-VL's video input)."},
+    )
 
     reset_settings: list[str] | None = field(
         default=None,

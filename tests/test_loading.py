@@ -38,6 +38,8 @@ def test_continuing_keeps_saved_settings_and_applies_only_named_ones(checkpoint)
     changed = build_model(ModelArguments(model_name_or_path=str(checkpoint), max_length=64))
     assert changed.config.max_length == 64
     assert changed.config.padding_side == "left" and changed.config.image_max_pixels == 3136
+    assert model.video_input == "frames"  # a recipe may choose the Qwen video input instead
+    assert build_model(ModelArguments(model_name_or_path=str(checkpoint), video_input="video")).video_input == "video"
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,7 @@ def test_continuing_keeps_saved_settings_and_applies_only_named_ones(checkpoint)
         ("padding_side", "middle"),
         ("max_length", -3),
         ("image_min_pixels", 10**9),
+        ("video_input", "clip"),
     ],
 )
 def test_settings_given_when_continuing_are_validated(checkpoint, setting, value):

@@ -34,7 +34,7 @@ from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
-from .prompting_vlm2vec import IMAGE_PLACEHOLDER, build_prompt, check_item_text
+from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text
 from .video_vlm2vec import process_videos
 
 _VISION_START = "<|vision_start|>"
@@ -183,10 +183,11 @@ class Vlm2VecProcessor(ProcessorMixin):
     def check_text(self, text: str) -> None:
         """Raise ``ValueError`` when ``text`` cannot become a correct prompt for this backbone, before any forward.
 
-        Beyond :func:`check_item_text`: a literal backbone image token (``<|image_pad|>``, ``<image>``...) in the
-        data would count as an image without pixels; and without ``max_length`` a text longer than the backbone's
-        context (``max_position_embeddings``) would be attempted whole. Only texts with more UTF-8 bytes than that
-        limit are tokenized (a token covers at least one byte), so the check costs little.
+        Beyond :func:`check_item_text`: a literal backbone image token (``<|image_pad|>``, ``<image>``...) or video
+        token (``<|video_pad|>``) in the data would count as an image (video) without pixels; and without
+        ``max_length`` a text longer than the backbone's context (``max_position_embeddings``) would be attempted
+        whole. Only texts with more UTF-8 bytes than that limit are tokenized (a token covers at least one byte), so
+        the check costs little.
         """
         check_item_text(text)
         tokens = {self.image_token, getattr(self.backbone_processor, "image_token", None)}
@@ -194,6 +195,11 @@ class Vlm2VecProcessor(ProcessorMixin):
         if found:
             raise ValueError(
                 f"text holds the backbone's image token {found[0]!r}; mark the image with {IMAGE_PLACEHOLDER}"
+            )
+        video_token = getattr(self.backbone_processor, "video_token", None)
+        if video_token and video_token in text:
+            raise ValueError(
+                f"text holds the backbone's video token {video_token!r}; mark the video with {VIDEO_PLACEHOLDER}"
             )
         limit = getattr(self.config.get_text_config(), "max_position_embeddings", None)
         if self.max_length is None and limit and len(text.encode("utf-8")) > limit:

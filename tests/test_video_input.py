@@ -136,7 +136,7 @@ def test_frames_and_video_inputs_differ_and_key_the_cache(tiny_backbone_dir):
     assert model_fingerprint(video) != model_fingerprint(frames)
 
 
-def test_the_video_mode_refuses_a_processor_that_cannot_build_videos(tiny_backbone_dir):
+def test_a_processor_that_cannot_build_videos_and_literal_video_tokens_are_refused(tiny_backbone_dir):
     model = _model(tiny_backbone_dir)
     stock = type(model.processor.backbone_processor).__mro__[1]  # the stock Qwen2VLProcessor
 
@@ -149,6 +149,8 @@ def test_the_video_mode_refuses_a_processor_that_cannot_build_videos(tiny_backbo
     foreign = Vlm2VecProcessor(Stock(backbone.image_processor, backbone.tokenizer), model.config)
     with pytest.raises(ValueError, match="video_input 'video' builds the video input from the frames itself"):
         foreign([TEXT], [[_frame(0)]])
+    with pytest.raises(ValueError, match=r"video token '<\|video_pad\|>'; mark the video with <\|video_1\|>"):
+        model.processor.check_text("<|video_pad|> a clip")  # a literal token would count as a video without pixels
 
 
 def test_truncation_keeps_the_video_tokens(tiny_backbone_dir):

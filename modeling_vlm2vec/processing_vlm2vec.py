@@ -35,7 +35,7 @@ from transformers.utils import cached_file
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
 from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text
-from .video_vlm2vec import process_videos
+from .video_vlm2vec import frames_at_one_size, process_videos
 
 _VISION_START = "<|vision_start|>"
 
@@ -263,7 +263,9 @@ class Vlm2VecProcessor(ProcessorMixin):
         return tensors
 
     def _run_backbone(self, prompts: list[str], images: list[Image.Image | list[Image.Image] | None]):
-        videos = [img for img in images if isinstance(img, list)] if self.video_input == "video" else []
+        videos = (
+            [frames_at_one_size(img) for img in images if isinstance(img, list)] if self.video_input == "video" else []
+        )
         per_text = [[] if img is None or videos and isinstance(img, list) else _as_list(img) for img in images]
         present = [img for frames in per_text for img in frames]
         kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}

@@ -23,16 +23,13 @@ def video_from_frames(image_processor, frames: list[Image.Image]) -> tuple[torch
     Args:
         image_processor: the backbone's Qwen-VL image processor (its ``size``, ``patch_size``, ``merge_size``,
             ``temporal_patch_size``, rescaling and normalisation apply).
-        frames: the video's frames; a frame whose size differs from the first frame's is first resized to it
-            (bicubic), so all frames share one grid.
+        frames: the video's frames, all of one size (see :func:`frames_at_one_size`).
 
     Returns:
         ``pixel_values_videos`` (grid_t * grid_h * grid_w, channels * temporal_patch_size * patch_size**2) float, its
         rows ordered time step first, then the image processor's spatial order; ``video_grid_thw`` (3,) long:
         ``grid_t`` = ceil(frames / temporal_patch_size) and the grid of one frame.
     """
-    first = frames[0].size
-    frames = [f if f.size == first else f.resize(first, Image.Resampling.BICUBIC) for f in frames]
     processed = image_processor(images=frames, return_tensors="pt")
     _, grid_h, grid_w = processed["image_grid_thw"][0].tolist()
     slots, patch = image_processor.temporal_patch_size, image_processor.patch_size
@@ -47,6 +44,14 @@ def video_from_frames(image_processor, frames: list[Image.Image]) -> tuple[torch
     return video.reshape(grid_t * rows, -1), torch.tensor([grid_t, grid_h, grid_w])
 
 
+def frames_at_one_size(frames: list[Image.Image]) -> list[Image.Image]:
+    """``frames`` with each frame whose size differs from the first frame's resized to it (bicubic), so a video's
+    frames share one grid, as the official code sizes every frame by the first (transformers also stacks a video's
+    frames into one array)."""
+    first = frames[0].size
+    return [f if f.size == first else f.resize(first, Image.Resampling.BICUBIC) for f in frames]
+
+
 def process_videos(processor, videos: list[list[Image.Image]], **_) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The video tensors of ``videos`` (``pixel_values_videos`` concatenated, ``video_grid_thw`` (videos, 3)) and
     each video's token run (``processor.video_token`` once per merged patch), as a Qwen-VL processor's
@@ -59,4 +64,4 @@ def process_videos(processor, videos: list[list[Image.Image]], **_) -> tuple[dic
     return tensors, [processor.video_token * (int(grid.prod()) // merged) for grid in grids]
 
 
-__all__ = ["process_videos", "video_from_frames"]
+__all__ = ["frames_at_one_size", "process_videos", "video_from_frames"]

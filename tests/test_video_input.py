@@ -198,3 +198,13 @@ def test_transformers4_positions_count_the_video_runs_after_vision_start(tiny_ba
     assert int(is_video.sum()) == 2  # one time step of 4 x 2 patches, merged 2 x 2
     # transformers 4 gave a video 3-D positions only after <|vision_start|>; the official bare token gets 1-D ones
     assert batch["mm_token_type_ids"][0].tolist() == (is_video * 2 * kept).tolist()
+
+
+def test_frames_of_another_size_take_the_first_frames_size(tiny_backbone_dir):
+    processor = _model(tiny_backbone_dir).processor
+    odd = _frame(1).resize((WIDTH + 10, HEIGHT - 6))  # e.g. a frame cropped differently
+    got = processor([TEXT], [[_frame(0), odd]])
+    as_first = odd.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)  # by hand, then the official layout
+    expected, grid = _by_hand_video([_frame(0), as_first], processor.backbone_processor.image_processor)
+    torch.testing.assert_close(got["pixel_values_videos"], expected, rtol=0, atol=1e-5)
+    assert got["video_grid_thw"].tolist() == [grid] == [[1, 4, 2]]

@@ -197,14 +197,15 @@ def test_the_position_policy_applies_to_every_frame(image_token, policy, expecte
         assert torch.isfinite(model(**batch).embeddings).all()
 
 
-def test_a_saved_checkpoint_embeds_videos_the_same_in_a_fresh_process(tiny_backbone_dir, tmp_path):
-    model = _model(tiny_backbone_dir, "qwen2_vl")
+def check_video_embeddings_in_a_fresh_process(model, frames: list, tmp_path, mode: str) -> None:
+    """Save ``model``, write ``frames`` as PNG files, and assert a process that cannot import the package embeds two
+    video items of them through the checkpoint's remote code as ``model.encode`` does, with ``video_input`` ``mode``."""
     model.save_pretrained(tmp_path / "ckpt")
     model.processor.save_pretrained(tmp_path / "ckpt")
     paths = []
-    for i in range(3):
+    for i, frame in enumerate(frames):
         paths.append(str(tmp_path / f"f{i}.png"))
-        _frame(i).save(paths[-1])
+        frame.save(paths[-1])
     items = [{"text": TEXT, "video": paths}, {"text": "Find the clip: a dog", "video": paths[::-1]}]
     expected = model.encode(items)
     code = f"""
@@ -214,5 +215,10 @@ model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=
 result = {{"mode": model.video_input, "embeddings": model.encode({items!r}).tolist()}}
 """ + emit_json_code("result")
     result = last_json_line(run_isolated(code))
-    assert result["mode"] == "frames"
+    assert result["mode"] == mode
     torch.testing.assert_close(torch.tensor(result["embeddings"]), expected, atol=1e-5, rtol=0)
+
+
+def test_a_saved_checkpoint_embeds_videos_the_same_in_a_fresh_process(tiny_backbone_dir, tmp_path):
+    model = _model(tiny_backbone_dir, "qwen2_vl")
+    check_video_embeddings_in_a_fresh_process(model, [_frame(i) for i in range(3)], tmp_path, "frames")

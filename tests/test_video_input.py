@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image
+from test_video_frames import check_video_embeddings_in_a_fresh_process
 
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.common.fingerprint import model_fingerprint
@@ -170,23 +170,7 @@ def test_truncation_keeps_the_video_tokens(tiny_backbone_dir):
 
 def test_a_saved_checkpoint_embeds_videos_the_same_in_a_fresh_process(tiny_backbone_dir, tmp_path):
     model = _model(tiny_backbone_dir)
-    model.save_pretrained(tmp_path / "ckpt")
-    model.processor.save_pretrained(tmp_path / "ckpt")
-    paths = []
-    for i in range(3):
-        paths.append(str(tmp_path / f"f{i}.png"))
-        _frame(i).save(paths[-1])
-    items = [{"text": TEXT, "video": paths}]
-    expected = model.encode(items)
-    code = f"""
-import json
-from transformers import AutoModel
-model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
-result = {{"mode": model.video_input, "embeddings": model.encode({items!r}).tolist()}}
-""" + emit_json_code("result")
-    result = last_json_line(run_isolated(code))
-    assert result["mode"] == "video"
-    torch.testing.assert_close(torch.tensor(result["embeddings"]), expected, atol=1e-5, rtol=0)
+    check_video_embeddings_in_a_fresh_process(model, [_frame(i) for i in range(3)], tmp_path, "video")
 
 
 @pytest.mark.parametrize(("text", "kept"), [(TEXT, False), ("<|vision_start|><|video_1|><|vision_end|> a clip", True)])

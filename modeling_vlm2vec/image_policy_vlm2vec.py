@@ -56,10 +56,11 @@ def unexpressed_policy(config) -> dict:
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
-def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
+def apply_resolution_policy(image: Image.Image, config, *, small_image_rule: bool = True) -> Image.Image:
     """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`) that
     the backbone processor does not apply itself: a fixed size, else the pixel count clamped between the bounds
-    (unless :func:`pixel_bounds_are_native`); then the ``small_image_edge`` rule.
+    (unless :func:`pixel_bounds_are_native`); then, with ``small_image_rule``, the ``small_image_edge`` rule (the
+    official code applies it to images, not to the frames of a backbone video input).
 
     Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
     """
@@ -67,7 +68,7 @@ def apply_resolution_policy(image: Image.Image, config) -> Image.Image:
         image = image.convert("RGB")
     if not pixel_bounds_are_native(config):
         image = _resize_by_policy(image, config)
-    edge = config.small_image_edge
+    edge = config.small_image_edge if small_image_rule else None
     if edge is not None and min(image.size) < edge:
         image = image.resize((2 * edge, 2 * edge), Image.Resampling.BICUBIC)  # PIL's default filter, as official
     return image

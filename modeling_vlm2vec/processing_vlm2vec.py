@@ -238,8 +238,12 @@ class Vlm2VecProcessor(ProcessorMixin):
             self.build_prompt(t, img is not None and not n, instruction, n) for t, img, n in zip(texts, images, counts)
         ]
         self._configure_backbone()  # the config may have changed since the last call
-        images = [frame for img, n in zip(images, counts) for frame in (img if n else [img])]  # frames one by one
-        pil_images = [None if img is None else apply_resolution_policy(img, self) for img in images]
+        flat = [(frame, bool(n)) for img, n in zip(images, counts) for frame in (img if n else [img])]  # one by one
+        stretch = self.video_input != "video"  # the official code stretches small images, not video-input frames
+        pil_images = [
+            None if img is None else apply_resolution_policy(img, self, small_image_rule=stretch or not frame)
+            for img, frame in flat
+        ]
         pil_images = _regroup_frames(pil_images, counts)
         batch = self._run_backbone(prompts, pil_images)
         if self.max_length is not None:

@@ -192,3 +192,16 @@ def test_frames_of_another_size_take_the_first_frames_size(tiny_backbone_dir):
     expected, grid = _by_hand_video([_frame(0), as_first], processor.backbone_processor.image_processor)
     torch.testing.assert_close(got["pixel_values_videos"], expected, rtol=0, atol=1e-5)
     assert got["video_grid_thw"].tolist() == [grid] == [[1, 4, 2]]
+
+
+def test_the_small_image_rule_stretches_frames_but_not_a_video_input(tiny_backbone_dir):
+    frame = _frame(0)  # its short side (28 px) is under the edge of 56 below
+    plain = _model(tiny_backbone_dir).processor([TEXT], [[frame, frame]])
+    video = _model(tiny_backbone_dir, small_image_edge=56).processor([TEXT], [[frame, frame]])
+    torch.testing.assert_close(video["pixel_values_videos"], plain["pixel_values_videos"], rtol=0, atol=0)
+    frames_model = Vlm2VecModel.from_backbone(tiny_backbone_dir("qwen2_vl"), small_image_edge=56).eval()
+    frames = frames_model.processor([TEXT], [[frame, frame]])
+    stretched = frame.resize((112, 112), Image.Resampling.BICUBIC)  # the rule by hand: a square of twice the edge
+    by_hand = frames_model.processor.backbone_processor(text=["<|image_pad|>"], images=[stretched], return_tensors="pt")
+    assert frames["image_grid_thw"].tolist() == 2 * by_hand["image_grid_thw"].tolist()
+    torch.testing.assert_close(frames["pixel_values"], torch.cat([by_hand["pixel_values"]] * 2), rtol=0, atol=0)

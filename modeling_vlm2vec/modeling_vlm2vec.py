@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file
 from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
+from .encode_items_vlm2vec import as_item, length_batches, open_item_image, prepared_batches
 from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native
@@ -269,16 +266,16 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             processor = self.processor
         elif not hasattr(processor, "backbone_processor"):
             processor = Vlm2VecProcessor.from_config(processor, self.config)
-        items = [_as_item(x, position) for position, x in enumerate(inputs)]
+        items = [as_item(x, position) for position, x in enumerate(inputs)]
         if self.video_input is None and any(isinstance(item[1], list) for item in items):
             raise ValueError(f"encode() takes no video items for backbone {self.config.backbone_type!r}")
-        batches = _length_batches(items, batch_size)
+        batches = length_batches(items, batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(batches) > 1
 
         def prepare(idx: list[int]) -> dict[str, torch.Tensor]:
             texts = [items[i][0] for i in idx]
-            images = [_open_image(items[i][1]) for i in idx]
+            images = [open_item_image(items[i][1]) for i in idx]
             return processor(texts, images, instruction=instruction)
 
         if prefetch is None:
@@ -287,7 +284,7 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         self.eval()
         out = torch.empty(len(items), dim, dtype=torch.float32)
         progress = tqdm(total=len(batches), desc="Encoding", disable=not show_progress_bar)
-        prepared = _prepared(prepare, batches, background=prefetch)
+        prepared = prepared_batches(prepare, batches, background=prefetch)
         try:
             for idx, batch in zip(batches, prepared):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -324,79 +321,6 @@ def _backbone_from_config(backbone_config) -> PreTrainedModel:
         # Hub code runs here only if its config class was itself loaded from Hub code, i.e. the user trusted it.
         trusted = type(backbone_config).__module__.startswith("transformers_modules")
         return AutoModelForCausalLM.from_config(backbone_config, trust_remote_code=trusted)
-
-
-def _as_item(x, position: int) -> tuple[str | None, object]:
-    """Normalise the ``encode`` input at ``position`` to (text, image-or-path-or-None or a list of frames)."""
-    if isinstance(x, str):
-        text, image = x, None
-    elif isinstance(x, Image.Image):
-        text, image = None, x
-    elif isinstance(x, dict):
-        unknown = set(x) - {"text", "image", "video"}
-        if unknown:
-            raise ValueError(f"encode() items take keys 'text', 'image', 'video', got {sorted(unknown)} at {position}")
-        text, image, video = x.get("text"), x.get("image"), x.get("video")
-        if video is not None:
-            if image is not None or isinstance(video, (str, Image.Image)) or not video:
-                raise ValueError(f"encode() item {position}: a video is a non-empty list of frames, with no image")
-            image = list(video)
-    else:
-        raise TypeError(f"encode() items must be str, PIL.Image.Image or dict, got {type(x).__name__} at {position}")
-    if text is not None and not isinstance(text, str):
-        raise TypeError(f"encode() item {position}: text must be a str, got {type(text).__name__}")
-    if image is None and not (text or "").strip():
-        raise ValueError(f"encode() item {position} is empty: give it a text or an image")
-    return text, image
-
-
-def _length_batches(items: list[tuple[str | None, object]], batch_size: int) -> list[list[int]]:
-    """Indices of ``items`` in batches of at most ``batch_size``, sorted by :func:`_length_key`; text-only, image and
-    video items go to separate batches (a short text padded to an image row's length wastes most of its compute)."""
-    keys = [_length_key(item) for item in items]
-    order = sorted(range(len(items)), key=keys.__getitem__)
-    kinds = [[i for i in order if keys[i][0] == kind] for kind in range(3)]
-    return [kind[start : start + batch_size] for kind in kinds for start in range(0, len(kind), batch_size)]
-
-
-def _length_key(item: tuple[str | None, object]) -> tuple[int, int, int]:
-    """Sort key that groups items of similar token count: text-only (kind 0) first, then images (1), then videos
-    (2), each by pixel count (over all frames: it sets the image tokens of resolution-dependent backbones), then by
-    text length."""
-    text, image = item
-    pixels = 0
-    for frame in [] if image is None else image if isinstance(image, list) else [image]:
-        with nullcontext(frame) if isinstance(frame, Image.Image) else Image.open(frame) as img:  # a header only
-            pixels += img.width * img.height
-    return 2 if isinstance(image, list) else int(image is not None), pixels, len(text or "")
-
-
-def _prepared(prepare, batches: list, background: bool) -> Generator:
-    """``prepare(b)`` for every ``b`` in ``batches``, in order. With ``background``, the next one is computed in a
-    worker thread while the caller uses the current one (image decoding and processing overlap the forward pass).
-    Closing the generator early waits for the one preparation in flight."""
-    if not background:
-        for batch in batches:
-            yield prepare(batch)
-        return
-    if not batches:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm2vec-encode") as pool_:
-        pending = pool_.submit(prepare, batches[0])
-        for following in batches[1:]:
-            ready = pending.result()
-            pending = pool_.submit(prepare, following)
-            yield ready
-        yield pending.result()
-
-
-def _open_image(image) -> Image.Image | list[Image.Image] | None:
-    if isinstance(image, list):  # a video's frames
-        return [_open_image(frame) for frame in image]
-    if image is None or isinstance(image, Image.Image):
-        return image
-    with Image.open(image) as img:
-        return img.convert("RGB")
 
 
 Vlm2VecModel.register_for_auto_class("AutoModel")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.modeling_vlm2vec import _length_batches, _prepared
+from modeling_vlm2vec.encode_items_vlm2vec import length_batches, prepared_batches
 from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
 INSTRUCTION = "Find me an everyday image that matches the given caption:"
@@ -122,7 +122,7 @@ def test_length_batches_keep_text_and_image_items_apart_and_sort_images_by_pixel
         ("mid length text", None),
         ("x", _picture("red", (20, 20))),
     ]
-    batches = _length_batches(items, batch_size=2)
+    batches = length_batches(items, batch_size=2)
     assert sorted(i for b in batches for i in b) == list(range(len(items)))
     assert all(1 <= len(b) <= 2 for b in batches)
     for b in batches:
@@ -138,14 +138,14 @@ def test_background_preparation_runs_ahead_of_the_consumer():
         return b * 10
 
     results = []
-    for value in _prepared(prepare, [0, 1, 2], background=True):
+    for value in prepared_batches(prepare, [0, 1, 2], background=True):
         following = value // 10 + 1
         if following in started:  # the following batch is being prepared before this one is given back
             assert started[following].wait(timeout=10)
         results.append(value)
     assert results == [0, 10, 20]
-    assert list(_prepared(prepare, [], background=True)) == []
-    assert list(_prepared(prepare, [2, 0], background=False)) == [20, 0]
+    assert list(prepared_batches(prepare, [], background=True)) == []
+    assert list(prepared_batches(prepare, [2, 0], background=False)) == [20, 0]
 
 
 @pytest.mark.parametrize("background", [False, True])
@@ -157,7 +157,7 @@ def test_preparation_errors_reach_the_caller(background):
 
     produced = []
     with pytest.raises(ValueError, match="bad image in batch 1"):
-        for value in _prepared(prepare, [0, 1, 2], background=background):
+        for value in prepared_batches(prepare, [0, 1, 2], background=background):
             produced.append(value)
     assert produced == [0]
 

@@ -30,6 +30,7 @@ EXPECTED_FILES = {
     "prompting_vlm2vec.py",
     "image_policy_vlm2vec.py",
     "video_vlm2vec.py",
+    "encode_items_vlm2vec.py",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",

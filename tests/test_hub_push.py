@@ -37,6 +37,7 @@ HUB_FILES = {
     "prompting_vlm2vec.py",
     "image_policy_vlm2vec.py",
     "video_vlm2vec.py",
+    "encode_items_vlm2vec.py",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",

@@ -111,6 +111,7 @@ def test_demo_style_run_exports_evaluates_and_loads_without_the_package(tmp_path
         "prompting_vlm2vec.py",
         "image_policy_vlm2vec.py",
         "video_vlm2vec.py",
+        "encode_items_vlm2vec.py",
         "model.safetensors",
         "README.md",
         "eval/summary.json",

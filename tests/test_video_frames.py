@@ -8,7 +8,7 @@ from PIL import Image
 
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.demo import TINY_MODEL_TYPES
-from modeling_vlm2vec.modeling_vlm2vec import _length_batches
+from modeling_vlm2vec.encode_items_vlm2vec import length_batches
 from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor
 from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
@@ -173,7 +173,7 @@ def test_video_items_get_batches_of_their_own_sorted_by_pixels(tmp_path):
         ("v", [mid]),  # 400 px
         ("i", small),
     ]
-    batches = _length_batches(items, batch_size=2)
+    batches = length_batches(items, batch_size=2)
     kinds = [{type(items[i][1]).__name__ for i in b} for b in batches]
     assert all(len(kind) == 1 for kind in kinds), f"{batches} mixes kinds"
     assert batches == [[1], [5, 2], [0, 4], [3]]  # text, images by pixels, videos by their frames' pixels

@@ -39,6 +39,7 @@ REMOTE_CODE_FILES = (
     "processing_vlm2vec.py",
     "prompting_vlm2vec.py",
     "image_policy_vlm2vec.py",
+    "encode_items_vlm2vec.py",
     "video_vlm2vec.py",
 )
 

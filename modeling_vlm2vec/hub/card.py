@@ -83,9 +83,10 @@ def load_eval_summaries(eval_dir: str | os.PathLike | None) -> dict[str, dict]:
     return found
 
 
-def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
+def _aggregate_rows(summary: dict) -> list[dict]:
+    """The card rows of a summary's aggregates (MMEB-V1 or MMEB-V2): its metric and the paper's, in percent."""
     metric = summary.get("metric", "hit@1")
-    aggregates = [
+    return [
         {
             "name": GROUP_TITLES.get(group, group),
             "n": agg.get("n"),
@@ -95,6 +96,10 @@ def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
         }
         for group, agg in summary.get("aggregates", {}).items()
     ]
+
+
+def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
+    metric = summary.get("metric", "hit@1")
     datasets = [
         {
             "name": name,
@@ -105,20 +110,10 @@ def _eval_rows(summary: dict) -> tuple[list[dict], list[dict]]:
         }
         for name, row in summary.get("datasets", {}).items()
     ]
-    return aggregates, datasets
+    return _aggregate_rows(summary), datasets
 
 
 def _v2_rows(summary: dict) -> tuple[list[dict], list[dict]]:
-    aggregates = [
-        {
-            "name": group,
-            "n": agg["n"],
-            "N": agg["N"],
-            "score": format_percent(agg["score"]),
-            "paper": format_percent(agg.get("paper_score")),
-        }
-        for group, agg in summary.get("aggregates", {}).items()
-    ]
     tasks = [
         {
             "name": name,
@@ -130,7 +125,7 @@ def _v2_rows(summary: dict) -> tuple[list[dict], list[dict]]:
         }
         for name, row in summary.get("datasets", {}).items()
     ]
-    return aggregates, tasks
+    return _aggregate_rows(summary), tasks
 
 
 def _eval_results(summary: dict) -> list[EvalResult]:

@@ -97,6 +97,11 @@ class Vlm2VecProcessor(ProcessorMixin):
     position_policy = property(lambda self: self.config.position_policy, doc="``native`` or ``transformers4``.")
     video_input = property(lambda self: self.config.video_input, doc="``frames`` or ``video``.")
 
+    @property
+    def _video_token(self) -> str | None:
+        """The backbone's video token with ``video_input`` ``video``, else None (videos are images then)."""
+        return self.backbone_processor.video_token if self.video_input == "video" else None
+
     @classmethod
     def from_config(cls, backbone_processor, config: Vlm2VecConfig) -> Vlm2VecProcessor:
         """The processor of a model whose config is ``config``."""
@@ -174,10 +179,9 @@ class Vlm2VecProcessor(ProcessorMixin):
     ) -> str:
         """:func:`build_prompt` with this checkpoint's image token (``num_frames`` of them for a video item, or the
         backbone's one video token with ``video_input`` ``video``)."""
-        video_token = self.backbone_processor.video_token if self.video_input == "video" else None
         return build_prompt(
             text, has_image, self.image_token, instruction, strip=self.strip_prompt, num_frames=num_frames,
-            video_token=video_token,
+            video_token=self._video_token,
         )  # fmt: skip
 
     def check_text(self, text: str) -> None:
@@ -304,8 +308,7 @@ class Vlm2VecProcessor(ProcessorMixin):
     def _shorten_text(self, prompt: str, excess: int) -> str:
         """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image (video) token
         intact."""
-        video_token = self.backbone_processor.video_token if self.video_input == "video" else self.image_token
-        last = max((self.image_token, video_token), key=prompt.rfind)
+        last = max((self.image_token, self._video_token or self.image_token), key=prompt.rfind)
         head, sep, text = prompt.rpartition(last)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if excess > len(ids):

@@ -15,16 +15,14 @@ from hub_isolation import emit_json_code, last_json_line, run_isolated
 from launch import TWO_CPU_PROCESSES
 from PIL import Image
 from safetensors.torch import load_file
+from train_recipes import write_recipe
 from transformers import HfArgumentParser
 from transformers.integrations import integration_utils
 
 import train
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
-from modeling_vlm2vec.common.fingerprint import model_fingerprint
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
-from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
 from modeling_vlm2vec.hub.native import native_state_dict
-from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.pipeline import TRAIN_ARGUMENTS, check_reporting
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,29 +39,7 @@ def backbone(tiny_backbone_dir):
 
 
 def _recipe(tmp_path, backbone, synthetic, **overrides) -> Path:
-    recipe = {
-        "output_dir": str(tmp_path / "out"),
-        "model_name_or_path": str(backbone),
-        "dataset_config": str(synthetic["data_config"]),
-        "per_device_train_batch_size": 8,
-        "gc_q_chunk_size": 3,
-        "gc_p_chunk_size": 3,
-        "learning_rate": 1e-3,
-        "max_steps": 3,
-        "save_steps": 100,
-        "logging_steps": 1,
-        "use_cpu": True,
-        "report_to": [],
-        "do_eval": False,
-        "seed": 0,
-        "dataloader_num_workers": 0,
-        "disable_tqdm": True,
-    }
-    recipe.update(overrides)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(tmp_path, backbone, synthetic["data_config"], **overrides)
 
 
 def _run(args: list[str], *, launcher: list[str] | None = None, cwd=REPO) -> subprocess.CompletedProcess:
@@ -400,65 +376,3 @@ def test_a_new_run_sets_the_previous_results_aside_and_logs_dropped_rows(tmp_pat
         "model": "an earlier model"
     }
     assert "an earlier model" not in (tmp_path / "out" / "README.md").read_text()
-
-
-def _v2_recipe(tmp_path, backbone, synthetic, tasks: list[str]):
-    """A one-step recipe evaluated on the MMEB-V2 fixture tasks ``tasks``."""
-    suite = write_v2_suite(tmp_path / "v2")
-    return _recipe(
-        tmp_path,
-        backbone,
-        synthetic,
-        max_steps=1,
-        do_eval=True,
-        eval_benchmark="mmeb-v2",
-        eval_dataset_name=str(suite["data"]),
-        eval_image_dir=str(suite["media"]),
-        eval_subset_name=tasks,
-        eval_batch_size=4,
-    )
-
-
-def test_eval_benchmark_mmeb_v2_scores_the_export_into_eval_mmeb_v2_and_its_card(tmp_path, backbone, synthetic, capsys):
-    tasks = ["OK-VQA", "ViDoRe_arxivqa"]
-    recipe = _v2_recipe(tmp_path, backbone, synthetic, tasks)
-    assert train.main([str(recipe)]) == 0
-    out = tmp_path / "out"
-    final = json.loads((out / "eval" / "mmeb-v2" / "summary.json").read_text())
-    baseline = json.loads((out / "eval" / "baseline" / "mmeb-v2" / "summary.json").read_text())
-    assert list(final["datasets"]) == list(baseline["datasets"]) == tasks
-    assert not (out / "eval" / "summary.json").exists()  # no MMEB-V1 run
-    # The scores are those of the exported folder as users load it, not of the model in memory.
-    assert final["model_fingerprint"] == model_fingerprint(load_vlm2vec(out))
-    assert baseline["model_fingerprint"] != final["model_fingerprint"]
-    card = (out / "README.md").read_text()
-    for name in tasks:
-        record = json.loads((out / "eval" / "mmeb-v2" / f"{name}_score.json").read_text())
-        row = f"| {name} | {record['modality']} | {record['meta_task']} | {record['metric']} | "
-        assert row + f"{100 * record['score']:.1f} |" in card, name
-    mean = sum(final["datasets"][name]["score"] for name in tasks) / 2
-    assert f"| All | 2/78 | {100 * mean:.1f} |" in card
-    table = capsys.readouterr().out
-    assert "| OK-VQA |" in table and "| All |" in table  # the before/after table
-
-
-def test_eval_benchmark_is_validated_when_the_recipe_loads(tmp_path, backbone, synthetic, capsys):
-    recipe = _recipe(tmp_path, backbone, synthetic, do_eval=True, eval_benchmark="mmeb-v3")
-    assert train.main([str(recipe)]) == 2
-    err = capsys.readouterr().err
-    assert "error: " in err and "eval_benchmark must be one of mmeb-v1, mmeb-v2, got 'mmeb-v3'" in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_video_tasks_for_a_model_without_video_input_stop_before_anything_moves(
-    tmp_path, backbone, synthetic, capsys, monkeypatch
-):
-    monkeypatch.setattr(Vlm2VecModel, "video_input", property(lambda self: None))  # a backbone without frames input
-    earlier = tmp_path / "out" / "eval" / "summary.json"
-    earlier.parent.mkdir(parents=True)
-    earlier.write_text('{"model": "an earlier model"}')
-    recipe = _v2_recipe(tmp_path, backbone, synthetic, ["MSR-VTT"])
-    assert train.main([str(recipe)]) == 2
-    assert "error: " in capsys.readouterr().err
-    assert earlier.read_text() == '{"model": "an earlier model"}'  # not set aside: nothing was started
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval"]

@@ -56,8 +56,9 @@ def doc_pages() -> list[Path]:
     return [p for p in pages if "hooks" not in p.relative_to(REPO).parts]
 
 
-def read_blocks(page: Path) -> list[Block]:
-    """The fenced code blocks of `page`, each with the marker on the nearest non-blank line above it."""
+def read_blocks(page: Path, root: Path = REPO) -> list[Block]:
+    """The fenced code blocks of `page` (named relative to `root`), each with the marker on the nearest non-blank
+    line above it."""
     lines = page.read_text().splitlines()
     blocks, i, previous = [], 0, ""
     while i < len(lines):
@@ -73,7 +74,7 @@ def read_blocks(page: Path) -> list[Block]:
         marker = MARKER.match(previous)
         blocks.append(
             Block(
-                page=str(page.relative_to(REPO)),
+                page=str(page.relative_to(root)),
                 line=i + 1,
                 lang=opening["lang"],
                 mode=marker["mode"] if marker else None,

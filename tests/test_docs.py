@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from docs_blocks import REPO, check_command, check_yaml, doc_pages, marker_problem, read_blocks, shell_commands
 from docs_workspace import build_workspace
 
@@ -27,15 +28,12 @@ def test_every_code_block_carries_a_valid_marker():
 
 
 def test_marker_rules_refuse_unmarked_static_without_reason_and_wrong_language(tmp_path):
-    page = REPO / "docs" / "zz-convention-probe.md"  # read_blocks names pages relative to the repository
+    page = tmp_path / "probe.md"
     page.write_text(
         "```bash\nls\n```\n\n<!-- docs-test: static -->\n```bash\nls\n```\n\n"
         "<!-- docs-test: run -->\n```yaml\na: 1\n```\n\n<!-- docs-test: static needs a GPU -->\n```bash\nls\n```\n"
     )
-    try:
-        problems = [marker_problem(block) for block in read_blocks(page)]
-    finally:
-        page.unlink()
+    problems = [marker_problem(block) for block in read_blocks(page, root=tmp_path)]
     assert problems[0].startswith("no <!-- docs-test") and problems[1] == "a static block needs a reason"
     assert problems[2].startswith("mode run takes bash, python blocks") and problems[3] is None
 
@@ -43,6 +41,7 @@ def test_marker_rules_refuse_unmarked_static_without_reason_and_wrong_language(t
 @pytest.mark.parametrize("block", CHECKED, ids=[block.where for block in CHECKED])
 def test_checked_block_parses(block, monkeypatch, tmp_path):
     monkeypatch.setenv("MMEB_TRAIN_DIR", str(tmp_path))
+    threads = torch.get_num_threads()  # importing a bench script sets the bench's thread count
     try:
         if block.lang == "yaml":
             check_yaml(block.code)
@@ -51,6 +50,8 @@ def test_checked_block_parses(block, monkeypatch, tmp_path):
                 check_command(command)
     except SystemExit as exc:  # argparse refused the arguments (its message is on stderr)
         pytest.fail(f"{block.where}: the command's parser exited with status {exc.code}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

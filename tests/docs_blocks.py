@@ -4,7 +4,7 @@ Every fenced block of ``README.md`` and ``docs/**/*.md`` is preceded by a marker
 
 - ``<!-- docs-test: run -->``: executed in the docs workspace (``docs_workspace.py``) in document order; a Python
   block as a script of its own, a shell block one command at a time with ``bash``. Each must succeed.
-- ``<!-- docs-test: check -->``: not run (a GPU, the network or an hour would be needed), but checked: each shell
+- ``<!-- docs-test: check REASON -->``: not run (a GPU, the network or an hour would be needed), but checked: each shell
   command's arguments are parsed by the command's own parser (``python X.py``, ``python -m M``, ``accelerate
   launch``: accelerate's parser, then the script's), a recipe YAML given alone is parsed as ``train.py`` parses it
   (with ``bf16: false, use_cpu: true`` so a GPU recipe parses on a CPU), a ``make`` target must exist; a YAML block
@@ -92,8 +92,10 @@ def marker_problem(block: Block) -> str | None:
         return "no <!-- docs-test: run|check|static REASON --> marker on the line above"
     if block.mode not in MODES:
         return f"unknown mode {block.mode!r}"
+    if block.mode != "run" and not block.reason:
+        return f"a {block.mode} block needs a reason (why it cannot run here)"
     if block.mode == "static":
-        return None if block.reason else "a static block needs a reason"
+        return None
     if block.lang not in MODES[block.mode]:
         return f"mode {block.mode} takes {', '.join(sorted(MODES[block.mode]))} blocks, not {block.lang or 'plain'!r}"
     return None

@@ -27,15 +27,17 @@ def test_every_code_block_carries_a_valid_marker():
     assert RUN_PAGES and CHECKED  # the pages do show runnable and checkable blocks
 
 
-def test_marker_rules_refuse_unmarked_static_without_reason_and_wrong_language(tmp_path):
+def test_marker_rules_refuse_unmarked_blocks_missing_reasons_and_wrong_languages(tmp_path):
     page = tmp_path / "probe.md"
     page.write_text(
         "```bash\nls\n```\n\n<!-- docs-test: static -->\n```bash\nls\n```\n\n"
         "<!-- docs-test: run -->\n```yaml\na: 1\n```\n\n<!-- docs-test: static needs a GPU -->\n```bash\nls\n```\n"
+        "\n<!-- docs-test: check -->\n```bash\nls\n```\n"
     )
     problems = [marker_problem(block) for block in read_blocks(page, root=tmp_path)]
-    assert problems[0].startswith("no <!-- docs-test") and problems[1] == "a static block needs a reason"
+    assert problems[0].startswith("no <!-- docs-test") and problems[1].startswith("a static block needs a reason")
     assert problems[2].startswith("mode run takes bash, python blocks") and problems[3] is None
+    assert problems[4].startswith("a check block needs a reason")
 
 
 @pytest.mark.parametrize("block", CHECKED, ids=[block.where for block in CHECKED])

@@ -11,6 +11,7 @@ parser to parse; at that moment the parser is captured and the command stops, be
 from __future__ import annotations
 
 import argparse
+import logging
 import runpy
 import sys
 import warnings
@@ -48,6 +49,12 @@ def capture_parser(command: str) -> argparse.ArgumentParser:
     that does not exist.
     """
     saved_argv, saved_path = sys.argv[:], sys.path[:]
+    # A command's main() configures logging before it parses (basicConfig, its own logger's level): undo that.
+    loggers = [logging.root] + [
+        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)
+    ]
+    saved_logging = [(logger, logger.level, logger.handlers[:]) for logger in loggers]
+    known = set(loggers)
     originals = [(cls, name, cls.__dict__[name]) for cls, name in _ENTRY_POINTS]
     try:
         for cls, name, _ in originals:
@@ -73,4 +80,10 @@ def capture_parser(command: str) -> argparse.ArgumentParser:
         for cls, name, original in originals:
             setattr(cls, name, original)
         sys.argv, sys.path[:] = saved_argv, saved_path
+        for logger, level, handlers in saved_logging:
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+        for logger in logging.Logger.manager.loggerDict.values():  # loggers the run created: as if never configured
+            if isinstance(logger, logging.Logger) and logger not in known:
+                logger.setLevel(logging.NOTSET)
     raise LookupError(f"{command} finished without parsing its arguments")

@@ -130,14 +130,15 @@ def test_site_builds_strict_with_every_flag_in_the_cli_reference(tmp_path):
     assert re.search(r"Vlm2VecModel", api) and "encode" in api
 
 
-def test_strict_build_fails_on_a_broken_link(tmp_path):
-    """The CI build is only worth something if a dead link fails it: a one-page site with our validation rules."""
+def test_strict_build_fails_on_a_broken_link_and_a_page_outside_the_nav(tmp_path):
+    """The CI build is only worth something if these fail it: a small site with our validation rules."""
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text("# Home\n\nSee [the missing page](missing.md) and [an anchor](#nowhere).\n")
+    (docs / "orphan.md").write_text("# Not in the nav\n")
     config = (REPO / "mkdocs.yml").read_text()
     validation = re.search(r"^validation:\n(?:  .*\n)+", config, re.M)[0]
-    (tmp_path / "mkdocs.yml").write_text(f"site_name: probe\nstrict: true\n{validation}")
+    (tmp_path / "mkdocs.yml").write_text(f"site_name: probe\nstrict: true\nnav:\n  - index.md\n{validation}")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict"],
         cwd=tmp_path,
@@ -147,4 +148,4 @@ def test_strict_build_fails_on_a_broken_link(tmp_path):
         timeout=300,
     )
     assert proc.returncode != 0
-    assert "missing.md" in proc.stderr and "nowhere" in proc.stderr
+    assert "missing.md" in proc.stderr and "nowhere" in proc.stderr and "orphan.md" in proc.stderr

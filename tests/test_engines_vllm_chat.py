@@ -152,3 +152,11 @@ def test_the_template_is_openai_for_any_image_token_and_bos():
     for token in {*VLLM_IMAGE_PLACEHOLDERS.values(), "<image>", "<|image_pad|>", "<image_soft_token>"}:
         for add_bos in (False, True):
             assert detect_content_format(render_chat_template(token, add_bos)) == "openai"
+
+
+def test_the_model_card_serves_with_the_openai_content_format(exports):
+    folder, _, _ = exports["qwen2_vl"]
+    card = (folder / "README.md").read_text()
+    [command] = [line for line in card.splitlines() if line.startswith("vllm serve ")]
+    assert "--chat-template-content-format openai" in command
+    assert "--chat-template " not in command  # vLLM reads the shipped template from the model itself

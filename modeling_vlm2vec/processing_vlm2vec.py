@@ -327,18 +327,27 @@ def _regroup_frames(images: list, counts: list[int]) -> list:
     return [[next(flat) for _ in range(n)] if n else next(flat) for n in counts]
 
 
-def _image_only(stock: type, videos: bool) -> type:
+def _image_only(stock: type, video_processor: str, videos: bool) -> type:
     """A subclass of the stock Qwen-VL processor class ``stock`` without the video processor (which needs
     torchvision). With ``videos``, its videos (lists of frames) are built by :func:`~.video_vlm2vec.process_videos`
-    from the image processor's output (the Qwen2-VL / Qwen2.5-VL rule); else it takes images and text only. It saves
-    under the stock class name, so other tools load the folder with the stock processor."""
+    from the image processor's output (the Qwen2-VL / Qwen2.5-VL rule); else it takes images and text only.
+
+    It saves as the stock class would, so other tools load the folder with the stock processor class: under the
+    stock class name, with a ``video_processor`` section of class ``video_processor`` (the stock class's video
+    processor) holding the image processor's settings — what transformers itself builds the video processor from
+    for a folder without a video processor config — since the stock loader refuses a folder without one."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.video_processor = None
         stock.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def to_dict(self) -> dict:
-        return {**stock.to_dict(self), "processor_class": stock.__name__}
+        saved = {**stock.to_dict(self), "processor_class": stock.__name__}
+        image = saved.get("image_processor")
+        if isinstance(image, dict):
+            video = {name: value for name, value in image.items() if name != "image_processor_type"}
+            saved["video_processor"] = {**video, "video_processor_type": video_processor}
+        return saved
 
     members = {"__init__": __init__, "to_dict": to_dict, "__doc__": _image_only.__doc__}
     if videos:
@@ -346,9 +355,10 @@ def _image_only(stock: type, videos: bool) -> type:
     return type(f"ImageOnly{stock.__name__}", (stock,), members)
 
 
-ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor, videos=True)
-ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor, videos=True)
-ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor, videos=False)
+# The stock video processor of each class: transformers' video processor mapping for qwen2_vl, qwen2_5_vl, qwen3_vl.
+ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor, "Qwen2VLVideoProcessor", videos=True)
+ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor, "Qwen2VLVideoProcessor", videos=True)
+ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor, "Qwen3VLVideoProcessor", videos=False)
 #: Processors whose videos :func:`~.video_vlm2vec.process_videos` builds (``video_input: video``).
 _VIDEO_FROM_FRAMES = (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor)
 _IMAGE_ONLY_PROCESSORS = {

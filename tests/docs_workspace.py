@@ -5,7 +5,6 @@ Contents (docs/contributing.md lists them for page authors):
 - ``outputs/demo``: a Vlm2Vec export of a tiny random Qwen2-VL (the layout ``make demo`` leaves, untrained);
   ``outputs/demo-data``: the synthetic data the demo writes beside it (``data_config.yaml``, ``eval/``, images).
 - ``outputs/run/checkpoint-2000``: a training checkpoint in the wrapper layout (tiny Qwen2-VL).
-- ``exported/llava-vlm2vec``: an export of a tiny LLaVA-Next (engines that need no torchvision).
 - ``VLM2Vec-Qwen2VL-2B``: an official-style release, a DoRA adapter on the raw tiny Qwen2-VL.
 - ``photo.jpg``, ``frames/0001.jpg`` ... ``frames/0009.jpg``; ``my_collection`` + ``my_images``: a BEIR collection.
 - ``hf-home``: an offline Hub cache in which ``Qwen/Qwen2-VL-2B-Instruct`` is the tiny random Qwen2-VL, so a
@@ -77,7 +76,7 @@ def build_workspace(root: Path, tiny_backbone_dir) -> Path:
     from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
     from modeling_vlm2vec.hub.export import export_checkpoint
 
-    qwen, llava = tiny_backbone_dir("qwen2_vl"), tiny_backbone_dir("llava_next")
+    qwen = tiny_backbone_dir("qwen2_vl")
     for name in LINKED:
         (root / name).symlink_to(REPO / name)
     for repo_id, model_type in HUB_STAND_INS.items():
@@ -88,7 +87,6 @@ def build_workspace(root: Path, tiny_backbone_dir) -> Path:
     model = Vlm2VecModel.from_backbone(qwen)
     model.save_pretrained(checkpoint)
     model.processor.save_pretrained(checkpoint)
-    export_checkpoint(Vlm2VecModel.from_backbone(llava), root / "exported" / "llava-vlm2vec")
     _official_release(qwen, root / "VLM2Vec-Qwen2VL-2B")
     _picture(root / "photo.jpg", "red")
     for i, colour in enumerate(["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "gray"]):

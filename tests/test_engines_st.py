@@ -1,5 +1,6 @@
 """sentence-transformers reads an export without this package: same token ids and embeddings as `encode()`."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image, ImageDraw
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.hub.engines import MMEB_PROMPTS
@@ -37,23 +39,24 @@ def _cases(small, big):
     ]
 
 
-# Stock Qwen2-VL / Qwen2.5-VL processors need torchvision (their video processor), which this environment lacks: for
-# the Qwen layout only, the child swaps in the image-only processor shipped in the export's own processing file.
-# Everything else (config, weights, sentence-transformers files, chat template) is read as any user's would be.
-QWEN_STAND_IN = """
-from transformers import AutoProcessor
-from transformers.dynamic_module_utils import get_class_from_dynamic_module
-image_only = get_class_from_dynamic_module("processing_vlm2vec.ImageOnlyQwen2VLProcessor", {folder!r})
-AutoProcessor.from_pretrained = lambda path, **kwargs: image_only.from_pretrained(path)  # TEST STAND-IN
-"""
+# The stock Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors build their video processor, which needs torchvision; without
+# it their exports are checked against what the stock loader requires in test_engines_processors.py.
+NEEDS_TORCHVISION = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None,
+    reason="the stock Qwen-VL processor needs torchvision (its video processor), which is not installed",
+)
+QWEN = [pytest.param(model_type, marks=NEEDS_TORCHVISION) for model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")]
 
 
 # Qwen-VL expresses pixel bounds in its own processor settings: bounds the two images fall outside of (4704 and 9408
 # pixels; the tiny processor's own are 784 and 3136) must reach sentence-transformers through the export alone.
-POLICIES = {"qwen2_vl": {"image_min_pixels": 6 * 28 * 28, "image_max_pixels": 12 * 28 * 28}}
+POLICIES = {
+    model_type: {"image_min_pixels": 6 * 28 * 28, "image_max_pixels": 12 * 28 * 28}
+    for model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+}
 
 
-@pytest.mark.parametrize("model_type", ["llava_next", "idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("model_type", ["llava_next", "idefics3", "gemma3", *QWEN])
 def test_sentence_transformers_embeds_exactly_like_encode(model_type, tiny_backbone_dir, tmp_path):
     small = _image(tmp_path / "small.png", "red", (20, 14))  # below the processor's native size (and min pixels)
     big = _image(tmp_path / "big.png", "blue", (420, 300))  # above it (and max pixels)
@@ -64,16 +67,13 @@ def test_sentence_transformers_embeds_exactly_like_encode(model_type, tiny_backb
     folder = export_checkpoint(model, tmp_path / "export")
     cases = _cases(small, big)
 
-    stand_in = QWEN_STAND_IN.format(folder=str(folder)) if model_type == "qwen2_vl" else ""
-    child = (
-        stand_in
-        + f"""
+    child = f"""
 import json
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 st = SentenceTransformer({str(folder)!r})
+out = {{"ids": [], "emb": [], "processor": type(st[0].processor).__name__}}
 cases = json.loads({json.dumps([(c[1], c[3], c[4]) for c in cases])!r})
-out = {{"ids": [], "emb": []}}
 for item, instruction, name in cases:
     if isinstance(item, dict) and "image" in item:
         item = {{**item, "image": Image.open(item["image"]).convert("RGB")}}
@@ -82,10 +82,9 @@ for item, instruction, name in cases:
     features = st[0].preprocess([item], prompt=st.prompts[name] if name else prompt)
     out["ids"].append(features["input_ids"][0].tolist())
     out["emb"].append(st.encode([item], **kwargs)[0].tolist())
-"""
-        + emit_json_code("out")
-    )
+""" + emit_json_code("out")
     theirs = last_json_line(run_isolated(child))
+    assert theirs["processor"] == PROCESSOR_MAPPING_NAMES[model_type]  # the backbone's stock processor class
 
     for (name, _, (text, path), instruction, _), ids, emb in zip(cases, theirs["ids"], theirs["emb"]):
         image = Image.open(path).convert("RGB") if path else None

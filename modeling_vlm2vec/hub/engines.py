@@ -9,7 +9,8 @@
   range the folder was written with;
 - ``chat_template.jinja``: renders chat messages into exactly the prompt of ``build_prompt`` (the instruction arrives
   as a system message; at most one image; the raw format, no chat wrapping), starting with the BOS token when the
-  tokenizer adds one (vLLM's chat path adds no special tokens; transformers then adds none either).
+  tokenizer adds one (vLLM's chat path adds no special tokens; transformers then adds none either); it reads message
+  parts the way vLLM's auto-detection recognises as its "openai" content format (see :func:`render_chat_template`).
 """
 
 from __future__ import annotations
@@ -56,18 +57,23 @@ _FORWARD = {"method": "forward", "method_output_name": "last_hidden_state"}
 # processing_vlm2vec.build_prompt: system texts form the instruction, user texts the text (each stripped, joined by
 # one space); with an image the placeholder is put first unless present, then replaced by the image token; without
 # one, placeholders are dropped and whitespace collapsed; a video placeholder (engines get no video) is dropped too.
+# The parts are read by a loop over `message['content']` itself: vLLM hands a template its messages' parts (images as
+# {"type": "image"}) only when its parser finds such a loop (the "openai" content format); for any other template it
+# flattens each message into one string with its own image placeholder inlined (the "string" format), which would
+# render another prompt. String content (sentence-transformers' system prompt) is one text part.
 _TEMPLATE = """{#- VLM2Vec prompt, raw format: [instruction] [text]; the image token first unless placed -#}
 {%- set ns = namespace(instruction=[], text=[], images=0) -%}
 {%- for message in messages -%}
-{%- set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string
-    else message['content'] -%}
-{%- for part in parts -%}
-{%- if part['type'] == 'text' and part['text'] | trim -%}
-{%- if message['role'] == 'system' -%}{%- set ns.instruction = ns.instruction + [part['text'] | trim] -%}
-{%- else -%}{%- set ns.text = ns.text + [part['text'] | trim] -%}{%- endif -%}
+{%- set texts = namespace(items=[message['content']] if message['content'] is string else []) -%}
+{%- for part in message['content'] if message['content'] is not string -%}
+{%- if part['type'] == 'text' -%}{%- set texts.items = texts.items + [part['text']] -%}
 {%- elif part['type'] == 'image' -%}{%- set ns.images = ns.images + 1 -%}
-{%- elif part['type'] != 'text' -%}{{ raise_exception('VLM2Vec inputs hold text and images only') }}
+{%- else -%}{{ raise_exception('VLM2Vec inputs hold text and images only') }}
 {%- endif -%}
+{%- endfor -%}
+{%- for text in texts.items if text | trim -%}
+{%- if message['role'] == 'system' -%}{%- set ns.instruction = ns.instruction + [text | trim] -%}
+{%- else -%}{%- set ns.text = ns.text + [text | trim] -%}{%- endif -%}
 {%- endfor -%}
 {%- endfor -%}
 {%- if ns.images > 1 -%}{{ raise_exception('VLM2Vec embeds at most one image per input') }}{%- endif -%}
@@ -87,7 +93,15 @@ __BOS__{{ prompt }}"""
 
 
 def render_chat_template(image_token: str, add_bos: bool) -> str:
-    """The chat template of a checkpoint whose image token is ``image_token`` (see the module doc)."""
+    """The Jinja source of the chat template of a checkpoint whose image token is ``image_token`` (what
+    ``write_engine_files`` saves as ``chat_template.jinja``), starting with ``{{ bos_token }}`` when ``add_bos``.
+
+    Rendering it (``tokenizer.apply_chat_template(messages, chat_template=..., tokenize=False)``) turns chat messages
+    into ``bos + build_prompt(text, has_image, instruction)``: system messages' texts are the instruction, the other
+    messages' texts the text; each message's ``content`` is a string or a list of ``{"type": "text", "text": ...}`` /
+    ``{"type": "image"}`` parts (vLLM's "openai" content format, which vLLM 0.33 auto-detects for this template
+    because it loops over ``message['content']``). More than one image, or a part of another type, raises.
+    """
     return (
         _TEMPLATE.replace("__PLACEHOLDER__", IMAGE_PLACEHOLDER)
         .replace("__VIDEO_PLACEHOLDER__", VIDEO_PLACEHOLDER)

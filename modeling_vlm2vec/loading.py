@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+from transformers import AutoConfig
 from transformers.utils import cached_file
 
 from .common.dtypes import parse_dtype
 from .common.errors import DataError
 from .common.files import read_json
-from .configuration_vlm2vec import NATIVE_SETTINGS_KEY, WRAPPER_FIELDS, wrapper_dict_from_native
+from .configuration_vlm2vec import NATIVE_SETTINGS_KEY, WRAPPER_FIELDS, Vlm2VecConfig, wrapper_dict_from_native
 from .modeling_vlm2vec import Vlm2VecModel
 from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 
@@ -137,6 +138,33 @@ def load_processor(
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"cannot load the processor: {exc}", file=str(path)) from exc
     return Vlm2VecProcessor.from_config(backbone_processor, model.config)
+
+
+def load_input_processor(path: str | os.PathLike, *, trust_remote_code: bool = False) -> Vlm2VecProcessor | None:
+    """The `Vlm2VecProcessor` :func:`load_vlm2vec` would attach to the model at ``path``, without loading weights,
+    so commands can check their data against the model's prompts (literal backbone tokens, context length) before
+    spending minutes on loading. None for a PEFT adapter folder (its base decides; check after loading then).
+
+    A Vlm2Vec checkpoint gives its saved settings, a raw VLM the default settings ``from_backbone`` wraps it with.
+    `DataError` naming ``path`` when there is no config or processor to load.
+    """
+    path = str(path)
+    if Path(path, ADAPTER_CONFIG).is_file():
+        return None
+    saved = read_config(path)
+    try:
+        if is_vlm2vec_checkpoint(saved):
+            config = Vlm2VecConfig.from_dict(saved)
+        else:
+            backbone = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = Vlm2VecConfig(backbone_config=backbone)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot read the model's config: {exc}", file=path) from exc
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        return Vlm2VecProcessor.from_config(load_backbone_processor(path, **kwargs), config)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot load the processor: {exc}", file=path) from exc
 
 
 def check_safetensors(folder: str | os.PathLike) -> None:
@@ -293,6 +321,7 @@ __all__ = [
     "is_vlm2vec_base",
     "is_vlm2vec_checkpoint",
     "load_adapter_checkpoint",
+    "load_input_processor",
     "load_processor",
     "load_vlm2vec",
     "read_adapter_weights",

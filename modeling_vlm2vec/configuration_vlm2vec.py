@@ -271,9 +271,7 @@ class Vlm2VecConfig(PreTrainedConfig):
                 )
         if not _is_number(self.hardness_alpha):
             raise ValueError(f"hardness_alpha must be a finite number, got {self.hardness_alpha!r}")
-        margin = self.false_negative_margin
-        if margin is not None and not _is_number(margin):
-            raise ValueError(f"false_negative_margin must be a finite number or None, got {margin!r}")
+        check_false_negative_margin(self.false_negative_margin, self.normalize)
 
     def _complete_matryoshka_dimensions(self) -> None:
         """Sort `matryoshka_dimensions` and append the full size when missing (a list of valid integers only; the
@@ -311,6 +309,24 @@ class Vlm2VecConfig(PreTrainedConfig):
 
     def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
         return self.backbone_config.get_text_config(*args, **kwargs)
+
+
+def check_false_negative_margin(margin, normalize: bool) -> None:
+    """Raise `ValueError` unless ``margin`` is None or a finite number that leaves candidates in the softmax.
+
+    A candidate ``j`` is masked when ``x_j > x_y - margin``, i.e. when ``x_y - x_j < margin``. With normalised
+    embeddings the scores are cosines in [-1, 1], so ``x_y - x_j <= 2``: a margin of 2 or more masks every other
+    candidate (short of an exact opposite of the query), the loss is 0 and training learns nothing.
+    """
+    if margin is None:
+        return
+    if not _is_number(margin):
+        raise ValueError(f"false_negative_margin must be a finite number or None, got {margin!r}")
+    if normalize and margin >= 2:
+        raise ValueError(
+            f"false_negative_margin must be below 2 for normalised embeddings (cosine scores differ by at most 2, "
+            f"so {margin!r} masks every candidate and the loss is 0), got {margin!r}"
+        )
 
 
 def _is_int(value) -> bool:
@@ -353,7 +369,8 @@ __all__ = [
     "POSITION_POLICIES",
     "SETTING_DEFAULTS",
     "VIDEO_INPUTS",
-    "WRAPPER_FIELDS",
     "Vlm2VecConfig",
+    "WRAPPER_FIELDS",
+    "check_false_negative_margin",
     "wrapper_dict_from_native",
 ]

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modeling_vlm2vec import Vlm2VecConfig
+from modeling_vlm2vec.pipeline_arguments import ModelArguments
 from modeling_vlm2vec.training import losses
 from modeling_vlm2vec.training.losses import contrastive_loss
 
@@ -225,6 +227,25 @@ def test_margin_masks_a_duplicate_positive_and_never_the_own_positive():
     assert math.isclose(unmasked.item(), contrastive_loss(q, p, None, temperature=TAU).loss.item(), rel_tol=1e-12)
     # an enormous margin masks every other candidate: each row's softmax holds its positive alone, loss 0
     assert contrastive_loss(q, p, None, temperature=TAU, false_negative_margin=10.0).loss.item() == 0.0
+
+
+def test_a_margin_of_2_masks_everything_for_unit_vectors_so_the_config_refuses_it():
+    # the rule behind the refusal, checked on the loss itself: cosines differ by at most 2, so a margin of 2 leaves
+    # each row's positive alone in its softmax (loss 0) for any embeddings short of exact opposites
+    torch.manual_seed(0)
+    q, p, n = (F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1) for _ in range(3))
+    assert contrastive_loss(q, p, n, temperature=TAU, false_negative_margin=2.0).loss.item() == 0.0
+    assert contrastive_loss(q, p, n, temperature=TAU, false_negative_margin=0.0).loss.item() > 0.0
+    with pytest.raises(ValueError, match="false_negative_margin must be below 2"):
+        Vlm2VecConfig(false_negative_margin=2.0)
+    with pytest.raises(ValueError, match="finite number"):
+        Vlm2VecConfig(false_negative_margin=float("nan"))
+    assert Vlm2VecConfig(false_negative_margin=1.99).false_negative_margin == 1.99
+    # unnormalised scores are unbounded: a large margin is a real choice there
+    assert Vlm2VecConfig(normalize=False, false_negative_margin=5.0).false_negative_margin == 5.0
+    with pytest.raises(ValueError, match="below 2"):
+        ModelArguments(model_name_or_path="x", false_negative_margin=3.0)
+    assert ModelArguments(model_name_or_path="x", normalize=False, false_negative_margin=3.0).false_negative_margin == 3
 
 
 def test_hardness_weights_favour_the_hardest_negative():

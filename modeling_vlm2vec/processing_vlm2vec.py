@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import torch
@@ -38,6 +39,7 @@ from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_promp
 from .video_vlm2vec import frames_at_one_size, process_videos
 
 _VISION_START = "<|vision_start|>"
+_TEXT_PART = re.compile(r"(\s*)(.*?)(\s*)", re.DOTALL)  # leading whitespace, text, trailing whitespace
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
@@ -232,8 +234,9 @@ class Vlm2VecProcessor(ProcessorMixin):
             processor's other tensors (``pixel_values`` and ``image_sizes`` / ``image_grid_thw`` /
             ``pixel_attention_mask`` / ``mm_token_type_ids`` / ``pixel_values_videos`` / ``video_grid_thw`` as the
             backbone needs) when present. With
-            :attr:`max_length` set, rows that are too long lose text tokens from the end of their text; image tokens
-            are never cut, of any frame (a row whose image or frames alone are too long raises ``ValueError``).
+            :attr:`max_length` set, rows that are too long lose text tokens from the end of their text, then from
+            the end of the text before their image (see :meth:`_shorten_text`); image tokens are never cut, of any
+            frame (a row whose image or frames alone are too long raises ``ValueError``).
         """
         if len(texts) != len(images):
             raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
@@ -306,14 +309,36 @@ class Vlm2VecProcessor(ProcessorMixin):
         return len(image)
 
     def _shorten_text(self, prompt: str, excess: int) -> str:
-        """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image (video) token
-        intact."""
-        last = max((self.image_token, self._video_token or self.image_token), key=prompt.rfind)
-        head, sep, text = prompt.rpartition(last)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if excess > len(ids):
+        """Drop ``excess`` text tokens from the end of ``prompt``'s text, never an image (video) token.
+
+        The prompt is split at its image (video) tokens into text parts; tokens go from the end of the last part
+        first, then from the end of the part before it, and so on, so the text before an image is shortened too
+        once the text after it is gone. The whitespace at either end of a part (the space between two frames'
+        token runs, or between a text and its image) is kept: removing it could merge two runs into one image. A
+        part whose text is cut away entirely keeps only what still separates or ends something: between two image
+        tokens its whitespace, at the end of the prompt its trailing whitespace (the pooled last token of the
+        official formats' ``"\n"``), at the start nothing. ``ValueError`` when the text holds fewer than ``excess``
+        tokens.
+        """
+        tokens = [t for t in (self.image_token, self._video_token) if t]
+        parts = re.split(f"({'|'.join(map(re.escape, tokens))})", prompt)  # text, token, text, ..., text
+        for index in range(len(parts) - 1, -1, -2):  # the text parts, last first
+            if excess <= 0:
+                break
+            lead, core, trail = _TEXT_PART.fullmatch(parts[index]).groups()
+            if not core:
+                continue
+            ids = self.tokenizer(core, add_special_tokens=False)["input_ids"]
+            cut = min(excess, len(ids))
+            kept = self.tokenizer.decode(ids[: len(ids) - cut])
+            if not kept:
+                lead = lead if 0 < index < len(parts) - 1 else ""
+                trail = trail if index > 0 or len(parts) == 1 else ""
+            parts[index] = lead + kept + trail
+            excess -= cut
+        if excess > 0:
             raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
-        return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
+        return "".join(parts)
 
 
 def _as_list(image) -> list:

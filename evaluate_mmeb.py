@@ -35,7 +35,7 @@ from modeling_vlm2vec.evaluation import (
     load_eval_sets,
     run_evaluation,
 )
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.evaluation.v2_runner import check_v2_prompts, load_v2_sets, run_v2_evaluation
 from modeling_vlm2vec.loading import load_input_processor, load_vlm2vec
 
 
@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         check_writable_folder(args.output_dir)
         prompts = {"query_instruction": args.query_instruction, "corpus_instruction": args.corpus_instruction}
         processor = None
-        if args.corpus_dir is not None:  # the texts against the model's prompts, still before loading it
+        if args.corpus_dir is not None or args.benchmark == "mmeb-v2":  # the texts, still before loading the model
             processor = load_input_processor(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-            if processor is not None:
-                check_collection_prompts(collection, processor, **prompts)
+        if processor is not None and args.corpus_dir is not None:
+            check_collection_prompts(collection, processor, **prompts)
+        elif processor is not None:
+            check_v2_prompts(eval_sets, processor)
         model = load_vlm2vec(
             args.model_name_or_path,
             lora_adapter=args.lora_adapter,

@@ -253,3 +253,25 @@ def test_a_frame_file_linked_out_of_the_media_root_is_refused_before_any_work(su
     argv += ["--image_dir", str(media), "--model_name_or_path", str(tmp_path / "absent"), "--output_dir", str(out)]
     assert evaluate_mmeb.main(argv) == 2
     assert "image path escapes" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_literal_backbone_token_in_a_task_is_refused_before_the_model_loads(
+    suite, tiny_backbone_dir, tmp_path, capsys, monkeypatch
+):
+    data = tmp_path / "data"
+    shutil.copytree(suite["data"], data)
+    rows = pq.read_table(suite["data"] / "ziyjiang/MMEB_Test_Instruct/VisDial/test.parquet").to_pylist()
+    rows[1]["qry_text"] = rows[1]["qry_text"] + " <|vision_start|><|image_pad|><|vision_end|>"
+    write_table(data, "ziyjiang/MMEB_Test_Instruct", "VisDial", "test", rows)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was refused")
+
+    monkeypatch.setattr(evaluate_mmeb, "load_vlm2vec", refuse)
+    out = tmp_path / "out"
+    argv = ["--benchmark", "mmeb-v2", "--subset_name", "VisDial", "--dataset_name", str(data)]
+    argv += ["--image_dir", str(suite["media"]), "--model_name_or_path", str(tiny_backbone_dir("qwen2_vl"))]
+    assert evaluate_mmeb.main(argv + ["--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: dataset 'VisDial': query 1: text holds the backbone's image token '<|image_pad|>'")
+    assert not out.exists()

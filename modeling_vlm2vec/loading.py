@@ -93,6 +93,8 @@ def load_vlm2vec(
     The model is returned in the mode ``from_pretrained`` leaves it (eval); the caller switches it to training.
     """
     overrides = dict(overrides or {})
+    if device is not None:
+        check_device(device)  # before minutes of loading, not after
     load_kwargs = {"dtype": parse_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         load_kwargs["attn_implementation"] = attn_implementation
@@ -125,6 +127,21 @@ def load_vlm2vec(
     if device is not None:
         model.to(device)
     return model
+
+
+def check_device(device: str | torch.device) -> None:
+    """`DataError` unless ``device`` names a device this machine has (``cpu``, an existing ``cuda:<i>``, ``mps``
+    when available...)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"--device {str(device)!r} is not a device ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {str(device)!r}: this machine (or this torch build) has no CUDA device")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise DataError(f"--device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"--device {str(device)!r}: MPS is not available on this machine")
 
 
 def load_processor(
@@ -316,6 +333,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "PROCESSOR_FILES",
     "attach_adapter",
+    "check_device",
     "check_safetensors",
     "has_processor_files",
     "is_vlm2vec_base",

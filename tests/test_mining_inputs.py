@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 import mine_hard_negatives as mine_script
+from modeling_vlm2vec import loading
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
 from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.mining import MiningArguments, mine_hard_negatives, prepare_mining
@@ -82,6 +83,24 @@ def test_bad_flags_are_one_error_line(data, tmp_path, capsys, no_model_load, ext
         assert exited.value.code == 2 and message in capsys.readouterr().err
     else:
         _refused(_argv("unused", data, out) + extra, capsys, message)
+    assert not out.exists()
+
+
+def test_a_negative_seed_is_one_error_line(data, tmp_path, capsys, no_model_load):
+    _refused(_argv("unused", data, tmp_path / "out") + ["--seed", "-1"], capsys, "seed must be an integer >= 0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize(("device", "message"), [("banana", "is not a device"), ("cuda:7", "has no CUDA device")])
+def test_a_device_the_machine_lacks_is_refused_before_the_weights_load(
+    backbone, data, tmp_path, capsys, monkeypatch, device, message
+):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the device was checked")
+
+    monkeypatch.setattr(loading, "_wrap_backbone", refuse)
+    out = tmp_path / "out"
+    _refused(_argv(backbone, data, out) + ["--device", device], capsys, f"--device '{device}'", message)
     assert not out.exists()
 
 

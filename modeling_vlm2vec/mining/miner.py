@@ -104,7 +104,8 @@ class MiningPlan:
 
 
 def _check_arguments(args: MiningArguments) -> None:
-    for name, low in (("num_negatives", 1), ("skip_top", 0), ("batch_size", 1), ("cache_block_size", 1)):
+    checks = (("num_negatives", 1), ("skip_top", 0), ("batch_size", 1), ("cache_block_size", 1), ("seed", 0))
+    for name, low in checks:
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DataError(f"--{name} must be an integer >= {low}, got {value!r}")

@@ -55,6 +55,15 @@ def test_the_largest_grade_still_loads(tmp_path):
     assert load_collection(str(root), str(images)).qrels[1] == {1: 1, 2: 2147483647}
 
 
+def test_a_byte_order_mark_is_read_as_utf8_starts(tmp_path):
+    root, images = _collection(tmp_path)
+    before = load_collection(str(root), str(images))
+    for name in ("queries.jsonl", "qrels.jsonl"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    after = load_collection(str(root), str(images))
+    assert (after.query_ids, after.queries, after.qrels) == (before.query_ids, before.queries, before.qrels)
+
+
 def test_files_that_are_not_utf8_name_the_line(tmp_path):
     root, images = _collection(tmp_path)
     _append(root / "queries.jsonl", b'{"_id": 5, "text": "caf\xe9"}\n')

@@ -180,6 +180,9 @@ def test_export_refuses_a_bad_repo_id_or_an_offline_hub_before_writing(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists()
+    if "offline" not in message:  # the id also goes into the card of an export that is not pushed
+        assert export_module.main([str(tmp_path / "ckpt"), str(out), "--hub_model_id", repo_id]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize(

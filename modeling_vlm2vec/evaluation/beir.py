@@ -109,11 +109,12 @@ def _rows(files: list[Path]):
 
 
 def _text_lines(file: Path):
-    """Yield (line index, line) of a UTF-8 text file; a line that is not UTF-8 raises `DataError` naming it."""
+    """Yield (line index, line) of a UTF-8 text file (a byte-order mark at its start, as some editors write, is
+    skipped); a line that is not UTF-8 raises `DataError` naming it."""
     with open(file, "rb") as f:
         for i, raw in enumerate(f):
             try:
-                yield i, raw.decode("utf-8")
+                yield i, raw.decode("utf-8-sig" if i == 0 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(
                     f"line {i + 1} is not valid UTF-8 ({exc.reason} at byte {exc.start})", file=str(file)

@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dry_run applies to --push_to_hub")
 
     def body():
-        if args.push_to_hub:  # a bad repo id or an unreachable Hub is refused before the export is written
-            check_push_target(args.hub_model_id, dry_run=args.dry_run)
+        if args.hub_model_id:  # a bad repo id (it goes into the card) or an unreachable Hub, before writing
+            check_push_target(args.hub_model_id, dry_run=args.dry_run or not args.push_to_hub)
         context = read_json(args.card_context) if args.card_context else {}
         if args.hub_model_id:
             context.setdefault("repo_id", args.hub_model_id)

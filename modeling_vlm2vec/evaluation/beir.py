@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -31,6 +32,7 @@ from PIL import Image
 from ..common.errors import DataError
 from ..common.locations import is_hub_id
 from ..data.images import check_image_bytes, check_image_file, load_image, resolve_image_path
+from ..data.prompt_checks import check_item_prompts
 from ..prompting_vlm2vec import check_item_text
 
 #: The largest grade: trec_eval and pytrec_eval read relevance grades as 32-bit integers.
@@ -275,31 +277,30 @@ def load_collection(folder: str, image_dir: str | None) -> Collection:
 def check_collection_prompts(
     collection: Collection, processor, *, query_instruction: str | None, corpus_instruction: str | None
 ) -> None:
-    """Check the instructions and every item text against the model's `Vlm2VecProcessor` (``check_text``: literal
-    backbone tokens, a text longer than the backbone's context) and that the first query and the first corpus item
-    with an image fit ``max_length``, before any forward. `DataError` names the file and row (or the instruction)."""
+    """Check the instructions and every item text against the model's prompt rules
+    (:func:`~modeling_vlm2vec.data.prompt_checks.check_item_prompts`), the first query and the first corpus item with
+    an image processed with their instruction; `DataError` names the file and row (or the instruction)."""
     for name, instruction in (("query_instruction", query_instruction), ("corpus_instruction", corpus_instruction)):
-        try:
-            if instruction:
-                check_item_text(instruction)
-                processor.check_text(instruction)
-        except ValueError as exc:
-            raise DataError(f"--{name}: {exc}") from None
+        if instruction:
+            check_item_prompts([(instruction, None, {}, f"--{name}: ")], processor)
     sides = (
         (collection.queries, collection.query_rows, query_instruction),
         (collection.corpus, collection.corpus_rows, corpus_instruction),
     )
     for items, origins, instruction in sides:
-        sampled = processor.max_length is None
-        for (text, image), (file, row) in zip(items, origins):
-            try:
-                processor.check_text(text)
-                if not sampled and image is not None:
-                    sampled = True
-                    opened = _open_for_check(image, file, row)
-                    processor([text or None], [opened], instruction=instruction)
-            except ValueError as exc:
-                raise DataError(str(exc), row=row, file=file) from None
+        check_item_prompts(
+            (
+                (
+                    text,
+                    None if image is None else partial(_open_for_check, image, file, row),
+                    {"row": row, "file": file},
+                    "",
+                )
+                for (text, image), (file, row) in zip(items, origins)
+            ),
+            processor,
+            instruction=instruction,
+        )
 
 
 def _open_for_check(image: str | bytes, file: str, row: int) -> Image.Image:

@@ -29,7 +29,7 @@ from ..common.distributed import barrier, gather_rows, rank_and_world, shard_bou
 from ..common.errors import DataError
 from ..common.files import check_writable_folder
 from ..common.fingerprint import model_fingerprint
-from ..prompting_vlm2vec import check_item_text
+from ..data.prompt_checks import check_item_prompts
 from .encoding import cache_path, dataset_fingerprint
 from .report import write_report
 from .resume import score_resumably
@@ -165,21 +165,18 @@ def check_video_input(model: torch.nn.Module, v2sets: list[V2Set]) -> None:
 
 
 def check_v2_prompts(v2sets: list[V2Set], processor) -> None:
-    """Check every unique item text of ``v2sets`` (:func:`~modeling_vlm2vec.prompting_vlm2vec.check_item_text` and the
-    model's `Vlm2VecProcessor` ``check_text``: literal backbone tokens, context length) before any forward;
-    `DataError` names the task and the query or candidate."""
+    """Check every unique item text of ``v2sets`` against the model's prompt rules
+    (:func:`~modeling_vlm2vec.data.prompt_checks.check_item_prompts`; texts only, no ``max_length`` trial) before
+    any forward; `DataError` names the task and the query or candidate."""
     for v2set in v2sets:
         for kind, items in (("query", v2set.queries), ("candidate", v2set.candidates)):
-            seen = set()
+            first = {}
             for index, (text, _, _) in enumerate(items):
-                if text in seen:
-                    continue
-                seen.add(text)
-                try:
-                    check_item_text(text)
-                    processor.check_text(text)
-                except ValueError as exc:
-                    raise DataError(f"{kind} {index}: {exc}", dataset=v2set.name) from None
+                first.setdefault(text, index)
+            check_item_prompts(
+                ((text, None, {"dataset": v2set.name}, f"{kind} {index}: ") for text, index in first.items()),
+                processor,
+            )
 
 
 def run_v2_evaluation(

@@ -20,6 +20,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from ..common.files import write_bytes_atomic, write_text_atomic
 from ..common.fingerprint import model_fingerprint
 from ..data.data_config import load_data_config
 from ..data.images import load_image
+from ..data.prompt_checks import check_item_prompts
 from ..data.sources import REQUIRED_COLUMNS, load_source
 from .embeddings import encode_with_cache
 from .pool import CandidatePool, ItemTable, SourcePlan, load_candidate_pool, plan_sources
@@ -155,18 +157,20 @@ def prepare_mining(args: MiningArguments) -> MiningPlan:
 
 
 def check_plan_prompts(plan: MiningPlan, processor) -> None:
-    """Check every unique item text against the teacher's `Vlm2VecProcessor` (``check_text``: literal backbone
-    tokens, a text longer than the backbone's context) and that the first item with an image fits ``max_length``,
-    as training and evaluation do, before the first forward. `DataError` names the item's source, row and file."""
-    sampled = processor.max_length is None
-    for (text, image), (dataset, row, file) in zip(plan.table.items, plan.table.origins):
-        try:
-            processor.check_text(text)
-            if not sampled and image is not None:
-                sampled = True
-                processor([text or None], [load_image(image, dataset=dataset, row=row)])
-        except ValueError as exc:
-            raise DataError(str(exc), dataset=dataset, row=row, file=file) from None
+    """Every unique item text against the teacher's prompt rules (:func:`~..data.prompt_checks.check_item_prompts`,
+    as training and evaluation check theirs); `DataError` names the item's source, row and file."""
+    check_item_prompts(
+        (
+            (
+                text,
+                None if image is None else partial(load_image, image, dataset=dataset, row=row),
+                {"dataset": dataset, "row": row, "file": file},
+                "",
+            )
+            for (text, image), (dataset, row, file) in zip(plan.table.items, plan.table.origins)
+        ),
+        processor,
+    )
 
 
 def _relative_image(image: str | None, root: Path) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..common.errors import DataError
+from ..common.files import text_lines
 from ..common.locations import is_hub_id
 from ..data.images import check_image_bytes, check_image_file, load_image, resolve_image_path
 from ..data.prompt_checks import check_item_prompts
@@ -92,13 +93,13 @@ def _rows(files: list[Path]):
                 raise DataError(f"cannot read parquet ({type(exc).__name__}: {exc})", file=str(file)) from exc
             yield from ((str(file), i, row) for i, row in enumerate(table))
         elif file.suffix == ".tsv":
-            lines = _text_lines(file)
+            lines = text_lines(file)
             header = next(lines, (0, ""))[1].rstrip("\n").split("\t")
             for i, line in lines:
                 if line.strip():
                     yield str(file), i - 1, dict(zip(header, line.rstrip("\n").split("\t")))
         else:
-            for i, line in _text_lines(file):
+            for i, line in text_lines(file):
                 if not line.strip():
                     continue
                 try:
@@ -108,19 +109,6 @@ def _rows(files: list[Path]):
                 if not isinstance(row, dict):
                     raise DataError("a row must be a JSON object", row=i, file=str(file))
                 yield str(file), i, row
-
-
-def _text_lines(file: Path):
-    """Yield (line index, line) of a UTF-8 text file (a byte-order mark at its start, as some editors write, is
-    skipped); a line that is not UTF-8 raises `DataError` naming it."""
-    with open(file, "rb") as f:
-        for i, raw in enumerate(f):
-            try:
-                yield i, raw.decode("utf-8-sig" if i == 0 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"line {i + 1} is not valid UTF-8 ({exc.reason} at byte {exc.start})", file=str(file)
-                ) from None
 
 
 def _identifier(value: object, column: str, file: str, row: int) -> str:

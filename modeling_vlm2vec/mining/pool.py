@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..common.errors import DataError
+from ..common.files import text_lines
 from ..data.data_config import load_data_config
 from ..data.images import check_image_file, resolve_image_path
 from ..data.sources import SourceRows, load_source
@@ -104,20 +105,16 @@ def _read_corpus(path: Path, image_dir: Path) -> tuple[list[Item], list[Origin]]
     name = f"candidate pool {path.name}"
     if path.suffix == ".jsonl":
         records = []
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, start=1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if not isinstance(record, dict):
-                            raise DataError(f"line {line_no} is not a JSON object", dataset=name, file=str(path))
-                        records.append(record)
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"not valid UTF-8 (byte {exc.start} of line {len(records) + 1} or later)", dataset=name, file=str(path)
-            ) from exc
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON lines ({exc})", dataset=name, file=str(path)) from exc
+        for index, line in text_lines(path):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"line {index + 1} is not valid JSON ({exc})", dataset=name, file=str(path)) from exc
+            if not isinstance(record, dict):
+                raise DataError(f"line {index + 1} is not a JSON object", dataset=name, file=str(path))
+            records.append(record)
     elif path.suffix == ".parquet":
         try:
             table = pq.read_table(path)

@@ -317,11 +317,13 @@ class Vlm2VecProcessor(ProcessorMixin):
         token runs, or between a text and its image) is kept: removing it could merge two runs into one image. A
         part whose text is cut away entirely keeps only what still separates or ends something: between two image
         tokens its whitespace, at the end of the prompt its trailing whitespace (the pooled last token of the
-        official formats' ``"\n"``), at the start nothing. ``ValueError`` when the text holds fewer than ``excess``
-        tokens.
+        official formats' ``"\n"``), at the start nothing. The caller measures the result again (a part's tokens
+        alone and in context may differ by a token). ``ValueError`` when there is no text left to cut.
         """
         tokens = [t for t in (self.image_token, self._video_token) if t]
         parts = re.split(f"({'|'.join(map(re.escape, tokens))})", prompt)  # text, token, text, ..., text
+        if not any(_TEXT_PART.fullmatch(part).group(2) for part in parts[::2]):
+            raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
         for index in range(len(parts) - 1, -1, -2):  # the text parts, last first
             if excess <= 0:
                 break
@@ -336,8 +338,6 @@ class Vlm2VecProcessor(ProcessorMixin):
                 trail = trail if index > 0 or len(parts) == 1 else ""
             parts[index] = lead + kept + trail
             excess -= cut
-        if excess > 0:
-            raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
         return "".join(parts)
 
 

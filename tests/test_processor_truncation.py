@@ -89,3 +89,18 @@ def test_encode_and_training_truncate_the_text_before_an_image_alike(model, tmp_
         assert set(inputs) == set(direct)
         for key in direct:
             torch.testing.assert_close(inputs[key], direct[key], rtol=0, atol=0)
+
+
+def test_a_budget_of_the_image_tokens_alone_keeps_the_image_and_no_text(model):
+    image = Image.new("RGB", (56, 56), (0, 90, 40))
+    alone = model.processor(["<|image_1|>"], [image])
+    model.config.max_length = int(alone["attention_mask"].sum())
+    try:
+        got = model.processor(["Look: <|image_1|> Represent the given image."], [image])
+        model.config.max_length -= 1
+        with pytest.raises(ValueError, match="max_length is too small for the image tokens"):
+            model.processor(["Look: <|image_1|> Represent the given image."], [image])
+    finally:
+        model.config.max_length = None
+    for key in alone:
+        torch.testing.assert_close(got[key], alone[key], rtol=0, atol=0)

@@ -271,7 +271,9 @@ class Vlm2VecConfig(PreTrainedConfig):
                 )
         if not _is_number(self.hardness_alpha):
             raise ValueError(f"hardness_alpha must be a finite number, got {self.hardness_alpha!r}")
-        check_false_negative_margin(self.false_negative_margin, self.normalize)
+        margin = self.false_negative_margin
+        if margin is not None and not _is_number(margin):
+            raise ValueError(f"false_negative_margin must be a finite number or None, got {margin!r}")
 
     def _complete_matryoshka_dimensions(self) -> None:
         """Sort `matryoshka_dimensions` and append the full size when missing (a list of valid integers only; the
@@ -316,7 +318,9 @@ def check_false_negative_margin(margin, normalize: bool) -> None:
 
     A candidate ``j`` is masked when ``x_j > x_y - margin``, i.e. when ``x_y - x_j < margin``. With normalised
     embeddings the scores are cosines in [-1, 1], so ``x_y - x_j <= 2``: a margin of 2 or more masks every other
-    candidate (short of an exact opposite of the query), the loss is 0 and training learns nothing.
+    candidate (short of an exact opposite of the query), the loss is 0 and training learns nothing. Checked where
+    training starts (the recipe, the trainer), not when a config loads: the margin changes nothing else, so a model
+    saved with one still loads and embeds.
     """
     if margin is None:
         return

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_vlm2vec import Vlm2VecConfig
+from modeling_vlm2vec import ContrastiveTrainer, Vlm2VecModel
+from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.pipeline_arguments import ModelArguments
 from modeling_vlm2vec.training import losses
+from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments
 from modeling_vlm2vec.training.losses import contrastive_loss
 
 TAU = 0.05
@@ -236,16 +238,25 @@ def test_a_margin_of_2_masks_everything_for_unit_vectors_so_the_config_refuses_i
     q, p, n = (F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1) for _ in range(3))
     assert contrastive_loss(q, p, n, temperature=TAU, false_negative_margin=2.0).loss.item() == 0.0
     assert contrastive_loss(q, p, n, temperature=TAU, false_negative_margin=0.0).loss.item() > 0.0
-    with pytest.raises(ValueError, match="false_negative_margin must be below 2"):
-        Vlm2VecConfig(false_negative_margin=2.0)
-    with pytest.raises(ValueError, match="finite number"):
-        Vlm2VecConfig(false_negative_margin=float("nan"))
-    assert Vlm2VecConfig(false_negative_margin=1.99).false_negative_margin == 1.99
-    # unnormalised scores are unbounded: a large margin is a real choice there
-    assert Vlm2VecConfig(normalize=False, false_negative_margin=5.0).false_negative_margin == 5.0
     with pytest.raises(ValueError, match="below 2"):
-        ModelArguments(model_name_or_path="x", false_negative_margin=3.0)
+        ModelArguments(model_name_or_path="x", false_negative_margin=2.0)
+    with pytest.raises(ValueError, match="finite number"):
+        ModelArguments(model_name_or_path="x", false_negative_margin=float("nan"))
+    assert ModelArguments(model_name_or_path="x", false_negative_margin=1.99).false_negative_margin == 1.99
+    # unnormalised scores are unbounded: a large margin is a real choice there
     assert ModelArguments(model_name_or_path="x", normalize=False, false_negative_margin=3.0).false_negative_margin == 3
+
+
+def test_the_trainer_refuses_a_model_whose_margin_masks_everything(tiny_backbone_dir, tmp_path):
+    # a model saved with such a margin still loads and embeds (the margin changes nothing else); training it is refused
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("qwen2_vl"), false_negative_margin=2.5)
+    assert torch.isfinite(model.encode(["a red circle"])).all()
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    with pytest.raises(DataError, match="cannot train this model: false_negative_margin must be below 2"):
+        ContrastiveTrainer(model=model, args=args)
+    model.config.false_negative_margin = 1.5
+    ContrastiveTrainer(model=model, args=args)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_hardness_weights_favour_the_hardest_negative():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 
 import torch
@@ -35,11 +34,10 @@ from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
-from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text
+from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text, shorten_text
 from .video_vlm2vec import frames_at_one_size, process_videos
 
 _VISION_START = "<|vision_start|>"
-_TEXT_PART = re.compile(r"(\s*)(.*?)(\s*)", re.DOTALL)  # leading whitespace, text, trailing whitespace
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
@@ -235,8 +233,8 @@ class Vlm2VecProcessor(ProcessorMixin):
             ``pixel_attention_mask`` / ``mm_token_type_ids`` / ``pixel_values_videos`` / ``video_grid_thw`` as the
             backbone needs) when present. With
             :attr:`max_length` set, rows that are too long lose text tokens from the end of their text, then from
-            the end of the text before their image (see :meth:`_shorten_text`); image tokens are never cut, of any
-            frame (a row whose image or frames alone are too long raises ``ValueError``).
+            the end of the text before their image (:func:`~.prompting_vlm2vec.shorten_text`); image tokens are
+            never cut, of any frame (a row whose image or frames alone are too long raises ``ValueError``).
         """
         if len(texts) != len(images):
             raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
@@ -260,8 +258,9 @@ class Vlm2VecProcessor(ProcessorMixin):
                     break
                 if shortened == 3:
                     raise ValueError(f"could not fit inputs into max_length={self.max_length}")
+                tokens = [t for t in (self.image_token, self._video_token) if t]
                 prompts = [
-                    self._shorten_text(p, n - self.max_length) if n > self.max_length else p
+                    shorten_text(p, n - self.max_length, self.tokenizer, tokens) if n > self.max_length else p
                     for p, n in zip(prompts, lengths)
                 ]
                 batch = self._run_backbone(prompts, pil_images)
@@ -307,38 +306,6 @@ class Vlm2VecProcessor(ProcessorMixin):
                 f"load_backbone_processor() gives, not a {type(self.backbone_processor).__name__}"
             )
         return len(image)
-
-    def _shorten_text(self, prompt: str, excess: int) -> str:
-        """Drop ``excess`` text tokens from the end of ``prompt``'s text, never an image (video) token.
-
-        The prompt is split at its image (video) tokens into text parts; tokens go from the end of the last part
-        first, then from the end of the part before it, and so on, so the text before an image is shortened too
-        once the text after it is gone. The whitespace at either end of a part (the space between two frames'
-        token runs, or between a text and its image) is kept: removing it could merge two runs into one image. A
-        part whose text is cut away entirely keeps only what still separates or ends something: between two image
-        tokens its whitespace, at the end of the prompt its trailing whitespace (the pooled last token of the
-        official formats' ``"\n"``), at the start nothing. The caller measures the result again (a part's tokens
-        alone and in context may differ by a token). ``ValueError`` when there is no text left to cut.
-        """
-        tokens = [t for t in (self.image_token, self._video_token) if t]
-        parts = re.split(f"({'|'.join(map(re.escape, tokens))})", prompt)  # text, token, text, ..., text
-        if not any(_TEXT_PART.fullmatch(part).group(2) for part in parts[::2]):
-            raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
-        for index in range(len(parts) - 1, -1, -2):  # the text parts, last first
-            if excess <= 0:
-                break
-            lead, core, trail = _TEXT_PART.fullmatch(parts[index]).groups()
-            if not core:
-                continue
-            ids = self.tokenizer(core, add_special_tokens=False)["input_ids"]
-            cut = min(excess, len(ids))
-            kept = self.tokenizer.decode(ids[: len(ids) - cut])
-            if not kept:
-                lead = lead if 0 < index < len(parts) - 1 else ""
-                trail = trail if index > 0 or len(parts) == 1 else ""
-            parts[index] = lead + kept + trail
-            excess -= cut
-        return "".join(parts)
 
 
 def _as_list(image) -> list:

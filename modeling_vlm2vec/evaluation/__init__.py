@@ -7,7 +7,7 @@ Entry points: :func:`evaluate_mmeb` (programmatic, used after training) and ``ev
 from pathlib import Path
 
 from .arguments import EvalArguments
-from .beir import Collection, load_collection
+from .beir import Collection, check_collection_prompts, load_collection
 from .corpus import retrieval_metrics, score_corpus, top_k
 from .corpus_runner import evaluate_corpus
 from .loading import EvalSet, load_eval_set
@@ -27,6 +27,7 @@ __all__ = [
     "MMEB_RANKING_METRIC_PATH",
     "PAPER_AGGREGATES",
     "REGISTRY",
+    "check_collection_prompts",
     "evaluate_corpus",
     "evaluate_mmeb",
     "load_collection",

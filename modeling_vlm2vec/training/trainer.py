@@ -33,6 +33,8 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import nested_gather
 
+from ..common.errors import DataError
+from ..configuration_vlm2vec import check_false_negative_margin
 from ..data.sampler import build_train_dataloader
 from ..data.sources import TrainingCorpus
 from ..hub.push import HubPushMixin
@@ -84,6 +86,10 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
             raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments, got {type(args).__name__}")
         super().__init__(model=model, args=args, **kwargs)
         self._accuracy = {"train": [], "eval": []}  # detached per-batch accuracies since the last log
+        try:  # a margin that masks every candidate would train on a loss of 0 from the first step
+            check_false_negative_margin(self._config.false_negative_margin, self._config.normalize)
+        except ValueError as exc:
+            raise DataError(f"cannot train this model: {exc}") from None
 
     # ---- loss -------------------------------------------------------------------------------------------------
 

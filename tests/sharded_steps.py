@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime
 import os
+from math import ceil
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from train_batches import contrastive_batch, full_batch_loss, gradients, groups_of
+from train_batches import contrastive_batch, full_batch_loss, gradients, groups_of, noise_image
 
 from modeling_vlm2vec.data.collator import collate_group
 
@@ -33,6 +34,37 @@ def local_groups(model, case: int, rank: int) -> dict:
     """Rank ``rank``'s half of case ``case``'s global batch."""
     half = len(NEG_COUNTS[case]) // WORLD
     return groups_of(contrastive_batch(model, NEG_COUNTS[case], seed=case, rows=slice(rank * half, (rank + 1) * half)))
+
+
+def rank_chunks(case: int, rank: int) -> int:
+    """Chunks of rank ``rank``'s own rows in case ``case``: its query, positive and negative rows cut into chunks
+    of 2 rows."""
+    half = len(NEG_COUNTS[case]) // WORLD
+    negatives = sum(NEG_COUNTS[case][rank * half : (rank + 1) * half])
+    return sum(ceil(rows / CHUNKS["query"]) for rows in (half, half, negatives))
+
+
+def chunks_per_step(case: int) -> int:
+    """Chunks every rank runs in case ``case`` (the most of any rank; the ranks differ in every case)."""
+    counts = [rank_chunks(case, rank) for rank in range(WORLD)]
+    assert len(set(counts)) > 1
+    return max(counts)
+
+
+def uncached_batch(model, rows: slice = slice(0, 2 * WORLD)) -> dict:
+    """Query and positive groups of 4 rows: rows 0-1 (rank 0) have query images, rows 2-3 (rank 1) are text only."""
+    queries = [
+        ("<|image_1|> Represent the given image with the following question: red circle", noise_image(1)),
+        ("<|image_1|> Represent the given image with the following question: blue square on white", noise_image(2)),
+        ("Find me an everyday image that matches the given caption: green star", None),
+        ("Find me an everyday image that matches the given caption: a white cross on a gray background", None),
+    ]
+    positives = [("a red circle", None), ("blue square", None), ("a green star", None), ("white cross, gray", None)]
+
+    def group(items):
+        return collate_group(model.processor, [text for text, _ in items], [image for _, image in items])
+
+    return {"query": group(queries[rows]), "positive": group(positives[rows])}
 
 
 def vision_filler(model) -> dict:

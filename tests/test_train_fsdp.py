@@ -8,8 +8,6 @@ run equally many forwards, each through the vision tower; reduce-scatters per st
 one per unit and chunk.
 """
 
-from math import ceil
-
 import torch
 import torch.distributed as dist
 from sharded_steps import (
@@ -17,20 +15,24 @@ from sharded_steps import (
     LEARNING_RATE,
     NEG_COUNTS,
     WORLD,
+    chunks_per_step,
     local_groups,
     reference_step,
     run_two_ranks,
     subset,
+    uncached_batch,
     vision_filler,
 )
-from train_batches import loss_of, relative_error, single_thread  # noqa: F401  (autouse fixture)
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from train_batches import full_batch_loss, gradients, loss_of, relative_error, single_thread  # noqa: F401  (autouse fixture)
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.training.grad_cache import GradCache
-from modeling_vlm2vec.training.gradient_sync import Fsdp2Sync, gradient_sync
+from modeling_vlm2vec.training.gradient_sync import Fsdp2Sync, defers_by_default, gradient_sync
+from modeling_vlm2vec.training.trainer import embed_groups
 
 
-def _shard(model):
+def _shard(model, **options):
     """fully_shard every ``_no_split_modules`` class, then the root; returns the number of FSDP units."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -39,9 +41,17 @@ def _shard(model):
     units = [m for m in model.modules() if type(m).__name__ in model._no_split_modules]
     assert any("Vision" in type(m).__name__ for m in units)  # vision blocks are units of their own
     for module in units:
-        fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(module, mesh=mesh, **options)
+    fully_shard(model, mesh=mesh, **options)
     return len(units) + 1
+
+
+def _few_trainable(model):
+    """Freeze all but the norm weights (a LoRA-sized trainable fraction); returns the frozen parameters."""
+    frozen = [p for n, p in model.named_parameters() if "norm" not in n]
+    for param in frozen:
+        param.requires_grad_(False)
+    return frozen
 
 
 def _full_gradients(model):
@@ -54,6 +64,17 @@ def _worker(rank, backbone_dir):
     model = Vlm2VecModel.from_backbone(backbone_dir).train()
     filler = vision_filler(model)
     results = {"units": torch.tensor([_shard(model)])}
+    # the default: per-chunk reduction for full fine-tuning, deferred when few parameters train and FSDP accumulates
+    # in fp32 (here), not when it reduces in bf16 (accelerate's mixed_precision: bf16)
+    results["defers/full"] = torch.tensor([defers_by_default(model)])
+    frozen = _few_trainable(model)
+    results["defers/few"] = torch.tensor([defers_by_default(model)])
+    for param in frozen:
+        param.requires_grad_(True)
+    bf16 = Vlm2VecModel.from_backbone(backbone_dir)
+    _few_trainable(bf16)
+    _shard(bf16, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16))
+    results["defers/few_bf16"] = torch.tensor([defers_by_default(bf16)])
     counts = {"reduce_scatter": 0, "forward": 0, "vision": 0}
     reduce_scatter = dist.reduce_scatter_single
 
@@ -78,6 +99,14 @@ def _worker(rank, backbone_dir):
             results[f"{tag}/loss"] = out.loss.reshape(1)
             results.update({f"{tag}/grad/{n}": g for n, g in _full_gradients(model).items()})
 
+    # the uncached step (no GradCache): rank 1's batch has no image, the filler row runs the vision tower there
+    counts.update(forward=0, vision=0)
+    groups = uncached_batch(model, slice(2 * rank, 2 * rank + 2))
+    embeddings = embed_groups(model, groups, one_forward=True, vision_filler=filler)
+    loss_of(embeddings).loss.backward()
+    results.update({f"uncached/{k}": torch.tensor([counts[k]]) for k in ("forward", "vision")})
+    results.update({f"uncached/grad/{n}": g for n, g in _full_gradients(model).items()})
+
     # one optimizer step on the sharded parameters
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
     GradCache(model, loss_of, chunk_sizes=CHUNKS, vision_filler=filler).step(local_groups(model, 0, rank))
@@ -86,22 +115,18 @@ def _worker(rank, backbone_dir):
     return results
 
 
-def _chunks(rows):
-    return sum(ceil(n / CHUNKS["query"]) for n in rows if n)
-
-
 def test_fsdp2_grad_cache_equals_one_process(tiny_backbone_dir, tmp_path):
     backbone_dir = str(tiny_backbone_dir("qwen2_vl"))
     ranks = run_two_ranks(_worker, tmp_path, backbone_dir)
     model = Vlm2VecModel.from_backbone(backbone_dir).train()
     units = ranks[0]["units"].item()
+    assert [r["defers/full"].item() for r in ranks] == [False, False]
+    assert [r["defers/few"].item() for r in ranks] == [True, True]
+    assert [r["defers/few_bf16"].item() for r in ranks] == [False, False]
 
-    for case, counts in enumerate(NEG_COUNTS):
+    for case in range(len(NEG_COUNTS)):
         loss, expected = reference_step(model, case)
-        # chunks of each rank: 3 query rows, 3 positive rows, its negatives; every rank runs the most of any rank
-        half = len(counts) // WORLD
-        chunks = max(_chunks([half, half, sum(counts[r * half : (r + 1) * half])]) for r in range(WORLD))
-        assert _chunks([half, half, sum(counts[:half])]) != _chunks([half, half, sum(counts[half:])])
+        chunks = chunks_per_step(case)
         for mode, reductions in (("per_chunk", units * chunks), ("deferred", units)):
             tag = f"{case}/{mode}"
             assert abs(sum(r[f"{tag}/loss"].item() for r in ranks) / WORLD - loss) <= 1e-5 * abs(loss), tag
@@ -111,6 +136,13 @@ def test_fsdp2_grad_cache_equals_one_process(tiny_backbone_dir, tmp_path):
                 assert r[f"{tag}/forward"].item() == 2 * chunks - 1, tag
                 assert r[f"{tag}/vision"].item() == 2 * chunks - 1, tag
                 assert r[f"{tag}/reduce_scatter"].item() == reductions, tag
+
+    reference = full_batch_loss(model, uncached_batch(model))
+    reference.loss.backward()
+    expected = gradients(model)
+    for r in ranks:
+        assert r["uncached/forward"].item() == r["uncached/vision"].item() == 1
+        assert relative_error(subset(r, "uncached/grad/"), expected) <= 1e-5
 
     _, grads = reference_step(model, 0)
     with torch.no_grad():

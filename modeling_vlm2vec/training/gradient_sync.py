@@ -166,12 +166,29 @@ def needs_lockstep(model: nn.Module) -> bool:
 
 
 def defers_by_default(model: nn.Module) -> bool:
-    """FSDP2's default: defer the reduction when at most ``DEFER_TRAINABLE_FRACTION`` of the parameters train."""
+    """FSDP2's default: defer the reduction when at most ``DEFER_TRAINABLE_FRACTION`` of the parameters train (LoRA)
+    and deferred gradients would accumulate in fp32 (FSDP accumulates them in its ``reduce_dtype``, else in the
+    compute dtype: accelerate's ``mixed_precision: bf16`` sets both to bf16, so its FSDP2 runs reduce per chunk)."""
     total = trainable = 0
     for param in model.parameters():
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
-    return trainable <= DEFER_TRAINABLE_FRACTION * total
+    return trainable <= DEFER_TRAINABLE_FRACTION * total and _accumulates_in_fp32(model)
+
+
+def _accumulates_in_fp32(model: nn.Module) -> bool:
+    # FSDP2 keeps each unit's MixedPrecisionPolicy only on its internal state (torch 2.6-2.13: FSDPParamGroup.
+    # mp_policy); a None dtype means "as the parameter's"
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        for group in module._get_fsdp_state()._fsdp_param_groups:
+            for param in group.fsdp_params:
+                policy = group.mp_policy
+                dtype = policy.reduce_dtype or policy.param_dtype or param.sharded_param.dtype
+                if param.sharded_param.requires_grad and dtype != torch.float32:
+                    return False
+    return True
 
 
 def gradient_sync(

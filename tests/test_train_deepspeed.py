@@ -5,7 +5,8 @@ GradCache as the Trainer hands it over. The ranks differ in chunk count and in w
 gathers parameters per module: without dummy chunks and the vision filler this hangs; a gloo timeout fails the test).
 Checked for each stage: two optimizer steps (one with coalesced gradient reduction, one reducing per chunk) move the
 parameters as two SGD steps of one process on the whole batch; reductions per step: coalesced = one plain
-backward + step, per chunk = one per chunk's backward (ZeRO-2/3) or one at the boundary (ZeRO-1).
+backward + step, per chunk = one per chunk's backward (ZeRO-2/3) or one at the boundary (ZeRO-1). For ZeRO-2/3 with
+two accumulation micro-batches: no step after the first, one step on the mean gradient after the second.
 """
 
 import os
@@ -31,6 +32,7 @@ from modeling_vlm2vec.training.grad_cache import GradCache
 from modeling_vlm2vec.training.gradient_sync import DeepSpeedSync, gradient_sync
 
 STAGES = (1, 2, 3)
+ACCUMULATION_STAGES = (2, 3)  # the stages that reduce in every backward, boundary or not
 REDUCTIONS = ("all_reduce", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_reduce_coalesced")
 
 
@@ -55,6 +57,23 @@ def _parameters(engine, stage):
         return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
 
 
+def _engine(backbone_dir, stage, accumulation=1):
+    """(engine, model, filler): a fresh model under ZeRO ``stage`` in fp32 with torch's SGD."""
+    import deepspeed
+
+    model = Vlm2VecModel.from_backbone(backbone_dir).train()
+    config = {
+        "train_micro_batch_size_per_gpu": 3,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": 0.0,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+    }
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine, model, make_filler(model)
+
+
 def _worker(rank, backbone_dir):
     os.environ.update(DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     reductions = [0]
@@ -66,18 +85,7 @@ def _worker(rank, backbone_dir):
     deepspeed.ops.__dict__["__compatible_ops__"] = {}
     results = {}
     for stage in STAGES:
-        model = Vlm2VecModel.from_backbone(backbone_dir).train()
-        filler = make_filler(model)
-        config = {
-            "train_micro_batch_size_per_gpu": 3,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": 0.0,
-            "zero_optimization": {"stage": stage},
-            "zero_allow_untested_optimizer": True,
-        }
-        optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-        results[f"{stage}/start"] = torch.zeros(1)
+        engine, model, filler = _engine(backbone_dir, stage)
         results.update({f"{stage}/params0/{n}": p for n, p in _parameters(engine, stage).items()})
         for case, coalesce in enumerate((True, False)):
             sync = gradient_sync(engine)
@@ -101,6 +109,16 @@ def _worker(rank, backbone_dir):
         engine.step()
         results[f"{stage}/plain/step_reductions"] = torch.tensor([reductions[0]])
         engine.destroy()
+
+    for stage in ACCUMULATION_STAGES:  # two micro-batches of one optimizer step (no coalescing then)
+        engine, model, filler = _engine(backbone_dir, stage, accumulation=2)
+        for case in range(len(NEG_COUNTS)):
+            sync = gradient_sync(engine, sync_gradients=case == 1)
+            assert not sync.coalesce
+            cache = GradCache(engine, loss_of, chunk_sizes=CHUNKS, sync=sync, vision_filler=filler)
+            cache.step(local_groups(model, case, rank), scale=0.5)  # the trainer's 1 / accumulation steps
+            results.update({f"{stage}/accumulated{case}/{n}": p for n, p in _parameters(engine, stage).items()})
+        engine.destroy()
     return results
 
 
@@ -111,6 +129,9 @@ def test_deepspeed_grad_cache_steps_equal_one_process(tiny_backbone_dir, tmp_pat
     model = Vlm2VecModel.from_backbone(backbone_dir).train()
     with torch.no_grad():
         start = {n: p.clone() for n, p in model.named_parameters()}
+    # one SGD step on the mean gradient of both cases (gradient accumulation) from the start
+    at_start = [reference_step(model, case)[1] for case in range(len(NEG_COUNTS))]
+    accumulated = {n: -LEARNING_RATE * (at_start[0][n] + at_start[1][n]) / 2 for n in start}
     moves, losses = [], []
     for case in range(len(NEG_COUNTS)):  # two SGD steps of one process on the whole batch
         loss, grads = reference_step(model, case)
@@ -136,3 +157,9 @@ def test_deepspeed_grad_cache_steps_equal_one_process(tiny_backbone_dir, tmp_pat
             assert r[f"{stage}/0/reductions"].item() == 1 + backward + step, stage  # coalesced: one reduction pass
             per_chunk_backwards = 1 if stage == 1 else chunks_per_step(1)  # ZeRO-1 reduces at the boundary only
             assert r[f"{stage}/1/reductions"].item() == 1 + per_chunk_backwards * backward + step, stage
+
+    for stage in ACCUMULATION_STAGES:
+        for r in ranks:
+            assert relative_error(subset(r, f"{stage}/accumulated0/"), start) == 0, stage  # no step yet
+            moved = subset(r, f"{stage}/accumulated1/")
+            assert relative_error({n: moved[n] - start[n] for n in start}, accumulated) <= 1e-5, stage

@@ -5,7 +5,8 @@ every class of ``_no_split_modules`` (decoder layers and vision blocks) its own 
 in chunk count and in which chunks hold images — without dummy chunks and the vision filler this hangs (a gloo
 timeout fails the test). Checked: loss, gradients and one SGD step equal one process on the whole batch; both ranks
 run equally many forwards, each through the vision tower; reduce-scatters per step are one per unit (deferred) or
-one per unit and chunk.
+one per unit and chunk; deferred with two accumulation micro-batches, one per unit for both; the uncached step with
+one rank's batch text-only.
 """
 
 import torch
@@ -99,6 +100,18 @@ def _worker(rank, backbone_dir):
             results[f"{tag}/loss"] = out.loss.reshape(1)
             results.update({f"{tag}/grad/{n}": g for n, g in _full_gradients(model).items()})
 
+    # gradient accumulation, deferred: the first micro-batch inside the Trainer's no_sync (accelerate's FSDP2 no_sync
+    # turns gradient sync off, then on again), the second syncing: one reduce-scatter per unit for both
+    counts.update(reduce_scatter=0)
+    for case, sync_gradients in ((0, False), (1, True)):
+        model.set_requires_gradient_sync(sync_gradients)
+        sync = gradient_sync(model, sync_gradients=sync_gradients, defer_fsdp_reduction=True)
+        GradCache(model, loss_of, chunk_sizes=CHUNKS, sync=sync, vision_filler=filler).step(
+            local_groups(model, case, rank), scale=0.5
+        )
+    results["accumulated/reduce_scatter"] = torch.tensor([counts["reduce_scatter"]])
+    results.update({f"accumulated/grad/{n}": g for n, g in _full_gradients(model).items()})
+
     # the uncached step (no GradCache): rank 1's batch has no image, the filler row runs the vision tower there
     counts.update(forward=0, vision=0)
     groups = uncached_batch(model, slice(2 * rank, 2 * rank + 2))
@@ -124,8 +137,10 @@ def test_fsdp2_grad_cache_equals_one_process(tiny_backbone_dir, tmp_path):
     assert [r["defers/few"].item() for r in ranks] == [True, True]
     assert [r["defers/few_bf16"].item() for r in ranks] == [False, False]
 
+    per_case = []
     for case in range(len(NEG_COUNTS)):
         loss, expected = reference_step(model, case)
+        per_case.append(expected)
         chunks = chunks_per_step(case)
         for mode, reductions in (("per_chunk", units * chunks), ("deferred", units)):
             tag = f"{case}/{mode}"
@@ -136,6 +151,11 @@ def test_fsdp2_grad_cache_equals_one_process(tiny_backbone_dir, tmp_path):
                 assert r[f"{tag}/forward"].item() == 2 * chunks - 1, tag
                 assert r[f"{tag}/vision"].item() == 2 * chunks - 1, tag
                 assert r[f"{tag}/reduce_scatter"].item() == reductions, tag
+
+    accumulated = {n: (per_case[0][n] + per_case[1][n]) / 2 for n in per_case[0]}
+    for r in ranks:
+        assert r["accumulated/reduce_scatter"].item() == units
+        assert relative_error(subset(r, "accumulated/grad/"), accumulated) <= 1e-5
 
     reference = full_batch_loss(model, uncached_batch(model))
     reference.loss.backward()

@@ -9,6 +9,7 @@ one per unit and chunk; deferred with two accumulation micro-batches, one per un
 one rank's batch text-only.
 """
 
+import pytest
 import torch
 import torch.distributed as dist
 from sharded_steps import (
@@ -76,6 +77,8 @@ def _worker(rank, backbone_dir):
     _few_trainable(bf16)
     _shard(bf16, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16))
     results["defers/few_bf16"] = torch.tensor([defers_by_default(bf16)])
+    with pytest.warns(UserWarning, match="reduce dtype"):  # asked for all the same
+        assert gradient_sync(bf16, defer_fsdp_reduction=True).defer
     counts = {"reduce_scatter": 0, "forward": 0, "vision": 0}
     reduce_scatter = dist.reduce_scatter_single
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -204,6 +205,12 @@ def gradient_sync(
         return DeepSpeedSync(model, sync_gradients)
     if isinstance(model, FSDPModule):
         defer = defers_by_default(model) if defer_fsdp_reduction is None else defer_fsdp_reduction
+        if defer and not _accumulates_in_fp32(model):
+            warnings.warn(
+                "fsdp_defer_reduction: FSDP accumulates the deferred gradients in its reduce dtype, not fp32 here "
+                "(set reduce_dtype=torch.float32 in its MixedPrecisionPolicy, or reduce per chunk)",
+                stacklevel=2,
+            )
         return Fsdp2Sync(model, backward, sync_gradients, defer=defer)
     return GradientSync(model, backward, sync_gradients)
 

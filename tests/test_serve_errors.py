@@ -250,3 +250,43 @@ def test_health_and_embeddings_say_503_while_the_model_loads(model):
             httpx.post(f"{url}/v1/embeddings", json={"messages": image_messages(picture("red"), "x")}).status_code
             == 200
         )
+
+
+def test_http_images_come_only_from_allowed_hosts_without_redirects(model, tmp_path):
+    import functools
+    import http.server
+
+    picture("blue", (36, 30)).save(tmp_path / "blue.png")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/moved.png":  # a redirect could lead anywhere: not followed
+                self.send_response(302)
+                self.send_header("Location", "/blue.png")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    port = files.server_address[1]
+    try:
+        with serve(model, allowed_media_domains=("127.0.0.1",)) as (url, _):
+
+            def post(image_url):
+                body = {"messages": _user(_image(image_url)), "encoding_format": "float"}
+                return httpx.post(f"{url}/v1/embeddings", json=body, timeout=60)
+
+            fetched = post(f"http://127.0.0.1:{port}/blue.png")
+            assert fetched.status_code == 200, fetched.text
+            expected = model.encode([picture("blue", (36, 30))])[0].numpy()
+            assert abs(fetched.json()["data"][0]["embedding"] - expected).max() < 1e-5
+            other_host = post(f"http://localhost:{port}/blue.png")
+            assert other_host.status_code == 400 and "not in --allowed-media-domains" in other_host.text
+            assert post(f"http://127.0.0.1:{port}/moved.png").status_code == 400
+            assert post(f"http://127.0.0.1:{port}/missing.png").status_code == 400
+    finally:
+        files.shutdown()

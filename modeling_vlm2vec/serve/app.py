@@ -63,7 +63,7 @@ class ServedModel:
 
     def _run(self, jobs: list[list[PreparedInput]]) -> list[tuple[torch.Tensor, list[int]]]:
         flat = [x for job in jobs for x in job]
-        embeddings, tokens = embed_inputs(self.model, flat, self.settings.max_batch_size)
+        embeddings, tokens = embed_inputs(self.model, flat, self.settings.max_batch_size, self.renderer.tokenizer_lock)
         results, start = [], 0
         for job in jobs:
             results.append((embeddings[start : start + len(job)], tokens[start : start + len(job)]))

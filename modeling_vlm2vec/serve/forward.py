@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..encode_items_vlm2vec import length_batches
@@ -10,8 +12,11 @@ from .rendering import PreparedInput
 
 
 @torch.inference_mode()
-def embed_inputs(model: Vlm2VecModel, inputs: list[PreparedInput], batch_size: int) -> tuple[torch.Tensor, list[int]]:
-    """Embed ``inputs`` in forward passes of at most ``batch_size`` rows.
+def embed_inputs(
+    model: Vlm2VecModel, inputs: list[PreparedInput], batch_size: int, tokenizer_lock=None
+) -> tuple[torch.Tensor, list[int]]:
+    """Embed ``inputs`` in forward passes of at most ``batch_size`` rows (the processor runs under
+    ``tokenizer_lock`` when given, see :class:`~.rendering.Renderer`).
 
     Rendered prompts go through the checkpoint's `Vlm2VecProcessor` (:meth:`process_prompts`), grouped by
     ``add_special_tokens`` and batched like ``encode()`` (:func:`length_batches`: text-only and image inputs apart,
@@ -20,6 +25,7 @@ def embed_inputs(model: Vlm2VecModel, inputs: list[PreparedInput], batch_size: i
     prompt tokens (image tokens included, as vLLM counts them).
     """
     processor = model.processor
+    lock = tokenizer_lock or contextlib.nullcontext()
     out = torch.empty(len(inputs), model.config.hidden_size, dtype=torch.float32)
     tokens = [0] * len(inputs)
 
@@ -34,16 +40,19 @@ def embed_inputs(model: Vlm2VecModel, inputs: list[PreparedInput], batch_size: i
         for chunk in length_batches([(inputs[i].prompt, inputs[i].image) for i in rows], batch_size):
             chosen = [rows[j] for j in chunk]
             prompts, images = [inputs[i].prompt for i in chosen], [inputs[i].image for i in chosen]
-            run(chosen, processor.process_prompts(prompts, images, add_special_tokens=special))
+            with lock:
+                batch = processor.process_prompts(prompts, images, add_special_tokens=special)
+            run(chosen, batch)
     rows = sorted((i for i, x in enumerate(inputs) if x.ids is not None), key=lambda i: len(inputs[i].ids))
     for start in range(0, len(rows), batch_size):
         chosen = rows[start : start + batch_size]
-        padded = processor.tokenizer.pad(
-            {"input_ids": [inputs[i].ids for i in chosen]},
-            padding=True,
-            padding_side=processor.padding_side,
-            return_tensors="pt",
-        )
+        with lock:
+            padded = processor.tokenizer.pad(
+                {"input_ids": [inputs[i].ids for i in chosen]},
+                padding=True,
+                padding_side=processor.padding_side,
+                return_tensors="pt",
+            )
         run(chosen, {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]})
     return out, tokens
 

@@ -14,6 +14,7 @@ Rendered prompts go through the checkpoint's `Vlm2VecProcessor` (:meth:`process_
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import jinja2
@@ -42,11 +43,14 @@ class PreparedInput:
 
 
 class Renderer:
-    """Checks and renders the inputs of requests for one model (thread-safe: it only reads the model)."""
+    """Checks and renders the inputs of requests for one model. Thread-safe: every tokenizer call holds
+    :attr:`tokenizer_lock`, which the model thread holds too (a fast tokenizer's padding and truncation settings are
+    state shared by all its callers)."""
 
     def __init__(self, model: Vlm2VecModel, settings: ServeSettings):
         self.model, self.settings = model, settings
         self.processor = model.processor
+        self.tokenizer_lock = threading.Lock()
         tokenizer = self.processor.tokenizer
         self.template = render_chat_template(model.config.image_token, tokenizer_adds_bos(tokenizer))
         self.vocab_size = model.get_input_embeddings().num_embeddings
@@ -121,9 +125,11 @@ class Renderer:
         tokenizer = self.processor.tokenizer
         ids = item.ids
         if ids is None and item.image is None:
-            ids = tokenizer(item.prompt, add_special_tokens=item.add_special_tokens)["input_ids"]
+            with self.tokenizer_lock:
+                ids = tokenizer(item.prompt, add_special_tokens=item.add_special_tokens)["input_ids"]
         elif ids is None:
-            batch = self.processor.process_prompts([item.prompt], [item.image], item.add_special_tokens)
+            with self.tokenizer_lock:
+                batch = self.processor.process_prompts([item.prompt], [item.image], item.add_special_tokens)
             length = int(batch["attention_mask"].sum())
             if length > limit:
                 raise bad_request(
@@ -159,7 +165,8 @@ class Renderer:
         if not text.strip():
             raise bad_request(f"{where} is empty: give it a text or an image", "input")
         try:
-            self.processor.check_text(text)
+            with self.tokenizer_lock:  # a long text is tokenized to be measured
+                self.processor.check_text(text)
         except ValueError as exc:
             raise bad_request(f"{where}: {exc}", "input") from None
 

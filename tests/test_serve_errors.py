@@ -95,6 +95,20 @@ CASES = {
         "max_model_len",
     ),
     "token id out of vocabulary": ({"input": [[5, 10**6]]}, 400, "BadRequestError", "input", "vocabulary"),
+    "no truncation left": (
+        {"input": "x", "truncate_prompt_tokens": 0},
+        400,
+        "BadRequestError",
+        "truncate_prompt_tokens",
+        "at least 1",
+    ),
+    "image part without url": (
+        {"messages": _user({"type": "image_url", "image_url": {}})},
+        400,
+        "BadRequestError",
+        "messages",
+        "needs a 'url' string",
+    ),
     "too many items": ({"input": ["a", "b", "c", "d", "e"]}, 400, "BadRequestError", "input", "at most 4"),
     "two images": (
         {"messages": _user(_image(PNG), _image(PNG))},
@@ -199,6 +213,8 @@ def test_body_transport_errors_and_routes(server):
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]["message"]
     form = httpx.post(post, data={"input": "x"})
     assert form.status_code == 400 and "application/json" in form.json()["error"]["message"]
+    deep = httpx.post(post, content=b"[" * 15_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and "too deeply" in deep.json()["error"]["message"]
     array = httpx.post(post, json=["x"])
     assert array.status_code == 400 and array.json()["error"]["param"] == "body"
     assert httpx.get(post).status_code == 405

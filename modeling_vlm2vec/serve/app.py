@@ -240,6 +240,8 @@ async def _read_json(request: Request, cap: int):
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", "body") from None
+    except RecursionError:
+        raise bad_request("the request body nests JSON too deeply", "body") from None
 
 
 def _encode(vector, encoding_format: str, endianness: str):

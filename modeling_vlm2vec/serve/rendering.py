@@ -107,6 +107,10 @@ class Renderer:
         return prepared
 
     def _truncation(self, tokens: int | None) -> int | None:
+        if tokens == 0:  # nothing left to embed
+            raise bad_request(
+                "truncate_prompt_tokens must be -1 (the model's limit) or at least 1, got 0", "truncate_prompt_tokens"
+            )
         if tokens is None or self.max_tokens is None:
             return tokens if tokens != -1 else None
         if tokens > self.max_tokens:
@@ -196,7 +200,12 @@ class Renderer:
                     parts.append({"type": "text", "text": text})
                 elif kind == "image_url":
                     url = part.get("image_url")
-                    urls.append(url.get("url") if isinstance(url, dict) else url)
+                    url = url.get("url") if isinstance(url, dict) else url
+                    if not isinstance(url, str) or not url:
+                        raise bad_request(
+                            f"{where}, message {number}: an image_url part needs a 'url' string", "messages"
+                        )
+                    urls.append(url)
                     parts.append({"type": "image"})
                 else:
                     raise bad_request(

@@ -113,6 +113,8 @@ def test_token_ids_and_truncate_prompt_tokens_match_the_model_on_those_ids(serve
     _close(cut["data"][0]["embedding"], first)
     _close(left["data"][0]["embedding"], last)
     assert cut["usage"]["prompt_tokens"] == 3
+    ids_cut = httpx.post(f"{server}/v1/embeddings", json={"input": ids, "truncate_prompt_tokens": 3}).json()
+    _close(ids_cut["data"][0]["embedding"], first)
 
 
 def test_unknown_fields_are_ignored_and_models_are_listed(client, server):

@@ -95,7 +95,7 @@ class Renderer:
         prepared = []
         for position, (kind, value) in enumerate(request.inputs):
             if kind == "ids":
-                item = PreparedInput(ids=self._check_ids(value, position))
+                item = PreparedInput(ids=self._check_ids(value, position, truncated=limit is not None))
             elif kind == "text":
                 self._check_text(value, f"input {position}")
                 item = PreparedInput(prompt=value, add_special_tokens=request.add_special_tokens)
@@ -147,7 +147,9 @@ class Renderer:
         side = side or tokenizer.truncation_side
         return PreparedInput(ids=ids[len(ids) - limit :] if side == "left" else ids[:limit])
 
-    def _check_ids(self, ids: list[int], position: int) -> list[int]:
+    def _check_ids(self, ids: list[int], position: int, truncated: bool) -> list[int]:
+        """``ids`` if every id is a text token of the vocabulary and, unless ``truncated`` later, they fit the
+        model's limit; ``ApiError`` otherwise."""
         bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise bad_request(
@@ -157,7 +159,7 @@ class Renderer:
             raise bad_request(
                 f"input {position}: token ids hold an image or video token, but no image comes with them", "input"
             )
-        if self.max_tokens is not None and len(ids) > self.max_tokens:
+        if not truncated and self.max_tokens is not None and len(ids) > self.max_tokens:
             raise bad_request(
                 f"This model's maximum context length is {self.max_tokens} tokens. However, your prompt contains "
                 f"{len(ids)} input tokens. Please reduce the length of the input prompt.",

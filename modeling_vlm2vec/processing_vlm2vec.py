@@ -242,6 +242,22 @@ class Vlm2VecProcessor(ProcessorMixin):
         prompts = [
             self.build_prompt(t, img is not None and not n, instruction, n) for t, img, n in zip(texts, images, counts)
         ]
+        return self.process_prompts(prompts, images)
+
+    def process_prompts(
+        self, prompts: list[str], images: list[Image.Image | None], add_special_tokens: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Backbone tensors of prompts that are already built — by :meth:`build_prompt` (what :meth:`__call__`
+        does) or by the exported chat template, whose output is what vLLM tokenizes — holding the backbone's image
+        token(s) where their image (frames) go.
+
+        ``images`` are as in :meth:`__call__`; the resolution policy, :attr:`max_length` truncation (text tokens
+        only), padding and the position policy apply the same way. ``add_special_tokens=False`` is the chat path of
+        vLLM and transformers: the template writes the BOS itself. Returns the tensors :meth:`__call__` returns.
+        """
+        if len(prompts) != len(images):
+            raise ValueError(f"prompts and images must align, got {len(prompts)} prompts and {len(images)} images")
+        counts = [self._check_frames(img) for img in images]
         self._configure_backbone()  # the config may have changed since the last call
         flat = [(frame, bool(n)) for img, n in zip(images, counts) for frame in (img if n else [img])]  # one by one
         stretch = self.video_input != "video"  # the official code stretches small images, not video-input frames
@@ -250,7 +266,8 @@ class Vlm2VecProcessor(ProcessorMixin):
             for img, frame in flat
         ]
         pil_images = _regroup_frames(pil_images, counts)
-        batch = self._run_backbone(prompts, pil_images)
+        backbone_kwargs = {} if add_special_tokens else {"add_special_tokens": False}
+        batch = self._run_backbone(prompts, pil_images, **backbone_kwargs)
         if self.max_length is not None:
             for shortened in range(4):  # decoding may re-tokenize a little longer; three passes always converge
                 lengths = batch["attention_mask"].sum(-1).tolist()
@@ -263,7 +280,7 @@ class Vlm2VecProcessor(ProcessorMixin):
                     shorten_text(p, n - self.max_length, self.tokenizer, tokens) if n > self.max_length else p
                     for p, n in zip(prompts, lengths)
                 ]
-                batch = self._run_backbone(prompts, pil_images)
+                batch = self._run_backbone(prompts, pil_images, **backbone_kwargs)
         tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.position_policy == "transformers4" and "mm_token_type_ids" in tensors:
             vision_start = self.tokenizer.convert_tokens_to_ids(_VISION_START)
@@ -272,13 +289,13 @@ class Vlm2VecProcessor(ProcessorMixin):
             )
         return tensors
 
-    def _run_backbone(self, prompts: list[str], images: list[Image.Image | list[Image.Image] | None]):
+    def _run_backbone(self, prompts: list[str], images: list[Image.Image | list[Image.Image] | None], **extra):
         videos = (
             [frames_at_one_size(img) for img in images if isinstance(img, list)] if self.video_input == "video" else []
         )
         per_text = [[] if img is None or videos and isinstance(img, list) else _as_list(img) for img in images]
         present = [img for frames in per_text for img in frames]
-        kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}
+        kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt", **extra}
         if videos:
             kwargs["videos"] = videos
         if present and hasattr(self.backbone_processor, "image_processor"):

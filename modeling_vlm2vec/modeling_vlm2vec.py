@@ -14,6 +14,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
 from .encode_items_vlm2vec import as_item, length_batches, open_item_image, prepared_batches
+from .phi3v_model_vlm2vec import Phi3VModel  # registers the native phi3_v backbone with AutoModel
 from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native
@@ -147,7 +148,7 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             load_kwargs["attn_implementation"] = attn_implementation
         try:
             backbone = AutoModel.from_pretrained(backbone_name_or_path, **load_kwargs)
-        except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
+        except ValueError:  # remote-code VLMs often register only a causal-LM class
             backbone = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **load_kwargs)
         attn = backbone.config._attn_implementation
         config = Vlm2VecConfig(backbone_config=backbone.config, **config_kwargs)
@@ -315,9 +316,13 @@ def _native_key_mapping(path, kwargs: dict) -> dict[str, str]:
 
 
 def _backbone_from_config(backbone_config) -> PreTrainedModel:
+    if backbone_config.model_type == Phi3VModel.config_class.model_type:
+        # built directly: loaded as Hub code, the sub-config's class can come from another copy of its file than the
+        # one AutoModel was registered with
+        return Phi3VModel._from_config(backbone_config)
     try:
         return AutoModel.from_config(backbone_config)
-    except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
+    except ValueError:  # remote-code VLMs often register only a causal-LM class
         # Hub code runs here only if its config class was itself loaded from Hub code, i.e. the user trusted it.
         trusted = type(backbone_config).__module__.startswith("transformers_modules")
         return AutoModelForCausalLM.from_config(backbone_config, trust_remote_code=trusted)

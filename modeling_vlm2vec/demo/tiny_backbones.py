@@ -40,7 +40,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor, ImageOnlyQwen3VLProcessor
 
-TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3")
+TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "phi3_v")
 
 # Words the tokenizer learns: MMEB-style instructions plus the synthetic demo vocabulary.
 _CORPUS = [
@@ -319,6 +319,10 @@ def build_tiny_backbone(
         return _build_idefics3(hidden_size, num_layers, image_size or 64, vision_hidden_size)
     if model_type == "gemma3":
         return _build_gemma3(hidden_size, num_layers, image_size or 32, vision_hidden_size)
+    if model_type == "phi3_v":
+        from .tiny_phi3v import build_phi3_v  # it trains its tokenizer with train_tokenizer from here
+
+        return build_phi3_v(hidden_size, num_layers, image_size or 336, vision_hidden_size)
     default_size = 64 if model_type == "qwen3_vl" else 56
     return _build_qwen(model_type, hidden_size, num_layers, image_size or default_size, vision_hidden_size)
 
@@ -335,10 +339,12 @@ def save_tiny_backbone(
 ) -> Path:
     """Write a complete tiny VLM checkpoint (config, weights, tokenizer, processor) to `path` and return it.
 
-    `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`, `idefics3`, `gemma3`. The same
-    arguments always give the same weights. `image_size` is the vision tower's input side in pixels (defaults: 28,
-    56, 56, 64, 64, 32);
-    `vision_hidden_size` the width of the vision tower.
+    `model_type` is one of `llava_next`, `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`, `idefics3`, `gemma3`, `phi3_v`. The
+    same arguments always give the same weights. `image_size` is the vision tower's input side in pixels (defaults:
+    28, 56, 56, 64, 64, 32, 336 -- Phi-3-V's crop side, 144 image tokens per crop);
+    `vision_hidden_size` the width of the vision tower. `phi3_v` is written in the layout of
+    `microsoft/Phi-3.5-vision-instruct` (its config keys plus a small `vision_config`, its weight names, `num_crops`
+    4).
     """
     model, processor = build_tiny_backbone(
         model_type,
@@ -349,6 +355,11 @@ def save_tiny_backbone(
         vision_hidden_size=vision_hidden_size,
     )
     path = Path(path)
+    if model_type == "phi3_v":
+        from .tiny_phi3v import save_phi3_v_release
+
+        save_phi3_v_release(model, processor, path)
+        return path
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

@@ -52,7 +52,10 @@ def native_names(model: Vlm2VecModel) -> dict[str, str]:
     inserts = {
         f"{name}.": f"{name}.{HUB_INNER_PREFIXES[type(module).__name__]}."
         for name, module in backbone.named_modules()
-        if name and type(module).__name__ in HUB_INNER_PREFIXES
+        if name
+        and type(module).__name__ in HUB_INNER_PREFIXES
+        # a tower already held under that name (Phi-3-V's `img_processor.vision_model`) has the Hub names as is
+        and name.rpartition(".")[2] != HUB_INNER_PREFIXES[type(module).__name__]
     }
     names = {}
     for key in backbone.state_dict():

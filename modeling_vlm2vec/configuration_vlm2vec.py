@@ -9,9 +9,11 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+from .phi3v_config_vlm2vec import Phi3VConfig  # noqa: F401  (registers the native phi3_v backbone with AutoConfig)
+
 # The string each backbone's processor expands into image features, substituted for MMEB's canonical `<|image_1|>`.
 # Qwen uses the bare pad token (the official VLM2Vec raw format, no vision_start/end wrapping); Phi-3-V keeps the
-# canonical placeholder, which its own processor understands.
+# canonical placeholder, which its processor (phi3v_processing_vlm2vec) expands.
 DEFAULT_IMAGE_TOKENS = {
     "llava_next": "<image>",
     "llava": "<image>",
@@ -37,6 +39,7 @@ INPUT_CONTRACT_FIELDS = (
     "strip_prompt",
     "position_policy",
     "video_input",
+    "truncation_policy",
 )
 PADDING_SIDES = ("left", "right")
 #: ``native``: the backbone's own position ids. ``transformers4``: Qwen2-VL / Qwen2.5-VL positions as transformers 4
@@ -46,6 +49,11 @@ _MROPE_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
 #: ``frames``: a video's frames as the images of one multi-image prompt. ``video``: the backbone's own video input,
 #: built from the frames (Qwen2-VL / Qwen2.5-VL; see ``video_input``).
 VIDEO_INPUTS = ("frames", "video")
+#: ``text``: any row past ``max_length`` loses text tokens from its end, never image tokens. ``text_only_rows``: the
+#: official Phi-3-V rule -- rows without an image keep their first ``max_length`` tokens, rows with one are not cut.
+TRUNCATION_POLICIES = ("text", "text_only_rows")
+#: The truncation policy each backbone gets unless one is given (``text`` for the others).
+DEFAULT_TRUNCATION_POLICIES = {"phi3_v": "text_only_rows"}
 #: Key of a native backbone ``config.json`` (the export layout) that holds the Vlm2Vec settings.
 NATIVE_SETTINGS_KEY = "vlm2vec"
 #: ``auto_map`` of every checkpoint: ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` -> Vlm2VecModel.
@@ -112,6 +120,10 @@ class Vlm2VecConfig(PreTrainedConfig):
             per frame. `"video"` (Qwen2-VL / Qwen2.5-VL only): through the backbone's video input, as the official
             VLM2Vec-V2 code does -- `<|video_1|>` becomes one `<|video_pad|>`, expanded to the video's tokens, and the
             processor builds `pixel_values_videos` / `video_grid_thw` from the frames itself (no torchvision).
+        truncation_policy (`str`, *optional*):
+            Which rows `max_length` cuts. `"text"`: any row, by dropping text tokens from the end of its text (image
+            tokens never). `"text_only_rows"` (Phi-3-V only; its default, the official rule): rows without an image
+            keep their first `max_length` tokens, rows with an image are never cut. `None`: the backbone's default.
         matryoshka_dimensions (`list[int]`, *optional*):
             Embedding sizes trained as Matryoshka prefixes: the first `d` coordinates, re-normalised, are an
             embedding of their own. Kept sorted and always ending with the full size (`hidden_size`); engines read
@@ -143,6 +155,7 @@ class Vlm2VecConfig(PreTrainedConfig):
     strip_prompt: bool = True
     position_policy: str = "native"
     video_input: str = "frames"
+    truncation_policy: str | None = None
     matryoshka_dimensions: list[int] | None = None
     matryoshka_weights: list[float] | None = None
     hardness_alpha: float = 0.0
@@ -158,6 +171,8 @@ class Vlm2VecConfig(PreTrainedConfig):
                     f"(the string its processor expands into image features)"
                 )
             self.image_token = DEFAULT_IMAGE_TOKENS[backbone_type]
+        if self.truncation_policy is None:
+            self.truncation_policy = DEFAULT_TRUNCATION_POLICIES.get(self.backbone_type, "text")
         self._complete_matryoshka_dimensions()
         self.check_settings()
 
@@ -218,6 +233,12 @@ class Vlm2VecConfig(PreTrainedConfig):
             raise ValueError(
                 f"video_input 'video' applies to {', '.join(_MROPE_BACKBONES)} backbones only, "
                 f"not {self.backbone_type!r}; use 'frames'"
+            )
+        if self.truncation_policy not in TRUNCATION_POLICIES:
+            raise ValueError(f"truncation_policy must be one of {TRUNCATION_POLICIES}, got {self.truncation_policy!r}")
+        if self.truncation_policy == "text_only_rows" and self.backbone_type != "phi3_v":
+            raise ValueError(
+                f"truncation_policy 'text_only_rows' applies to phi3_v backbones only, not {self.backbone_type!r}"
             )
         if not isinstance(self.strip_prompt, bool):
             raise ValueError(f"strip_prompt must be true or false, got {self.strip_prompt!r}")
@@ -352,6 +373,7 @@ __all__ = [
     "NATIVE_SETTINGS_KEY",
     "POSITION_POLICIES",
     "SETTING_DEFAULTS",
+    "TRUNCATION_POLICIES",
     "VIDEO_INPUTS",
     "WRAPPER_FIELDS",
     "Vlm2VecConfig",

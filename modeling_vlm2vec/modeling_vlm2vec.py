@@ -14,6 +14,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
 from .encode_items_vlm2vec import as_item, length_batches, open_item_image, prepared_batches
+from .phi3v_model_vlm2vec import Phi3VModel  # noqa: F401  (registers the native phi3_v backbone with AutoModel)
 from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native

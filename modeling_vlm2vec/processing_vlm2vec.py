@@ -34,6 +34,7 @@ from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
+from .phi3v_processing_vlm2vec import IMAGE_TAG, Phi3VProcessor
 from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text
 from .video_vlm2vec import frames_at_one_size, process_videos
 
@@ -96,6 +97,7 @@ class Vlm2VecProcessor(ProcessorMixin):
     strip_prompt = property(lambda self: self.config.strip_prompt, doc="Strip whitespace around prompt parts.")
     position_policy = property(lambda self: self.config.position_policy, doc="``native`` or ``transformers4``.")
     video_input = property(lambda self: self.config.video_input, doc="``frames`` or ``video``.")
+    truncation_policy = property(lambda self: self.config.truncation_policy, doc="Which rows max_length cuts.")
 
     @property
     def _video_token(self) -> str | None:
@@ -194,7 +196,9 @@ class Vlm2VecProcessor(ProcessorMixin):
         the check costs little.
         """
         check_item_text(text)
-        tokens = {self.image_token, getattr(self.backbone_processor, "image_token", None)}
+        tokens = {self.image_token, getattr(self.backbone_processor, "image_token", None)} - {IMAGE_PLACEHOLDER}
+        if isinstance(self.backbone_processor, Phi3VProcessor):  # its processor reads every <|image_N|> as an image
+            tokens |= set(IMAGE_TAG.findall(text)) - {IMAGE_PLACEHOLDER}
         found = sorted(t for t in tokens if t and t in text)
         if found:
             raise ValueError(
@@ -250,7 +254,7 @@ class Vlm2VecProcessor(ProcessorMixin):
         ]
         pil_images = _regroup_frames(pil_images, counts)
         batch = self._run_backbone(prompts, pil_images)
-        if self.max_length is not None:
+        if self.max_length is not None and self.truncation_policy == "text":
             for shortened in range(4):  # decoding may re-tokenize a little longer; three passes always converge
                 lengths = batch["attention_mask"].sum(-1).tolist()
                 if max(lengths) <= self.max_length:
@@ -277,6 +281,8 @@ class Vlm2VecProcessor(ProcessorMixin):
         per_text = [[] if img is None or videos and isinstance(img, list) else _as_list(img) for img in images]
         present = [img for frames in per_text for img in frames]
         kwargs = {"text": prompts, "padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}
+        if self.truncation_policy == "text_only_rows" and self.max_length is not None:
+            kwargs.update(truncation=True, max_length=self.max_length)  # Phi3VProcessor cuts text-only rows only
         if videos:
             kwargs["videos"] = videos
         if present and hasattr(self.backbone_processor, "image_processor"):
@@ -362,7 +368,9 @@ def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
     """Load the backbone's own processor saved in a folder or Hub repo (never a :class:`Vlm2VecProcessor`).
 
     Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors are loaded without their video processor, so they work whether or not
-    torchvision is installed; other saved classes are loaded by name; a folder naming none (or a class that is Hub
+    torchvision is installed; a folder naming ``Phi3VProcessor`` (Phi-3.5-V and its releases) gets the native
+    :class:`~.phi3v_processing_vlm2vec.Phi3VProcessor` (never the release's Hub code); other saved classes are loaded
+    by name; a folder naming none (or a class that is Hub
     code) goes through ``AutoProcessor``, which runs Hub code only with ``trust_remote_code=True`` in ``kwargs``.
     ``trust_remote_code`` is always passed on as an explicit ``True`` / ``False`` (default), so no loader ever stops
     at transformers' interactive "run custom code?" question (e.g. a tokenizer reading the folder's ``config.json``,
@@ -370,6 +378,8 @@ def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
     """
     kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
     processor_class = _saved_processor_class(str(path_or_id), kwargs)
+    if processor_class == Phi3VProcessor.__name__:  # the native one: the release's Hub code never runs
+        return Phi3VProcessor.from_pretrained(path_or_id, **kwargs)
     if processor_class in _IMAGE_ONLY_PROCESSORS:
         return _IMAGE_ONLY_PROCESSORS[processor_class].from_pretrained(path_or_id, **kwargs)
     stock_class = processor_class_from_name(processor_class) if processor_class else None

@@ -41,6 +41,9 @@ REMOTE_CODE_FILES = (
     "image_policy_vlm2vec.py",
     "encode_items_vlm2vec.py",
     "video_vlm2vec.py",
+    "phi3v_config_vlm2vec.py",
+    "phi3v_model_vlm2vec.py",
+    "phi3v_processing_vlm2vec.py",
 )
 
 

@@ -1,0 +1,252 @@
+"""Phi-3-V's image processor and processor without torchvision (Hub file: imports only stdlib, torch, transformers,
+PIL and numpy's transformers dependency through torch).
+
+* :class:`Phi3VImageProcessor`: the HD transform of Phi-3.5-V -- an image becomes a global 336x336 view plus up to
+  ``num_crops`` 336x336 crops (:func:`hd_size` gives the geometry), CLIP-normalised, zero-padded to ``num_crops + 1``
+  crops; ``image_sizes`` is the padded ``[height, width]``.
+* :class:`Phi3VProcessor`: the official prompt rule -- the text is split at ``<|image_N|>`` and each piece tokenized
+  on its own (so each gets its own BOS): ``[BOS, image positions..., BOS, text...]``; padding on either side;
+  ``truncation`` cuts rows without an image only.
+
+Both read and write the files of a Phi-3.5-V folder (``preprocessor_config.json`` with ``num_crops`` /
+``num_img_tokens``, ``processor_config.json`` naming ``Phi3VProcessor``, the tokenizer files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoTokenizer, BatchFeature
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+#: Where an image goes in a Phi-3-V prompt: ``<|image_1|>``, ``<|image_2|>``... (image N of the call).
+IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
+#: The token image positions carry (``Phi3VConfig.image_token_id`` in the Phi-3.5 vocabulary).
+IMAGE_TOKEN = "<|image|>"
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+
+
+def hd_size(width: int, height: int, num_crops: int, crop: int = 336) -> tuple[int, int, int, int]:
+    """The HD transform's geometry for a ``width x height`` image: ``(resized_w, resized_h, padded_w, padded_h)``.
+
+    A portrait image is handled transposed (as landscape). With ``ratio = w / h`` (landscape), ``scale`` is the
+    largest integer with ``scale * ceil(scale / ratio) <= num_crops``; the image is resized to ``scale * crop`` wide
+    and ``int(that / ratio)`` high, then its height padded up to a multiple of ``crop`` (centred).
+    """
+    transposed = width < height
+    w, h = (height, width) if transposed else (width, height)
+    ratio = w / h
+    scale = 1
+    while scale * math.ceil(scale / ratio) <= num_crops:
+        scale += 1
+    scale -= 1
+    new_w = scale * crop
+    new_h = int(new_w / ratio)
+    if scale < 1 or new_h < 1:
+        raise ValueError(f"image of {width}x{height} px cannot be cut into at most {num_crops} crops")
+    padded_h = math.ceil(new_h / crop) * crop
+    if transposed:
+        return new_h, new_w, padded_h, new_w
+    return new_w, new_h, new_w, padded_h
+
+
+class Phi3VImageProcessor(ImageProcessingMixin):
+    """Phi-3.5-V's HD image processor (PIL + torch).
+
+    Per image: PIL ``convert("RGB")`` (alpha dropped, as the official code under transformers 4), the HD transform
+    (:func:`hd_size`: PIL bilinear resize, white padding split top/bottom with the smaller part on top), scaling to
+    [0, 1] and CLIP mean/std normalisation; the global view is that image resized to ``crop x crop`` with torch's
+    bicubic interpolation; the crops are taken row-major.
+
+    Returns ``pixel_values`` (images, num_crops + 1, 3, crop, crop) -- global view first, unused crops zero --,
+    ``image_sizes`` (images, 2) the padded ``[height, width]`` and ``num_img_tokens`` (one int per image).
+    """
+
+    model_input_names = ["pixel_values", "image_sizes"]
+
+    def __init__(
+        self,
+        num_crops: int = 1,
+        num_img_tokens: int = 144,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        crop_size: int = 336,
+        do_convert_rgb: bool = True,
+        **kwargs,
+    ):
+        for name in ("auto_map", "image_processor_type", "processor_class"):
+            kwargs.pop(name, None)  # what the Hub release's file names; this class is its own record
+        super().__init__(**kwargs)
+        if isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1:
+            raise ValueError(f"num_crops must be a positive integer, got {num_crops!r}")
+        self.num_crops = num_crops
+        self.num_img_tokens = num_img_tokens
+        self.image_mean = list(image_mean if image_mean is not None else OPENAI_CLIP_MEAN)
+        self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
+        self.crop_size = crop_size
+        self.do_convert_rgb = do_convert_rgb
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> Phi3VImageProcessor:
+        """Read ``preprocessor_config.json``; other ``kwargs`` (e.g. ``num_crops``) override its values."""
+        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        saved, _ = cls.get_image_processor_dict(path_or_id, **hub_kwargs)
+        return cls(**{**saved, **kwargs})
+
+    def num_tokens(self, height: int, width: int) -> int:
+        """Image positions of an image whose padded HD size is ``height x width``: with ``g`` the merged grid side
+        (``sqrt(num_img_tokens)``, 12), ``(h*w + 1) * g*g + 1 + (h + 1) * g`` for ``h x w`` crops."""
+        h, w = height // self.crop_size, width // self.crop_size
+        g = math.isqrt(self.num_img_tokens)
+        return (h * w + 1) * self.num_img_tokens + 1 + (h + 1) * g
+
+    def _hd_image(self, image: Image.Image) -> torch.Tensor:
+        """One image -> its normalised HD tensor (3, padded_h, padded_w)."""
+        if self.do_convert_rgb and image.mode != "RGB":
+            image = image.convert("RGB")
+        # in the landscape frame, as the official transform: resizing is not exactly symmetric in the two axes
+        transposed = image.width < image.height
+        if transposed:
+            image = image.transpose(Image.Transpose.TRANSPOSE)
+        new_w, new_h, padded_w, padded_h = hd_size(*image.size, self.num_crops, self.crop_size)
+        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        canvas = Image.new("RGB", (padded_w, padded_h), (255, 255, 255))
+        canvas.paste(resized, (0, (padded_h - new_h) // 2))
+        if transposed:
+            canvas = canvas.transpose(Image.Transpose.TRANSPOSE)
+            padded_w, padded_h = padded_h, padded_w
+        pixels = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8)
+        pixels = pixels.view(padded_h, padded_w, 3).permute(2, 0, 1).float() / 255  # (3, H, W)
+        mean = torch.tensor(self.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.image_std).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def __call__(self, images: list[Image.Image], return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+        if isinstance(images, Image.Image):
+            images = [images]
+        size = self.crop_size
+        pixel_values, image_sizes = [], []
+        for image in images:
+            hd = self._hd_image(image)  # (3, H, W)
+            _, height, width = hd.shape
+            global_view = F.interpolate(hd[None], size=(size, size), mode="bicubic", align_corners=False)
+            crops = (
+                hd.view(3, height // size, size, width // size, size).permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size)
+            )
+            stacked = torch.cat([global_view, crops])  # (1 + crops, 3, S, S)
+            padding = torch.zeros(self.num_crops + 1 - stacked.shape[0], 3, size, size)
+            pixel_values.append(torch.cat([stacked, padding]))
+            image_sizes.append([height, width])
+        data = {
+            "pixel_values": torch.stack(pixel_values)
+            if pixel_values
+            else torch.zeros(0, self.num_crops + 1, 3, size, size),
+            "image_sizes": torch.tensor(image_sizes, dtype=torch.long).view(-1, 2),
+            "num_img_tokens": [self.num_tokens(h, w) for h, w in image_sizes],
+        }
+        return BatchFeature(data)
+
+
+class Phi3VProcessor:
+    """Phi-3-V's processor: :class:`Phi3VImageProcessor` plus the tokenizer, with the official prompt rule.
+
+    ``processor(text=[...], images=[...], padding=True, padding_side="right", return_tensors="pt",
+    truncation=False, max_length=None)``: each text is split at ``<|image_N|>`` tags; every piece is tokenized on
+    its own with the tokenizer's special tokens (each piece gets its BOS) and each tag becomes
+    ``num_img_tokens`` positions holding ``<|image|>``, so ``"<|image_1|> Represent..."`` gives
+    ``[BOS, <|image|> x N, BOS, ▁Represent, ...]``. Tags take the images in order over the whole batch. With
+    ``truncation`` and ``max_length``, rows without an image keep their first ``max_length`` tokens; rows with an
+    image are never cut (the official processor ignores truncation on its image path).
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer, chat_template: str | None = None):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.image_token = IMAGE_TOKEN
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token, which Phi-3-V's image positions carry")
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> Phi3VProcessor:
+        """Load from a Phi-3.5-V folder or Hub repo; ``num_crops`` (and other image-processor settings) override the
+        saved ones. No Python file of the folder runs (``trust_remote_code`` is not needed and ignored)."""
+        kwargs.pop("trust_remote_code", None)
+        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False, **hub_kwargs)
+        image_processor = Phi3VImageProcessor.from_pretrained(path_or_id, **hub_kwargs, **kwargs)
+        return cls(image_processor, tokenizer, chat_template=getattr(tokenizer, "chat_template", None))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
+        """Write the tokenizer, ``preprocessor_config.json`` and a ``processor_config.json`` naming this class."""
+        os.makedirs(save_directory, exist_ok=True)
+        files = list(self.tokenizer.save_pretrained(save_directory))
+        files += self.image_processor.save_pretrained(save_directory)
+        path = os.path.join(save_directory, "processor_config.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"processor_class": type(self).__name__}, indent=2) + "\n")
+        return [*files, path]
+
+    def to_dict(self) -> dict:
+        return {"processor_class": type(self).__name__, "image_processor": self.image_processor.to_dict()}
+
+    def _row_ids(self, text: str, image_tokens: list[int], truncate_to: int | None) -> list[int]:
+        pieces = IMAGE_TAG.split(text)
+        if len(pieces) == 1:  # text only: one tokenizer call, cut like the official processor's text path
+            kwargs = {"truncation": True, "max_length": truncate_to} if truncate_to else {}
+            return self.tokenizer(text, **kwargs)["input_ids"]
+        ids = []
+        for i, piece in enumerate(pieces):
+            ids += self.tokenizer(piece)["input_ids"]
+            if i < len(image_tokens):
+                ids += [self.image_token_id] * image_tokens[i]
+        return ids
+
+    def __call__(
+        self,
+        text: str | list[str],
+        images: list[Image.Image] | None = None,
+        padding: bool = True,
+        padding_side: str = "right",
+        return_tensors: str | None = "pt",
+        truncation: bool = False,
+        max_length: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        texts = [text] if isinstance(text, str) else list(text)
+        tags = [len(IMAGE_TAG.findall(t)) for t in texts]
+        images = list(images or [])
+        if sum(tags) != len(images):
+            raise ValueError(f"the texts hold {sum(tags)} image tags <|image_N|> but {len(images)} images were given")
+        data = dict(self.image_processor(images)) if images else {}
+        counts = iter(data.pop("num_img_tokens", []))
+        truncate_to = max_length if truncation else None
+        rows = [self._row_ids(t, [next(counts) for _ in range(n)], truncate_to) for t, n in zip(texts, tags)]
+        length = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for b, ids in enumerate(rows):
+            span = slice(0, len(ids)) if padding_side == "right" else slice(length - len(ids), length)
+            input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[b, span] = 1
+        return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask, **data})
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+__all__ = ["IMAGE_TAG", "IMAGE_TOKEN", "Phi3VImageProcessor", "Phi3VProcessor", "hd_size"]

@@ -7,6 +7,7 @@ base weights (under the checkpoint's own names), then the native model's forward
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,9 @@ from transformers import AutoModel
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.demo.eval_fixtures import write_eval_dataset
 from modeling_vlm2vec.hub.convert_official import convert_official_checkpoint, main
+from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 
 # The official default target list (V1 arguments.py): Phi-3's fused LM projections and the CLIP attention.
 OFFICIAL_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "k_proj", "q_proj", "out_proj", "v_proj"]
@@ -75,6 +78,13 @@ def _merge_by_hand(base_dir, adapter, folder):
     return modules
 
 
+def _official(folder):
+    """The model in `folder` with the official V1 settings spelled out (the expectation's side)."""
+    model = Vlm2VecModel.from_backbone(folder, strip_prompt=False, max_length=256)
+    model.processor = load_backbone_processor(folder, num_crops=4)
+    return model
+
+
 def _embed(model):
     batch = model.processor([t for t, _ in ITEMS], [i for _, i in ITEMS])
     with torch.no_grad():
@@ -85,7 +95,10 @@ def _embed(model):
 def release(tiny_backbone_dir, tmp_path_factory):
     """(base folder, adapter folder, hand-merged full release folder, adapted module names)."""
     root = tmp_path_factory.mktemp("phi3v-release")
-    base = tiny_backbone_dir("phi3_v")
+    base = Path(shutil.copytree(tiny_backbone_dir("phi3_v"), root / "base"))
+    # Phi-3.5-V's own processor default, which the official evaluation overrode with --num_crops 4
+    saved = json.loads((base / "preprocessor_config.json").read_text())
+    (base / "preprocessor_config.json").write_text(json.dumps({**saved, "num_crops": 16}))
     adapter = _official_adapter(base, root / "VLM2Vec-LoRA")
     modules = _merge_by_hand(base, adapter, root / "VLM2Vec-Full")
     return base, root / "VLM2Vec-LoRA", root / "VLM2Vec-Full", modules
@@ -110,14 +123,13 @@ def test_converted_lora_release_embeds_like_the_adapter_merged_by_hand(release, 
     assert (config.pooling, config.normalize, config.strip_prompt, config.max_length) == ("last", True, False, 256)
     assert json.loads((tmp_path / "converted" / "preprocessor_config.json").read_text())["num_crops"] == 4
     got, batch = _embed(model)
-    expected_model = Vlm2VecModel.from_backbone(merged_dir, strip_prompt=False, max_length=256)
-    expected, expected_batch = _embed(expected_model)
+    expected, expected_batch = _embed(_official(merged_dir))
     assert torch.equal(batch["input_ids"], expected_batch["input_ids"])
     # the official rule: the text-only row is cut to max_len 256, image rows are not cut
     lengths = batch["attention_mask"].sum(-1).tolist()
     assert lengths[1] == 256 and all(n > 256 for n in lengths[2:])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    unadapted, _ = _embed(Vlm2VecModel.from_backbone(base, strip_prompt=False, max_length=256))
+    unadapted, _ = _embed(_official(base))
     moved = (unadapted - expected).abs().amax(-1)
     assert (moved > 1e-3).all()  # the adapter was applied to every row, images (CLIP adapters) included
     assert "lora" not in json.dumps(list(load_file(tmp_path / "converted" / "model.safetensors")))
@@ -158,3 +170,22 @@ def test_adapter_keys_of_another_layout_are_refused(release, tmp_path):
     with pytest.raises(DataError, match="names no module of a phi3_v model"):
         convert_official_checkpoint(base, foreign, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_mmeb_runs_a_converted_release_with_the_official_v1_settings(release, tmp_path, monkeypatch):
+    import evaluate_mmeb
+
+    base, adapter_dir, merged_dir, _ = release
+    converted = convert_official_checkpoint(base, adapter_dir, tmp_path / "converted")
+    data = tmp_path / "data"
+    write_eval_dataset(data, "ImageNet-1K", [{"qry_text": "<|image_1|> Represent the given image for classification.",
+        "qry_img_path": "a.png", "tgt_text": ["a cat", "a dog"], "tgt_img_path": ["", ""]}])  # fmt: skip
+    _picture(200, 150).save(tmp_path / "a.png")
+    seen = {}
+    monkeypatch.setattr(evaluate_mmeb, "run_evaluation", lambda model, *a, **k: seen.setdefault("model", model))
+    args = ["--model_name_or_path", str(converted), "--dataset_name", str(data), "--subset_name", "ImageNet-1K"]
+    assert evaluate_mmeb.main([*args, "--image_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 0
+    model = seen["model"]
+    assert model.processor.backbone_processor.image_processor.num_crops == 4 and model.config.max_length == 256
+    # the same embeddings as the merged weights run with the official settings spelled out
+    torch.testing.assert_close(_embed(model)[0], _embed(_official(merged_dir))[0], rtol=0, atol=1e-5)

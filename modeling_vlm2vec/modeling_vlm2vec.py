@@ -14,7 +14,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
 from .encode_items_vlm2vec import as_item, length_batches, open_item_image, prepared_batches
-from .phi3v_model_vlm2vec import Phi3VModel  # also registers the native phi3_v backbone with AutoModel
+from .phi3v_model_vlm2vec import Phi3VModel  # registers the native phi3_v backbone with AutoModel
 from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native
@@ -317,8 +317,9 @@ def _native_key_mapping(path, kwargs: dict) -> dict[str, str]:
 
 def _backbone_from_config(backbone_config) -> PreTrainedModel:
     if backbone_config.model_type == Phi3VModel.config_class.model_type:
-        # by type name: loaded as Hub code, the config's module may be another copy than the one AutoModel knows
-        return Phi3VModel(backbone_config)
+        # built directly: loaded as Hub code, the sub-config's class can come from another copy of its file than the
+        # one AutoModel was registered with
+        return Phi3VModel._from_config(backbone_config)
     try:
         return AutoModel.from_config(backbone_config)
     except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class

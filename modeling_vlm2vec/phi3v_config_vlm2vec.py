@@ -86,6 +86,9 @@ class Phi3VConfig(Phi3Config):
                 f"{self.vision_config.image_size} / patch_size {self.vision_config.patch_size}"
             )
         super().__post_init__(**kwargs)
+        # the release's `auto_map` names its own Python files; this native config replaces them, and keeping the
+        # entries would send a trusted load of a saved checkpoint looking for files that are not there
+        self.__dict__.pop("auto_map", None)
 
     @property
     def crop_size(self) -> int:

@@ -70,11 +70,14 @@ def test_truncation_cuts_text_never_image_tokens(model):
     n_image_tokens = int((full["input_ids"] == image_id).sum())
     image_only = model.processor(["<|image_1|>"], [_images()[0]])
     budget = int(image_only["attention_mask"].sum()) + 12  # the whole image span (with any wrapper tokens) + text
+    policy = model.config.truncation_policy
     model.config.max_length = budget
+    model.config.truncation_policy = "text"  # Phi-3-V's own default cuts text-only rows only (test_phi3v_prompt.py)
     try:
         cut = model.processor([long_text, "short"], [_images()[0], None])
     finally:
         model.config.max_length = None
+        model.config.truncation_policy = policy
     assert cut["attention_mask"].sum(-1).max().item() <= budget
     assert int((cut["input_ids"][0] == image_id).sum()) == n_image_tokens
     with torch.no_grad():

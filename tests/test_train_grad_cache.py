@@ -40,7 +40,7 @@ def _cached_step(model, batch, replay_rng=True, symmetric=False, **options):
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("model_type", ["llava_next", "qwen2_vl", "qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("model_type", ["llava_next", "qwen2_vl", "qwen3_vl", "gemma3", "phi3_v"])
 def test_grad_cache_equals_full_batch_gradient(tiny_backbone_dir, model_type, symmetric):
     model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type)).train()  # tiny backbones have no dropout
     batch = contrastive_batch(model, NEG_COUNTS)

@@ -174,9 +174,7 @@ class Vlm2VecConfig(PreTrainedConfig):
                     f"(the string its processor expands into image features)"
                 )
             self.image_token = DEFAULT_IMAGE_TOKENS[backbone_type]
-        if self.truncation_policy is None:
-            self.truncation_policy = DEFAULT_TRUNCATION_POLICIES.get(self.backbone_type, "text")
-        self._complete_matryoshka_dimensions()
+        self._complete_defaults()
         self.check_settings()
 
     @classmethod
@@ -301,6 +299,12 @@ class Vlm2VecConfig(PreTrainedConfig):
         if margin is not None and not _is_number(margin):
             raise ValueError(f"false_negative_margin must be a finite number or None, got {margin!r}")
 
+    def _complete_defaults(self) -> None:
+        """Give an unset ``truncation_policy`` its backbone's default and complete ``matryoshka_dimensions``."""
+        if self.truncation_policy is None:
+            self.truncation_policy = DEFAULT_TRUNCATION_POLICIES.get(self.backbone_type, "text")
+        self._complete_matryoshka_dimensions()
+
     def _complete_matryoshka_dimensions(self) -> None:
         """Sort `matryoshka_dimensions` and append the full size when missing (a list of valid integers only; the
         check reports anything else)."""
@@ -318,7 +322,7 @@ class Vlm2VecConfig(PreTrainedConfig):
         for name, value in overrides.items():
             setattr(self, name, value)
         try:
-            self._complete_matryoshka_dimensions()
+            self._complete_defaults()
             self.check_settings()
         except ValueError:
             for name, value in previous.items():

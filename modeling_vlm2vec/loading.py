@@ -9,7 +9,8 @@
   key checked, then merged;
 - a raw VLM, wrapped with ``Vlm2VecModel.from_backbone``.
 
-Hub code of a backbone or its processor (e.g. Phi-3.5-V) runs only with ``trust_remote_code=True`` from the user.
+Hub code of a backbone or its processor runs only with ``trust_remote_code=True`` from the user (Phi-3.5-V needs none:
+it runs natively, see ``phi3v_model_vlm2vec``).
 Weights are read from safetensors only; nothing is unpickled. Every problem raises
 :class:`~modeling_vlm2vec.common.errors.DataError` naming the file.
 """

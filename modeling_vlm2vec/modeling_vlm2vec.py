@@ -148,7 +148,7 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
             load_kwargs["attn_implementation"] = attn_implementation
         try:
             backbone = AutoModel.from_pretrained(backbone_name_or_path, **load_kwargs)
-        except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
+        except ValueError:  # remote-code VLMs often register only a causal-LM class
             backbone = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **load_kwargs)
         attn = backbone.config._attn_implementation
         config = Vlm2VecConfig(backbone_config=backbone.config, **config_kwargs)
@@ -322,7 +322,7 @@ def _backbone_from_config(backbone_config) -> PreTrainedModel:
         return Phi3VModel._from_config(backbone_config)
     try:
         return AutoModel.from_config(backbone_config)
-    except ValueError:  # remote-code VLMs (e.g. Phi-3.5-V) only register a causal-LM class
+    except ValueError:  # remote-code VLMs often register only a causal-LM class
         # Hub code runs here only if its config class was itself loaded from Hub code, i.e. the user trusted it.
         trusted = type(backbone_config).__module__.startswith("transformers_modules")
         return AutoModelForCausalLM.from_config(backbone_config, trust_remote_code=trusted)

@@ -78,11 +78,12 @@ class Phi3VImageProcessor(ImageProcessingMixin):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         crop_size: int = 336,
-        do_convert_rgb: bool = True,
         **kwargs,
     ):
-        for name in ("auto_map", "image_processor_type", "processor_class"):
-            kwargs.pop(name, None)  # what the Hub release's file names; this class is its own record
+        # what the Hub release's file names besides its settings; this class is its own record, and it always
+        # converts to RGB (the official processor does, whatever `do_convert_rgb` says)
+        for name in ("auto_map", "image_processor_type", "processor_class", "do_convert_rgb"):
+            kwargs.pop(name, None)
         super().__init__(**kwargs)
         if isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1:
             raise ValueError(f"num_crops must be a positive integer, got {num_crops!r}")
@@ -91,7 +92,6 @@ class Phi3VImageProcessor(ImageProcessingMixin):
         self.image_mean = list(image_mean if image_mean is not None else OPENAI_CLIP_MEAN)
         self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
         self.crop_size = crop_size
-        self.do_convert_rgb = do_convert_rgb
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> Phi3VImageProcessor:
@@ -109,7 +109,7 @@ class Phi3VImageProcessor(ImageProcessingMixin):
 
     def _hd_image(self, image: Image.Image) -> torch.Tensor:
         """One image -> its normalised HD tensor (3, padded_h, padded_w)."""
-        if self.do_convert_rgb and image.mode != "RGB":
+        if image.mode != "RGB":
             image = image.convert("RGB")
         # in the landscape frame, as the official transform: resizing is not exactly symmetric in the two axes
         transposed = image.width < image.height

@@ -87,6 +87,10 @@ class ModelArguments:
         default=None,
         metadata={"help": "frames (default: one multi-image prompt) or video (Qwen2-VL / Qwen2.5-VL's video input)."},
     )
+    truncation_policy: str | None = field(
+        default=None,
+        metadata={"help": "Rows max_length cuts: text (any row's text) or text_only_rows (Phi-3-V's default)."},
+    )
 
     reset_settings: list[str] | None = field(
         default=None,

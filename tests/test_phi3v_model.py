@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, Phi3Config, Phi3Model
+from transformers import AutoConfig, AutoModel, AutoProcessor, Phi3Config, Phi3Model
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.phi3v_config_vlm2vec import Phi3VConfig
@@ -163,3 +163,12 @@ def test_saved_wrapper_reloads_identically(tiny_backbone_dir, tmp_path):
     reloaded = Vlm2VecModel.from_pretrained(tmp_path)
     assert isinstance(reloaded.backbone, Phi3VModel) and reloaded.config.truncation_policy == "text_only_rows"
     torch.testing.assert_close(reloaded.encode(items), before, atol=1e-6, rtol=0)
+    # AutoProcessor (the checkpoint's Hub files) applies the same contract: the Phi-3-V prompt rule and truncation
+    auto = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(auto.backbone_processor).__name__ == "Phi3VProcessor" and auto.truncation_policy == "text_only_rows"
+    texts, images = ["What shape?", "a red circle"], [Image.new("RGB", (640, 480), (0, 90, 0)), None]
+    expected = model.processor(texts, images)
+    got = auto(texts, images)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key

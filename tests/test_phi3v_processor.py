@@ -176,3 +176,20 @@ def test_folder_processor_loads_natively_with_num_crops_override(tiny_backbone_d
     out = processor(text=["<|image_1|> x"], images=[Image.new("RGB", (1000, 1000))])
     assert out["pixel_values"].shape[1] == 17 and out["image_sizes"].tolist() == [[1344, 1344]]
     assert math.isqrt(144) == 12
+
+
+def test_truncation_policy_defaults_per_backbone_and_is_validated():
+    from modeling_vlm2vec import Vlm2VecConfig
+
+    phi3v = Vlm2VecConfig(backbone_config={"model_type": "phi3_v"})
+    assert phi3v.truncation_policy == "text_only_rows" and phi3v.image_token == "<|image_1|>"
+    phi3v.apply_overrides({"truncation_policy": "text"})
+    assert phi3v.truncation_policy == "text"
+    phi3v.apply_overrides({"truncation_policy": None})  # a reset goes back to the backbone's default
+    assert phi3v.truncation_policy == "text_only_rows"
+    assert Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}).truncation_policy == "text"
+    with pytest.raises(ValueError, match="phi3_v backbones only"):
+        Vlm2VecConfig(backbone_config={"model_type": "qwen2_vl"}, truncation_policy="text_only_rows")
+    with pytest.raises(ValueError, match="truncation_policy must be one of"):
+        phi3v.apply_overrides({"truncation_policy": "rows"})
+    assert phi3v.truncation_policy == "text_only_rows"  # left as it was

@@ -227,7 +227,8 @@ def test_demo_recipe_parses_and_needs_no_logging_package(monkeypatch):
     check_reporting(training_args.report_to)  # raises DataError for any integration whose package is missing
 
 
-RECIPE_BACKBONES = {  # backbone type of each recipe whose backbone is stock transformers (Phi-3.5-V is Hub code)
+RECIPE_BACKBONES = {  # backbone type of each recipe
+    "phi35v_lora.yaml": "phi3_v",
     "llava_next_lora_highres.yaml": "llava_next",
     "qwen2vl_2b_lora.yaml": "qwen2_vl",
     "qwen3vl_2b_lora.yaml": "qwen3_vl",
@@ -241,7 +242,7 @@ def test_every_recipe_parses_and_its_settings_validate(name):
     model_args, *_ = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(recipe)  # an unknown key raises
     if name in RECIPE_BACKBONES:
         config = Vlm2VecConfig(backbone_config={"model_type": RECIPE_BACKBONES[name]}, **model_args.settings())
-        expected_token = {"llava_next": "<image>", "gemma3": "<start_of_image>"}.get(
+        expected_token = {"llava_next": "<image>", "gemma3": "<start_of_image>", "phi3_v": "<|image_1|>"}.get(
             config.backbone_type, "<|image_pad|>"
         )
         assert config.image_token == expected_token

@@ -9,7 +9,7 @@ from PIL import Image
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.demo import TINY_MODEL_TYPES
 from modeling_vlm2vec.encode_items_vlm2vec import length_batches
-from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor
+from modeling_vlm2vec.processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor
 from modeling_vlm2vec.prompting_vlm2vec import build_prompt
 
 SIZE = 56  # every frame is resized to SIZE x SIZE by the fixed-size policy: 4 Qwen tokens (patch 14, merge 2)
@@ -84,7 +84,7 @@ def test_tokens_and_pixels_are_the_single_frames_put_together_in_order(model_typ
         assert got["mm_token_type_ids"][0].tolist() == [int(t == pad) for t in expected]
 
 
-@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+@pytest.mark.parametrize("model_type", [t for t in TINY_MODEL_TYPES if t in FRAMES_BACKBONES])
 def test_encode_embeds_a_video_as_a_hand_built_forward_of_the_backbone(model_type, tiny_backbone_dir, tmp_path):
     model = _model(tiny_backbone_dir, model_type)
     assert model.video_input == "frames"
@@ -159,6 +159,10 @@ def test_backbones_without_multi_image_prompts_are_refused(tiny_backbone_dir):
         model.encode([{"text": "x", "video": [_frame(0)], "image": _frame(1)}])
     with pytest.raises(ValueError, match="a video is a non-empty list of frames"):
         model.encode([{"text": "x", "video": "clip.mp4"}])
+    phi3v = _model(tiny_backbone_dir, "phi3_v")  # one image per prompt, like the official Phi-3-V code
+    assert phi3v.video_input is None
+    with pytest.raises(ValueError, match="takes no video items for backbone 'phi3_v'"):
+        phi3v.encode([{"text": "x", "video": [_frame(0), _frame(1)]}])
 
 
 def test_video_items_get_batches_of_their_own_sorted_by_pixels(tmp_path):

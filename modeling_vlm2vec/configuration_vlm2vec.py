@@ -61,6 +61,9 @@ AUTO_MAP = {
     "AutoConfig": "configuration_vlm2vec.Vlm2VecConfig",
     "AutoModel": "modeling_vlm2vec.Vlm2VecModel",
 }
+#: The class other engines build for backbones transformers has no image-text-to-text class for: the original Hub
+#: model's (vLLM serves Phi-3-V exports as `Phi3VForCausalLM`, as it serves `TIGER-Lab/VLM2Vec-Full`).
+HUB_ARCHITECTURES = {"phi3_v": "Phi3VForCausalLM"}
 
 
 class Vlm2VecConfig(PreTrainedConfig):
@@ -197,12 +200,14 @@ class Vlm2VecConfig(PreTrainedConfig):
         ``auto_map`` that makes ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` a `Vlm2VecModel`, and
         ``matryoshka_dimensions`` at the top level when the model has them."""
         native = self.backbone_config.to_dict()
-        architecture = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(self.backbone_type)
+        architecture = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(self.backbone_type) or HUB_ARCHITECTURES.get(
+            self.backbone_type
+        )
         if architecture is not None:
             native["architectures"] = [architecture]
         if self.dtype is not None:
             native["dtype"] = str(self.dtype).removeprefix("torch.")
-        native["auto_map"] = {**native.get("auto_map", {}), **AUTO_MAP}
+        native["auto_map"] = dict(AUTO_MAP)  # the folder ships our files only (not a release's own Hub code)
         native[NATIVE_SETTINGS_KEY] = {name: getattr(self, name) for name in WRAPPER_FIELDS}
         if self.matryoshka_dimensions:  # top level, where engines read it (vLLM's `dimensions` request parameter)
             native["matryoshka_dimensions"] = list(self.matryoshka_dimensions)

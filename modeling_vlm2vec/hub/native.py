@@ -43,30 +43,40 @@ def has_native_layout(model: Vlm2VecModel) -> bool:
     return model.backbone.get_output_embeddings() is None
 
 
-def native_state_dict(model: Vlm2VecModel) -> dict[str, torch.Tensor]:
-    """The backbone's tensors under their native ``...ForConditionalGeneration`` names (Hub layout, see
-    :data:`HUB_INNER_PREFIXES` and :data:`HUB_RENAMES`)."""
+def native_names(model: Vlm2VecModel) -> dict[str, str]:
+    """The backbone's tensor names (``backbone.``-relative, as in ``model.backbone.state_dict()``) -> their names in
+    the native ``...ForConditionalGeneration`` Hub layout (see :data:`HUB_INNER_PREFIXES` and :data:`HUB_RENAMES`)."""
     backbone = model.backbone
     if not has_native_layout(model):
         raise ValueError(f"{type(backbone).__name__} has no native ...ForConditionalGeneration layout")
     inserts = {
         f"{name}.": f"{name}.{HUB_INNER_PREFIXES[type(module).__name__]}."
         for name, module in backbone.named_modules()
-        if name and type(module).__name__ in HUB_INNER_PREFIXES
+        if name
+        and type(module).__name__ in HUB_INNER_PREFIXES
+        # a tower already held under that name (Phi-3-V's `img_processor.vision_model`) has the Hub names as is
+        and name.rpartition(".")[2] != HUB_INNER_PREFIXES[type(module).__name__]
     }
-    native = {}
-    for key, tensor in backbone.state_dict().items():
+    names = {}
+    for key in backbone.state_dict():
+        native = key
         for old, new in inserts.items():
-            if key.startswith(old):
-                key = new + key[len(old) :]
+            if native.startswith(old):
+                native = new + native[len(old) :]
                 break
-        key = f"{NATIVE_BASE_PREFIX}.{key}"
+        native = f"{NATIVE_BASE_PREFIX}.{native}"
         for old, new in HUB_RENAMES.get(model.config.backbone_type, ()):
-            if key.startswith(old):
-                key = new + key[len(old) :]
+            if native.startswith(old):
+                native = new + native[len(old) :]
                 break
-        native[key] = tensor
-    return native
+        names[key] = native
+    return names
+
+
+def native_state_dict(model: Vlm2VecModel) -> dict[str, torch.Tensor]:
+    """The backbone's tensors under their native ``...ForConditionalGeneration`` names (:func:`native_names`)."""
+    state = model.backbone.state_dict()
+    return {native: state[key] for key, native in native_names(model).items()}
 
 
 def save_native(model: Vlm2VecModel, folder: str | os.PathLike, processor, prompts: dict | None = None) -> None:
@@ -87,4 +97,4 @@ def save_native(model: Vlm2VecModel, folder: str | os.PathLike, processor, promp
     write_engine_files(folder, model.config, processor, prompts)
 
 
-__all__ = ["HUB_INNER_PREFIXES", "HUB_RENAMES", "has_native_layout", "native_state_dict", "save_native"]
+__all__ = ["HUB_INNER_PREFIXES", "HUB_RENAMES", "has_native_layout", "native_names", "native_state_dict", "save_native"]

@@ -28,7 +28,7 @@ from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.common.files import check_writable_folder
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
 from modeling_vlm2vec.evaluation import EvalArguments, evaluate_corpus, load_collection, load_eval_sets, run_evaluation
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets, run_v2_evaluation
 from modeling_vlm2vec.loading import load_vlm2vec
 
 

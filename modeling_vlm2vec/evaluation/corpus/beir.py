@@ -23,9 +23,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.errors import DataError
-from ..common.locations import is_hub_id
-from ..data.images import check_image_bytes, check_image_file, resolve_image_path
+from ...common.errors import DataError
+from ...common.locations import is_hub_id
+from ...data.images import check_image_bytes, check_image_file, resolve_image_path
 
 
 @dataclass

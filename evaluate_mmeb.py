@@ -11,7 +11,7 @@
 
 Bad input (an unknown argument or subset, a missing column, a missing, empty, corrupt or oversized image, malformed
 rows, an output folder that cannot be written, a model folder with missing or corrupt weights) prints one
-``error: ...`` line and exits with status 2 before any result file is written.
+``error: ...`` line and exits with status 2 before any result file is written (see docs/validation.md).
 """
 
 from __future__ import annotations
@@ -27,9 +27,16 @@ from modeling_vlm2vec.common.distributed import process_device
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.common.files import check_writable_folder
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
-from modeling_vlm2vec.evaluation import EvalArguments, evaluate_corpus, load_collection, load_eval_sets, run_evaluation
-from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets, run_v2_evaluation
-from modeling_vlm2vec.loading import load_vlm2vec
+from modeling_vlm2vec.evaluation import (
+    EvalArguments,
+    check_collection_prompts,
+    evaluate_corpus,
+    load_collection,
+    load_eval_sets,
+    run_evaluation,
+)
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import check_v2_prompts, load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.loading import load_input_processor, load_vlm2vec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             eval_sets = load_eval_sets(args.dataset_name or MMEB_EVAL_DATASET, args.subsets, args.image_dir)
         check_writable_folder(args.output_dir)
+        prompts = {"query_instruction": args.query_instruction, "corpus_instruction": args.corpus_instruction}
+        processor = None
+        if args.corpus_dir is not None or args.benchmark == "mmeb-v2":  # the texts, still before loading the model
+            processor = load_input_processor(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        if processor is not None and args.corpus_dir is not None:
+            check_collection_prompts(collection, processor, **prompts)
+        elif processor is not None:
+            check_v2_prompts(eval_sets, processor)
         model = load_vlm2vec(
             args.model_name_or_path,
             lora_adapter=args.lora_adapter,
@@ -62,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         common = dict(output_dir=args.output_dir, batch_size=args.batch_size, overwrite=args.overwrite)
         if args.corpus_dir is not None:
+            if processor is None:  # an adapter folder: its prompts are known once its base is loaded
+                check_collection_prompts(collection, model.processor, **prompts)
             record = evaluate_corpus(
                 model,
                 collection,
-                query_instruction=args.query_instruction,
-                corpus_instruction=args.corpus_instruction,
+                **prompts,
                 top_k=args.top_k,
                 model_name=args.model_name_or_path,
                 **common,

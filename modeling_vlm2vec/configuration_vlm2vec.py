@@ -313,6 +313,26 @@ class Vlm2VecConfig(PreTrainedConfig):
         return self.backbone_config.get_text_config(*args, **kwargs)
 
 
+def check_false_negative_margin(margin, normalize: bool) -> None:
+    """Raise `ValueError` unless ``margin`` is None or a finite number that leaves candidates in the softmax.
+
+    A candidate ``j`` is masked when ``x_j > x_y - margin``, i.e. when ``x_y - x_j < margin``. With normalised
+    embeddings the scores are cosines in [-1, 1], so ``x_y - x_j <= 2``: a margin of 2 or more masks every other
+    candidate (short of an exact opposite of the query), the loss is 0 and training learns nothing. Checked where
+    training starts (the recipe, the trainer), not when a config loads: the margin changes nothing else, so a model
+    saved with one still loads and embeds.
+    """
+    if margin is None:
+        return
+    if not _is_number(margin):
+        raise ValueError(f"false_negative_margin must be a finite number or None, got {margin!r}")
+    if normalize and margin >= 2:
+        raise ValueError(
+            f"false_negative_margin must be below 2 for normalised embeddings (cosine scores differ by at most 2, "
+            f"so {margin!r} masks every candidate and the loss is 0), got {margin!r}"
+        )
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -353,7 +373,8 @@ __all__ = [
     "POSITION_POLICIES",
     "SETTING_DEFAULTS",
     "VIDEO_INPUTS",
-    "WRAPPER_FIELDS",
     "Vlm2VecConfig",
+    "WRAPPER_FIELDS",
+    "check_false_negative_margin",
     "wrapper_dict_from_native",
 ]

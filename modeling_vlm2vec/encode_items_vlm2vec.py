@@ -1,6 +1,6 @@
 """The items of ``Vlm2VecModel.encode``: what an item may be, how items are batched, opened and prepared ahead.
 
-Hub file: imports only stdlib and PIL.
+Hub file: imports only stdlib, PIL and its sibling Hub files.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 from PIL import Image
+
+from .image_policy_vlm2vec import to_rgb
 
 
 def as_item(x, position: int) -> tuple[str | None, object]:
@@ -77,13 +79,15 @@ def prepared_batches(prepare, batches: list, background: bool) -> Generator:
 
 
 def open_item_image(image) -> Image.Image | list[Image.Image] | None:
-    """The image of an item as a PIL RGB image (a path is opened fully), a video's frames likewise, or None."""
+    """The image of an item as a PIL RGB image (a path is opened fully, see :func:`.image_policy_vlm2vec.to_rgb`), a
+    video's frames likewise, or None."""
     if isinstance(image, list):  # a video's frames
         return [open_item_image(frame) for frame in image]
     if image is None or isinstance(image, Image.Image):
         return image
     with Image.open(image) as img:
-        return img.convert("RGB")
+        img.load()
+        return to_rgb(img)
 
 
 __all__ = ["as_item", "length_batches", "length_key", "open_item_image", "prepared_batches"]

@@ -2,6 +2,8 @@
 
 Hub file: imports only stdlib, torch and PIL.
 
+* :func:`to_rgb` is the one conversion of any opened image to 8-bit RGB (training, evaluation, corpus retrieval,
+  mining and ``encode()`` all use it): 16-bit greyscale is scaled to 8 bits, never clipped;
 * :func:`backbone_image_settings` expresses what the backbone's own image processor can of the resolution policy
   stored in the checkpoint config (the pixel bounds of Qwen-VL's ``smart_resize``), so an engine that runs only the
   backbone processor from an export sees the same pixels;
@@ -56,16 +58,48 @@ def unexpressed_policy(config) -> dict:
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
+#: Pillow modes of 16-bit greyscale (PNG, TIFF, PGM depth maps, scans, medical images).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, its tones kept: Pillow's own ``convert("RGB")`` clips wider modes at 255, which turns a
+    16-bit greyscale image into a mostly white one.
+
+    * 16-bit greyscale (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, and ``I``, the 32-bit integer mode Pillow gives
+      such images in some versions and formats) is read as 0..65535 and scaled to 0..255: ``v -> round(v / 257)``
+      (halves up), so black stays 0 and full scale becomes 255. An ``I`` image with values outside 0..65535 raises
+      ``ValueError`` (it is no 16-bit image, and no scale to 8 bits is implied by it).
+    * Floating-point greyscale (``F``) has no standard range and raises ``ValueError``.
+    * Every other mode goes through ``convert("RGB")`` (an image already in RGB is returned as it is).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F":
+        raise ValueError("a floating-point image (mode F) has no standard range; convert it to 8 bits first")
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        wide = image.convert("I") if image.mode != "I" else image
+        low, high = wide.getextrema()
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"a 32-bit integer image (mode I) with values {low}..{high} is not 16-bit greyscale; convert it to "
+                f"8 bits first"
+            )
+        # Pillow applies a linear map to an I image as round-down of v * scale + offset: + 0.5 rounds halves up
+        return wide.point(lambda v: v * (1 / 257) + 0.5).convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
 def apply_resolution_policy(image: Image.Image, config, *, small_image_rule: bool = True) -> Image.Image:
-    """Resize ``image`` (RGB) by the policy of ``config`` (a ``Vlm2VecConfig`` or a :class:`Vlm2VecProcessor`) that
-    the backbone processor does not apply itself: a fixed size, else the pixel count clamped between the bounds
-    (unless :func:`pixel_bounds_are_native`); then, with ``small_image_rule``, the ``small_image_edge`` rule (the
-    official code applies it to images, not to the frames of a backbone video input).
+    """Resize ``image`` (any mode, made RGB by :func:`to_rgb`) by the policy of ``config`` (a ``Vlm2VecConfig`` or
+    a :class:`Vlm2VecProcessor`) that the backbone processor does not apply itself: a fixed size, else the pixel
+    count clamped between the bounds (unless :func:`pixel_bounds_are_native`); then, with ``small_image_rule``, the
+    ``small_image_edge`` rule (the official code applies it to images, not to the frames of a backbone video
+    input).
 
     Aspect ratio is kept for the pixel bounds; sizes are rounded to whole pixels (at least 1).
     """
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = to_rgb(image)
     if not pixel_bounds_are_native(config):
         image = _resize_by_policy(image, config)
     edge = config.small_image_edge if small_image_rule else None
@@ -128,5 +162,6 @@ __all__ = [
     "apply_resolution_policy",
     "backbone_image_settings",
     "pixel_bounds_are_native",
+    "to_rgb",
     "unexpressed_policy",
 ]

@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+from transformers import AutoConfig
 from transformers.utils import cached_file
 
 from .common.dtypes import parse_dtype
 from .common.errors import DataError
 from .common.files import read_json
-from .configuration_vlm2vec import NATIVE_SETTINGS_KEY, WRAPPER_FIELDS, wrapper_dict_from_native
+from .configuration_vlm2vec import NATIVE_SETTINGS_KEY, WRAPPER_FIELDS, Vlm2VecConfig, wrapper_dict_from_native
 from .modeling_vlm2vec import Vlm2VecModel
 from .processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 
@@ -92,6 +93,8 @@ def load_vlm2vec(
     The model is returned in the mode ``from_pretrained`` leaves it (eval); the caller switches it to training.
     """
     overrides = dict(overrides or {})
+    if device is not None:
+        check_device(device)  # before minutes of loading, not after
     load_kwargs = {"dtype": parse_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         load_kwargs["attn_implementation"] = attn_implementation
@@ -126,6 +129,21 @@ def load_vlm2vec(
     return model
 
 
+def check_device(device: str | torch.device) -> None:
+    """`DataError` unless ``device`` names a device this machine has (``cpu``, an existing ``cuda:<i>``, ``mps``
+    when available...)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"--device {str(device)!r} is not a device ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {str(device)!r}: this machine (or this torch build) has no CUDA device")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise DataError(f"--device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"--device {str(device)!r}: MPS is not available on this machine")
+
+
 def load_processor(
     path: str | os.PathLike, model: Vlm2VecModel, *, trust_remote_code: bool = False, **kwargs
 ) -> Vlm2VecProcessor:
@@ -137,6 +155,33 @@ def load_processor(
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"cannot load the processor: {exc}", file=str(path)) from exc
     return Vlm2VecProcessor.from_config(backbone_processor, model.config)
+
+
+def load_input_processor(path: str | os.PathLike, *, trust_remote_code: bool = False) -> Vlm2VecProcessor | None:
+    """The `Vlm2VecProcessor` :func:`load_vlm2vec` would attach to the model at ``path``, without loading weights,
+    so commands can check their data against the model's prompts (literal backbone tokens, context length) before
+    spending minutes on loading. None for a PEFT adapter folder (its base decides; check after loading then).
+
+    A Vlm2Vec checkpoint gives its saved settings, a raw VLM the default settings ``from_backbone`` wraps it with.
+    `DataError` naming ``path`` when there is no config or processor to load.
+    """
+    path = str(path)
+    if Path(path, ADAPTER_CONFIG).is_file():
+        return None
+    saved = read_config(path)
+    try:
+        if is_vlm2vec_checkpoint(saved):
+            config = Vlm2VecConfig.from_dict(saved)
+        else:
+            backbone = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = Vlm2VecConfig(backbone_config=backbone)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot read the model's config: {exc}", file=path) from exc
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        return Vlm2VecProcessor.from_config(load_backbone_processor(path, **kwargs), config)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot load the processor: {exc}", file=path) from exc
 
 
 def check_safetensors(folder: str | os.PathLike) -> None:
@@ -288,11 +333,13 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "PROCESSOR_FILES",
     "attach_adapter",
+    "check_device",
     "check_safetensors",
     "has_processor_files",
     "is_vlm2vec_base",
     "is_vlm2vec_checkpoint",
     "load_adapter_checkpoint",
+    "load_input_processor",
     "load_processor",
     "load_vlm2vec",
     "read_adapter_weights",

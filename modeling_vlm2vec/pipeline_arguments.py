@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .common.errors import DataError
-from .configuration_vlm2vec import SETTING_DEFAULTS, WRAPPER_FIELDS
+from .configuration_vlm2vec import SETTING_DEFAULTS, WRAPPER_FIELDS, check_false_negative_margin
 from .demo.hook import SYNTHETIC
 
 
@@ -98,6 +98,8 @@ class ModelArguments:
 
     def __post_init__(self):
         self.settings()  # a bad reset_settings entry is refused when the recipe is read, before any work
+        # the margin's useful range depends on normalisation: unset means the default (normalised)
+        check_false_negative_margin(self.false_negative_margin, self.normalize is not False)
 
     def settings(self) -> dict:
         """The `Vlm2VecConfig` settings this recipe names (the unset ones are left out), the ones listed in

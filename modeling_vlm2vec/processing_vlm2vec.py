@@ -34,7 +34,7 @@ from transformers.utils import cached_file
 
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
-from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text
+from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text, shorten_text
 from .video_vlm2vec import frames_at_one_size, process_videos
 
 _VISION_START = "<|vision_start|>"
@@ -232,8 +232,9 @@ class Vlm2VecProcessor(ProcessorMixin):
             processor's other tensors (``pixel_values`` and ``image_sizes`` / ``image_grid_thw`` /
             ``pixel_attention_mask`` / ``mm_token_type_ids`` / ``pixel_values_videos`` / ``video_grid_thw`` as the
             backbone needs) when present. With
-            :attr:`max_length` set, rows that are too long lose text tokens from the end of their text; image tokens
-            are never cut, of any frame (a row whose image or frames alone are too long raises ``ValueError``).
+            :attr:`max_length` set, rows that are too long lose text tokens from the end of their text, then from
+            the end of the text before their image (:func:`~.prompting_vlm2vec.shorten_text`); image tokens are
+            never cut, of any frame (a row whose image or frames alone are too long raises ``ValueError``).
         """
         if len(texts) != len(images):
             raise ValueError(f"texts and images must align, got {len(texts)} texts and {len(images)} images")
@@ -257,8 +258,9 @@ class Vlm2VecProcessor(ProcessorMixin):
                     break
                 if shortened == 3:
                     raise ValueError(f"could not fit inputs into max_length={self.max_length}")
+                tokens = [t for t in (self.image_token, self._video_token) if t]
                 prompts = [
-                    self._shorten_text(p, n - self.max_length) if n > self.max_length else p
+                    shorten_text(p, n - self.max_length, self.tokenizer, tokens) if n > self.max_length else p
                     for p, n in zip(prompts, lengths)
                 ]
                 batch = self._run_backbone(prompts, pil_images)
@@ -304,16 +306,6 @@ class Vlm2VecProcessor(ProcessorMixin):
                 f"load_backbone_processor() gives, not a {type(self.backbone_processor).__name__}"
             )
         return len(image)
-
-    def _shorten_text(self, prompt: str, excess: int) -> str:
-        """Drop ``excess`` tokens from the end of the text part of ``prompt``, keeping any image (video) token
-        intact."""
-        last = max((self.image_token, self._video_token or self.image_token), key=prompt.rfind)
-        head, sep, text = prompt.rpartition(last)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if excess > len(ids):
-            raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
-        return head + sep + self.tokenizer.decode(ids[: len(ids) - excess])
 
 
 def _as_list(image) -> list:

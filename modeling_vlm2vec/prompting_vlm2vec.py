@@ -6,10 +6,12 @@ Hub file: imports only the standard library.
 MMEB texts carry their instruction and the canonical image placeholder ``<|image_1|>`` (MMEB-V2 video items
 ``<|video_1|>``); :func:`build_prompt` replaces the placeholder by the backbone's image token (one per frame for a
 video) and adds nothing else (the official raw format). :func:`check_item_text` refuses texts no prompt can be built
-from, whatever the backbone.
+from, whatever the backbone. :func:`shorten_text` cuts a built prompt's text, never its image tokens.
 """
 
 from __future__ import annotations
+
+import re
 
 IMAGE_PLACEHOLDER = "<|image_1|>"
 #: Where a video goes (the official MMEB-V2 formats); its frames become one image token each, in order.
@@ -80,4 +82,39 @@ def check_item_text(text: str) -> None:
         raise ValueError(f"a text may hold one image placeholder {IMAGE_PLACEHOLDER}, found {count}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "build_prompt", "check_item_text"]
+_TEXT_PART = re.compile(r"(\s*)(.*?)(\s*)", re.DOTALL)  # leading whitespace, text, trailing whitespace
+
+
+def shorten_text(prompt: str, excess: int, tokenizer, image_tokens: list[str]) -> str:
+    """Drop ``excess`` tokens (of ``tokenizer``) from the text of a built ``prompt``, never one of ``image_tokens``.
+
+    The prompt is split at its image (video) tokens into text parts; tokens go from the end of the last part
+    first, then from the end of the part before it, and so on, so the text before an image is shortened too once
+    the text after it is gone. The whitespace at either end of a part (the space between two frames' token runs,
+    or between a text and its image) is kept: removing it could merge two runs into one image. A part whose text is
+    cut away entirely keeps only what still separates or ends something: between two image tokens its whitespace,
+    at the end of the prompt its trailing whitespace (the pooled last token of the official formats' ``"\n"``), at
+    the start nothing. The caller measures the result again (a part's tokens alone and in context may differ by a
+    token). ``ValueError`` when there is no text left to cut.
+    """
+    parts = re.split(f"({'|'.join(map(re.escape, image_tokens))})", prompt)  # text, token, text, ..., text
+    if not any(_TEXT_PART.fullmatch(part).group(2) for part in parts[::2]):
+        raise ValueError(f"max_length is too small for the image tokens of prompt {prompt!r}")
+    for index in range(len(parts) - 1, -1, -2):  # the text parts, last first
+        if excess <= 0:
+            break
+        lead, core, trail = _TEXT_PART.fullmatch(parts[index]).groups()
+        if not core:
+            continue
+        ids = tokenizer(core, add_special_tokens=False)["input_ids"]
+        cut = min(excess, len(ids))
+        kept = tokenizer.decode(ids[: len(ids) - cut])
+        if not kept:
+            lead = lead if 0 < index < len(parts) - 1 else ""
+            trail = trail if index > 0 or len(parts) == 1 else ""
+        parts[index] = lead + kept + trail
+        excess -= cut
+    return "".join(parts)
+
+
+__all__ = ["IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "build_prompt", "check_item_text", "shorten_text"]

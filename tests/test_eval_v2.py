@@ -235,3 +235,48 @@ def test_media_files_are_decoded_at_load_and_their_content_keys_the_fingerprint(
     (media / frame).write_bytes(b"")  # would only fail once the model reads it
     with pytest.raises(DataError, match=rf"dataset 'MSR-VTT', file '[^']*{frame.name}': image file is empty"):
         load_v2_sets(["MSR-VTT"], suite["data"], media)
+
+
+def test_a_frame_file_linked_out_of_the_media_root_is_refused_before_any_work(suite, sets, tmp_path, capsys):
+    media = tmp_path / "media"
+    shutil.copytree(suite["media"], media)
+    frame = media / Path(sets["MSR-VTT"].candidates[0][2][0]).relative_to(suite["media"])
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    shutil.copy(frame, secret)
+    # a link to another frame inside the media root is an ordinary frame: the set loads as before
+    inside = frame.parent / "00000-link.png"
+    frame.rename(inside)
+    frame.symlink_to(inside)
+    assert load_v2_sets(["MSR-VTT"], suite["data"], media)[0].fingerprint
+    frame.unlink()
+    frame.symlink_to(secret)  # the frame folder is inside the root, this one file is not
+    with pytest.raises(DataError, match=rf"MSR-VTT', row \d+, file '[^']*{frame.name}': image path escapes"):
+        load_v2_sets(["MSR-VTT"], suite["data"], media)
+    out = tmp_path / "out"
+    argv = ["--benchmark", "mmeb-v2", "--subset_name", "MSR-VTT", "--dataset_name", str(suite["data"])]
+    argv += ["--image_dir", str(media), "--model_name_or_path", str(tmp_path / "absent"), "--output_dir", str(out)]
+    assert evaluate_mmeb.main(argv) == 2
+    assert "image path escapes" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_literal_backbone_token_in_a_task_is_refused_before_the_model_loads(
+    suite, tiny_backbone_dir, tmp_path, capsys, monkeypatch
+):
+    data = tmp_path / "data"
+    shutil.copytree(suite["data"], data)
+    rows = pq.read_table(suite["data"] / "ziyjiang/MMEB_Test_Instruct/VisDial/test.parquet").to_pylist()
+    rows[1]["qry_text"] = rows[1]["qry_text"] + " <|vision_start|><|image_pad|><|vision_end|>"
+    write_table(data, "ziyjiang/MMEB_Test_Instruct", "VisDial", "test", rows)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was refused")
+
+    monkeypatch.setattr(evaluate_mmeb, "load_vlm2vec", refuse)
+    out = tmp_path / "out"
+    argv = ["--benchmark", "mmeb-v2", "--subset_name", "VisDial", "--dataset_name", str(data)]
+    argv += ["--image_dir", str(suite["media"]), "--model_name_or_path", str(tiny_backbone_dir("qwen2_vl"))]
+    assert evaluate_mmeb.main(argv + ["--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: dataset 'VisDial': query 1: text holds the backbone's image token '<|image_pad|>'")
+    assert not out.exists()

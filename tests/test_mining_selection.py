@@ -28,8 +28,8 @@ CANDIDATES = [0.5, 0.9, 0.78, 0.3, 0.7, 0.75]  # items 2..7
 @pytest.mark.parametrize(
     "rule, expected",
     [
-        # nothing filtered: best first, the positive itself never
-        (SelectionRule(num_negatives=10, max_score_ratio=None, margin=None), [3, 4, 7, 6, 2, 5, -1, -1, -1, -1]),
+        # nothing filtered: best first, the positive itself never; no wider than the pool of 7 (positive included)
+        (SelectionRule(num_negatives=10, max_score_ratio=None, margin=None), [3, 4, 7, 6, 2, 5, -1]),
         # ratio 0.95 of 0.8 = 0.76: drops 0.9 and 0.78
         (SelectionRule(num_negatives=3, max_score_ratio=0.95, margin=None), [7, 6, 2]),
         # margin 0.06: ceiling 0.74 drops 0.9, 0.78 and 0.75
@@ -74,3 +74,16 @@ def test_chunked_selection_equals_whole_matrix_selection_ties_included(row_chunk
         assert (chunked[0][r, len(want) :] == -1).all()
         ties += len(want) - len({s for s, _ in want})
     assert ties > 5  # the data does exercise the tie rule
+
+
+@pytest.mark.parametrize("skip_top", [0, 2, 10**15])
+def test_a_huge_num_negatives_is_bounded_by_the_pool_before_allocating(skip_top):
+    # 10**15 negatives per row would need petabytes if allocated as asked; the pool (7 items) bounds every row, so
+    # the result equals asking for exactly the pool's size
+    huge = SelectionRule(num_negatives=10**15, max_score_ratio=0.95, margin=None, skip_top=skip_top)
+    pool_sized = SelectionRule(num_negatives=7, max_score_ratio=0.95, margin=None, skip_top=skip_top)
+    got, want = _select(huge, CANDIDATES), _select(pool_sized, CANDIDATES)
+    assert got[0] == want[0] and len(got[0]) == 7
+    np.testing.assert_array_equal(got[1], want[1])
+    survivors = [7, 6, 2, 5][skip_top:]  # ratio 0.95 of 0.8 keeps 0.75, 0.7, 0.5, 0.3 (items 7, 6, 2, 5)
+    assert got[0] == survivors + [-1] * (7 - len(survivors))

@@ -9,7 +9,7 @@ from train_batches import (
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.data.collator import collate_group
-from modeling_vlm2vec.training.batching import concat_groups, group_rows, model_inputs, split_group
+from modeling_vlm2vec.training.batching import concat_groups, group_rows, model_inputs, split_group, with_vision_filler
 
 BACKBONES = ["llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3"]
 
@@ -80,3 +80,22 @@ def test_text_only_chunks_carry_no_pixels(models):
     assert chunks[2]["pixel_values"].shape[0] == int(grid[1].prod())
     with pytest.raises(ValueError):
         split_group(batch["query"], 0)
+
+
+@pytest.mark.parametrize(
+    "model_type, padding_side", [(b, "right") for b in BACKBONES] + [("llava_next", "left"), ("qwen2_vl", "left")]
+)
+def test_vision_filler_row_leaves_the_other_rows_alone(models, model_type, padding_side):
+    from PIL import Image
+
+    model = models(model_type, padding_side)
+    texts = collate_group(model.processor, ["a red circle", "a blue square on a white background"], [None, None])
+    filler = collate_group(model.processor, [None], [Image.new("RGB", (1, 1))])  # the trainer's filler
+    with_filler = with_vision_filler(texts, filler, padding_side, _pad_id(model))
+    assert group_rows(with_filler) == 3 and "pixel_values" in with_filler
+    with torch.no_grad():
+        alone = model(**model_inputs(texts)).embeddings
+        together = model(**model_inputs(with_filler)).embeddings  # (3, d)
+    torch.testing.assert_close(together[:2], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="already holds images"):
+        with_vision_filler(with_filler, filler, padding_side)

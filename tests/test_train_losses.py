@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modeling_vlm2vec import ContrastiveTrainer, Vlm2VecModel
+from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.pipeline_arguments import ModelArguments
 from modeling_vlm2vec.training import losses
+from modeling_vlm2vec.training.arguments import ContrastiveTrainingArguments
 from modeling_vlm2vec.training.losses import contrastive_loss
 
 TAU = 0.05
@@ -225,6 +229,34 @@ def test_margin_masks_a_duplicate_positive_and_never_the_own_positive():
     assert math.isclose(unmasked.item(), contrastive_loss(q, p, None, temperature=TAU).loss.item(), rel_tol=1e-12)
     # an enormous margin masks every other candidate: each row's softmax holds its positive alone, loss 0
     assert contrastive_loss(q, p, None, temperature=TAU, false_negative_margin=10.0).loss.item() == 0.0
+
+
+def test_a_margin_of_2_masks_everything_for_unit_vectors_so_the_config_refuses_it():
+    # the rule behind the refusal, checked on the loss itself: cosines differ by at most 2, so a margin of 2 leaves
+    # each row's positive alone in its softmax (loss 0) for any embeddings short of exact opposites
+    torch.manual_seed(0)
+    q, p, n = (F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1) for _ in range(3))
+    assert contrastive_loss(q, p, n, temperature=TAU, false_negative_margin=2.0).loss.item() == 0.0
+    assert contrastive_loss(q, p, n, temperature=TAU, false_negative_margin=0.0).loss.item() > 0.0
+    with pytest.raises(ValueError, match="below 2"):
+        ModelArguments(model_name_or_path="x", false_negative_margin=2.0)
+    with pytest.raises(ValueError, match="finite number"):
+        ModelArguments(model_name_or_path="x", false_negative_margin=float("nan"))
+    assert ModelArguments(model_name_or_path="x", false_negative_margin=1.99).false_negative_margin == 1.99
+    # unnormalised scores are unbounded: a large margin is a real choice there
+    assert ModelArguments(model_name_or_path="x", normalize=False, false_negative_margin=3.0).false_negative_margin == 3
+
+
+def test_the_trainer_refuses_a_model_whose_margin_masks_everything(tiny_backbone_dir, tmp_path):
+    # a model saved with such a margin still loads and embeds (the margin changes nothing else); training it is refused
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("qwen2_vl"), false_negative_margin=2.5)
+    assert torch.isfinite(model.encode(["a red circle"])).all()
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    with pytest.raises(DataError, match="cannot train this model: false_negative_margin must be below 2"):
+        ContrastiveTrainer(model=model, args=args)
+    model.config.false_negative_margin = 1.5
+    ContrastiveTrainer(model=model, args=args)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_hardness_weights_favour_the_hardest_negative():

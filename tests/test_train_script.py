@@ -310,6 +310,8 @@ def _bad_recipe(case: str, tmp_path: Path, backbone: Path, image_dir: Path) -> d
         "LoRA targets nothing": {"lora": True, "lora_target_modules": "no_such_proj"},
         "negative learning rate": {"learning_rate": -1.0},
         "no training step": {"max_steps": 0, "num_train_epochs": 0},
+        "margin that masks everything": {"false_negative_margin": 2.0},
+        "NaN margin": {"false_negative_margin": float("nan")},
     }[case]
 
 
@@ -334,6 +336,8 @@ def _bad_recipe(case: str, tmp_path: Path, backbone: Path, image_dir: Path) -> d
         ("LoRA targets nothing", "lora_target_modules 'no_such_proj' selects no module"),
         ("negative learning rate", "learning_rate must be >= 0"),
         ("no training step", "leave no training step"),
+        ("margin that masks everything", "false_negative_margin must be below 2"),
+        ("NaN margin", "false_negative_margin must be a finite number"),
         ("two placeholders", "'Bad', row 5, file '"),
         ("two placeholders", "one image placeholder <|image_1|>, found 2"),
         ("literal image token", "row 5, file '"),

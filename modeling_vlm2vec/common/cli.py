@@ -26,7 +26,8 @@ def parse_dataclasses(parser: HfArgumentParser, argv: list[str]) -> tuple:
     except OSError as exc:
         raise DataError(f"cannot read the arguments file ({exc.strerror or exc})", file=where) from exc
     except yaml.YAMLError as exc:
-        raise DataError(f"not valid YAML ({exc})", file=where) from exc
+        # PyYAML's message spans several lines (with a caret drawing); one error line keeps the exit convention
+        raise DataError(f"not valid YAML ({' '.join(str(exc).split())})", file=where) from exc
     except (ValueError, TypeError) as exc:  # unknown keys, wrong types, values __post_init__ refuses
         raise DataError(f"bad arguments: {exc}", file=where) from exc
     for args in parsed:

@@ -113,9 +113,19 @@ def all_true(flag: bool) -> bool:
     return bool(value.item())
 
 
+def all_max(value: int) -> int:
+    """The largest ``value`` over all ranks (``value`` when not distributed)."""
+    if not is_distributed():
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.long, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 __all__ = [
     "all_gather_counts",
     "all_gather_with_grad",
+    "all_max",
     "all_true",
     "barrier",
     "gather_rows",

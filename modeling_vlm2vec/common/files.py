@@ -1,4 +1,4 @@
-"""Atomic file writes and JSON reading.
+"""Atomic file writes, JSON reading and UTF-8 text lines.
 
 A reader (or a resumed run) sees the old file or the complete new one, never a torn one. New files get the mode an
 ordinary ``open()`` would give them under the user's umask (a temporary file alone would be private, 0600).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import DataError
@@ -18,6 +19,19 @@ def _umask() -> int:
     mask = os.umask(0)  # the only portable way to read it: set, then restore at once
     os.umask(mask)
     return mask
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (0-based line index, line) of a UTF-8 text file (a byte-order mark at its start, as some editors write,
+    is skipped); a line that is not UTF-8 raises `DataError` naming the line and the file."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            try:
+                yield i, raw.decode("utf-8-sig" if i == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"line {i + 1} is not valid UTF-8 ({exc.reason} at byte {exc.start})", file=str(path)
+                ) from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

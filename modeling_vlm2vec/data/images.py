@@ -2,7 +2,9 @@
 
 Image paths in MMEB rows are relative to an image root. They are resolved under that root only: absolute paths and
 paths that escape the root (``..``, symlinks pointing outside) are rejected. Pillow's decompression-bomb guard stays
-on. Every failure raises :class:`~modeling_vlm2vec.common.errors.DataError` naming the dataset, the row and the path.
+on. Images are made 8-bit RGB by :func:`~modeling_vlm2vec.image_policy_vlm2vec.to_rgb` (16-bit greyscale scaled,
+floating-point or out-of-range integer images refused, also when only checked). Every failure raises
+:class:`~modeling_vlm2vec.common.errors.DataError` naming the dataset, the row and the path.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..common.errors import DataError
+from ..image_policy_vlm2vec import to_rgb
 
 
 def resolve_image_path(image_dir: str | os.PathLike, rel_path: str, *, dataset: str, row: int | None) -> Path:
@@ -68,13 +71,15 @@ def check_image_bytes(
 def _decode(
     source, path, *, dataset: str | None, row: int | None, convert: bool = True, failure: str = "cannot read image"
 ) -> Image.Image | None:
-    """Decode ``source`` fully; return it as RGB with ``convert`` (else nothing: a check only)."""
+    """Decode ``source`` fully; return it as RGB with ``convert`` (else nothing: a check only, which refuses what
+    the conversion would)."""
     try:
         with warnings.catch_warnings():
             # A decompression-bomb *warning* (between 1x and 2x Image.MAX_IMAGE_PIXELS) is treated as an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 img.load()
-                return img.convert("RGB") if convert else None
+                rgb = to_rgb(img)
+                return rgb if convert else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{failure} ({type(exc).__name__}: {exc})", dataset=dataset, row=row, file=str(path)) from exc

@@ -26,6 +26,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from ..common.locations import is_hub_id
 from ..prompting_vlm2vec import check_item_text
 from .data_config import SourceSpec, load_data_config
 from .images import load_image, resolve_image_path
+from .prompt_checks import check_item_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -325,28 +327,25 @@ def _texts(example: dict) -> list[tuple[str, str]]:
 
 
 def check_prompts(corpus: TrainingCorpus, processor) -> None:
-    """Check every text of ``corpus`` against the model's `Vlm2VecProcessor` (``check_text``) and, per source, that
-    the first row with an image fits ``max_length`` — before the first forward. `DataError` names source, row, file.
+    """Check every text of ``corpus`` against the model's prompt rules
+    (:func:`~.prompt_checks.check_item_prompts`: ``check_text``, and per source the first query or positive with an
+    image against ``max_length``) before the first forward. `DataError` names source, row, file and column.
     """
     for source in corpus.sources:
-        sampled = False
-        for i in range(len(source)):
-            example = source.example(i)
-            at = {"dataset": source.name, "row": example["row"], "file": source.file}
-            for column, text in _texts(example):
-                try:
-                    processor.check_text(text)
-                except ValueError as exc:
-                    raise DataError(f"column {column}: {exc}", **at) from None
-            pairs = [("qry", "qry_image"), ("pos_text", "pos_image")]
-            pair = next(((t, i) for t, i in pairs if example[i] is not None), None)
-            if not sampled and pair and processor.max_length is not None:
-                sampled = True
-                image = load_image(example[pair[1]], dataset=source.name, row=example["row"])
-                try:
-                    processor([example[pair[0]]], [image])
-                except ValueError as exc:
-                    raise DataError(f"column {pair[0]} with its image: {exc}", **at) from None
+        check_item_prompts(_prompt_items(source), processor)
+
+
+def _prompt_items(source: SourceRows):
+    """The :data:`~.prompt_checks.PromptItem` of every text of ``source``: its query and positive with their image,
+    its negatives' texts alone."""
+    images = {"qry": "qry_image", "pos_text": "pos_image"}
+    for i in range(len(source)):
+        example = source.example(i)
+        where = {"dataset": source.name, "row": example["row"], "file": source.file}
+        for column, text in _texts(example):
+            image = example[images[column]] if column in images else None
+            opener = None if image is None else partial(load_image, image, dataset=source.name, row=example["row"])
+            yield text, opener, where, f"column {column}: "
 
 
 class TrainingCorpus(torch.utils.data.Dataset):

@@ -19,7 +19,7 @@ from pathlib import Path
 from .base.arguments import EvalArguments
 from .base.corpus import retrieval_metrics, score_corpus, top_k
 from .base.metrics import metrics_from_ranks, positive_ranks, ranking_metrics
-from .corpus.beir import Collection, load_collection
+from .corpus.beir import Collection, check_collection_prompts, load_collection
 from .corpus.runner import evaluate_corpus
 from .mmeb_v1.loading import EvalSet, load_eval_set
 from .mmeb_v1.registry import META_TASKS, PAPER_AGGREGATES, REGISTRY, EvalDatasetInfo, resolve_subsets
@@ -37,6 +37,7 @@ __all__ = [
     "MMEB_RANKING_METRIC_PATH",
     "PAPER_AGGREGATES",
     "REGISTRY",
+    "check_collection_prompts",
     "evaluate_corpus",
     "evaluate_mmeb",
     "load_collection",

@@ -11,7 +11,10 @@ The folder is assembled in a temporary sibling directory and renamed into place,
 Command line::
 
     python -m modeling_vlm2vec.hub.export <checkpoint_dir> <output_dir> [--adapter_only] [--base_model ID_OR_DIR]
-        [--card_context context.json] [--overwrite] [--push_to_hub --hub_model_id USER/NAME [--private]]
+        [--card_context context.json] [--overwrite] [--push_to_hub --hub_model_id USER/NAME [--private] [--dry_run]]
+
+With ``--push_to_hub`` the repo id (and, unless ``--dry_run``, that the Hub can be reached with a token) is checked
+before anything is written; a failed upload is one ``error:`` line saying the export is complete and how to push it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from .checkpoint import (
     unwrap_vlm2vec,
 )
 from .native import save_native
+from .push import check_push_target, push_checkpoint
 
 EVAL_FILE_PATTERNS = ("summary.json", "*_score.json", "results.md", "results.png")
 
@@ -255,11 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push_to_hub", action="store_true", help="upload the export to --hub_model_id")
     parser.add_argument("--hub_model_id", help="Hub repo id (user/name) to push to")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parser.add_argument(
+        "--dry_run", action="store_true", help="with --push_to_hub: export, list what would be uploaded, upload nothing"
+    )
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.dry_run and not args.push_to_hub:
+        parser.error("--dry_run applies to --push_to_hub")
 
     def body():
+        if args.hub_model_id:  # a bad repo id (it goes into the card) or an unreachable Hub, before writing
+            check_push_target(args.hub_model_id, dry_run=args.dry_run or not args.push_to_hub)
         context = read_json(args.card_context) if args.card_context else {}
         if args.hub_model_id:
             context.setdefault("repo_id", args.hub_model_id)
@@ -274,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"exported {folder}")
         if args.push_to_hub:
-            from .push import push_checkpoint
-
-            files = push_checkpoint(folder, args.hub_model_id, private=args.private or None)
-            print(f"pushed {len(files)} files to {args.hub_model_id}")
+            files = push_checkpoint(folder, args.hub_model_id, dry_run=args.dry_run, private=args.private or None)
+            if args.dry_run:
+                print(f"would push {len(files)} files to {args.hub_model_id}:\n" + "\n".join(files))
+            else:
+                print(f"pushed {len(files)} files to {args.hub_model_id}")
 
     return run_cli(body)
 

@@ -2,10 +2,11 @@
 
 The item list is cut into blocks of ``block_size`` items; block ``b`` is stored as
 ``<cache_dir>/block-<b>.safetensors`` (tensor ``embeddings`` (block items, dim) float32) whose metadata carries a
-fingerprint of the model and of the block's items, written atomically as soon as the block is encoded. A run reuses
-every block whose fingerprint matches and encodes the rest, each process a contiguous share of the missing blocks
-(one ``model.encode`` call per block, so an item's batch never depends on the number of processes). The cache folder
-must be visible to every process (one machine or a shared filesystem): process 0 reads all blocks back.
+fingerprint of the model and of the block's items' content (text and image bytes), written atomically as soon as the
+block is encoded. A run reuses every block whose fingerprint matches and encodes the rest, each process a contiguous
+share of the missing blocks (one ``model.encode`` call per block, so an item's batch never depends on the number of
+processes). The cache folder must be visible to every process (one machine or a shared filesystem): process 0 reads
+all blocks back.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from .pool import Item
 logger = logging.getLogger(__name__)
 
 
-def block_fingerprint(model_fp: str, items: list[Item]) -> str:
-    """SHA-256 of the model fingerprint and the block's items (text and image path, in order)."""
-    return hashlib.sha256(f"{model_fp}:{json.dumps(items, ensure_ascii=False)}".encode()).hexdigest()
+def block_fingerprint(model_fp: str, keys: list[tuple[str, str | None]]) -> str:
+    """SHA-256 of the model fingerprint and the block's item contents (text and SHA-256 of the image bytes, in
+    order): a replaced image under the same path changes it."""
+    return hashlib.sha256(f"{model_fp}:{json.dumps(keys, ensure_ascii=False)}".encode()).hexdigest()
 
 
 def _block_file(cache_dir: Path, block: int) -> Path:
@@ -38,6 +40,7 @@ def _block_file(cache_dir: Path, block: int) -> Path:
 def encode_with_cache(
     model: torch.nn.Module,
     items: list[Item],
+    keys: list[tuple[str, str | None]],
     *,
     cache_dir: str | Path,
     model_fp: str,
@@ -47,13 +50,14 @@ def encode_with_cache(
 ) -> np.ndarray | None:
     """Embeddings of ``items`` -> (len(items), dim) float32 in item order on process 0 (None on the others).
 
-    Every process must call it with the same arguments. ``model.encode(list of {"text", "image"}, batch_size=,
+    ``keys[i]`` identifies the content of ``items[i]`` (see :attr:`.pool.ItemTable.keys`). Every process must call
+    it with the same arguments. ``model.encode(list of {"text", "image"}, batch_size=,
     show_progress_bar=False)`` embeds the missing blocks (see the module doc).
     """
     cache_dir = Path(cache_dir)
     rank, world_size = rank_and_world()
     bounds = [(start, min(start + block_size, len(items))) for start in range(0, len(items), block_size)]
-    fingerprints = [block_fingerprint(model_fp, items[start:stop]) for start, stop in bounds]
+    fingerprints = [block_fingerprint(model_fp, keys[start:stop]) for start, stop in bounds]
     missing = [b for b, fp in enumerate(fingerprints) if not block_is_cached(_block_file(cache_dir, b), fp)]
     barrier()  # every process has seen the same cache before any writes to it
     first, last = shard_bounds(len(missing), rank, world_size)

@@ -20,6 +20,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,11 @@ from ..common.errors import DataError
 from ..common.files import write_bytes_atomic, write_text_atomic
 from ..common.fingerprint import model_fingerprint
 from ..data.data_config import load_data_config
+from ..data.images import load_image
+from ..data.prompt_checks import check_item_prompts
 from ..data.sources import REQUIRED_COLUMNS, load_source
 from .embeddings import encode_with_cache
-from .pool import ItemTable, SourcePlan, load_candidate_pool, plan_sources
+from .pool import CandidatePool, ItemTable, SourcePlan, load_candidate_pool, plan_sources
 from .selection import SelectionRule, select_negatives
 
 logger = logging.getLogger(__name__)
@@ -99,10 +102,12 @@ class MiningPlan:
 
     table: ItemTable
     sources: list[SourcePlan]
+    pool: CandidatePool | None = None
 
 
 def _check_arguments(args: MiningArguments) -> None:
-    for name, low in (("num_negatives", 1), ("skip_top", 0), ("batch_size", 1), ("cache_block_size", 1)):
+    checks = (("num_negatives", 1), ("skip_top", 0), ("batch_size", 1), ("cache_block_size", 1), ("seed", 0))
+    for name, low in checks:
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DataError(f"--{name} must be an integer >= {low}, got {value!r}")
@@ -112,12 +117,12 @@ def _check_arguments(args: MiningArguments) -> None:
         raise DataError(f"--margin must be a finite number (or null for off), got {args.margin!r}")
 
 
-def _check_outputs(args: MiningArguments, plans: list[SourcePlan]) -> None:
-    """Output names must be plain file names, and no output may overwrite or land inside an input."""
+def _check_outputs(args: MiningArguments, plans: list[SourcePlan], pool: CandidatePool | None) -> None:
+    """Output names must be plain file names, and no output may overwrite or land inside an input: the data config,
+    the sources' files, the candidate pool and the files a pool data config names."""
     out = Path(args.output_dir).resolve()
     inputs = [Path(args.dataset_config).resolve()] + [Path(p.source.file).resolve() for p in plans]
-    if args.candidate_pool:
-        inputs.append(Path(args.candidate_pool).resolve())
+    inputs += [file.resolve() for file in (pool.files if pool else [])]
     for plan in plans:
         if not _SAFE_NAME.match(plan.name):
             raise DataError(
@@ -138,16 +143,34 @@ def _check_outputs(args: MiningArguments, plans: list[SourcePlan]) -> None:
 
 
 def prepare_mining(args: MiningArguments) -> MiningPlan:
-    """Load and validate everything (arguments, sources, images, candidate pool, output names) before any work;
-    raises `DataError`."""
+    """Load and validate everything (arguments, sources, texts, every image decoded, candidate pool, output names)
+    before any work; raises `DataError`. The texts' checks that need the model's processor are
+    :func:`check_plan_prompts`."""
     _check_arguments(args)
     sources = [load_source(spec, seed=args.seed) for spec in load_data_config(args.dataset_config)]
     pool = None
     if args.candidate_pool:
         pool = load_candidate_pool(args.candidate_pool, args.candidate_image_dir, seed=args.seed)
     table, plans = plan_sources(sources, pool)
-    _check_outputs(args, plans)
-    return MiningPlan(table, plans)
+    _check_outputs(args, plans, pool)
+    return MiningPlan(table, plans, pool)
+
+
+def check_plan_prompts(plan: MiningPlan, processor) -> None:
+    """Every unique item text against the teacher's prompt rules (:func:`~..data.prompt_checks.check_item_prompts`,
+    as training and evaluation check theirs); `DataError` names the item's source, row and file."""
+    check_item_prompts(
+        (
+            (
+                text,
+                None if image is None else partial(load_image, image, dataset=dataset, row=row),
+                {"dataset": dataset, "row": row, "file": file},
+                "",
+            )
+            for (text, image), (dataset, row, file) in zip(plan.table.items, plan.table.origins)
+        ),
+        processor,
+    )
 
 
 def _relative_image(image: str | None, root: Path) -> str:
@@ -207,6 +230,7 @@ def mine_hard_negatives(
     embeddings = encode_with_cache(
         model,
         items,
+        plan.table.keys,
         cache_dir=output_dir / "cache" / model_fp[:16],
         model_fp=model_fp,
         batch_size=args.batch_size,
@@ -244,4 +268,11 @@ def mine_hard_negatives(
     return report
 
 
-__all__ = ["MiningArguments", "MiningPlan", "OUTPUT_SCHEMA", "mine_hard_negatives", "prepare_mining"]
+__all__ = [
+    "MiningArguments",
+    "MiningPlan",
+    "OUTPUT_SCHEMA",
+    "check_plan_prompts",
+    "mine_hard_negatives",
+    "prepare_mining",
+]

@@ -70,12 +70,15 @@ def select_negatives(
         progress: optional tqdm-like object, advanced by the number of rows done.
 
     Returns:
-        ``negatives`` (rows, num_negatives) int64 item indices, best first, padded with -1; ``negative_scores``
-        (rows, num_negatives) float32, NaN where padded; ``positive_scores`` (rows,) float32.
+        ``negatives`` (rows, width) int64 item indices, best first, padded with -1; ``negative_scores``
+        (rows, width) float32, NaN where padded; ``positive_scores`` (rows,) float32. ``width`` is
+        ``min(num_negatives, pool size)``: no row can have more negatives than the pool has items, and a huge
+        ``num_negatives`` must not allocate rows x num_negatives.
     """
-    rows, keep = len(query_ids), rule.skip_top + rule.num_negatives
-    negatives = np.full((rows, rule.num_negatives), -1, dtype=np.int64)
-    negative_scores = np.full((rows, rule.num_negatives), np.nan, dtype=np.float32)
+    width = min(rule.num_negatives, len(candidate_ids))
+    rows, keep = len(query_ids), min(rule.skip_top + rule.num_negatives, len(candidate_ids))
+    negatives = np.full((rows, width), -1, dtype=np.int64)
+    negative_scores = np.full((rows, width), np.nan, dtype=np.float32)
     positive_scores = np.empty(rows, dtype=np.float32)
     for r0 in range(0, rows, row_chunk):
         r1 = min(r0 + row_chunk, rows)
@@ -100,9 +103,9 @@ def select_negatives(
             )
         best_scores, best_ids = best_scores[:, rule.skip_top :], best_ids[:, rule.skip_top :]
         found = np.isfinite(best_scores)
-        width = best_scores.shape[1]
-        negatives[r0:r1, :width] = np.where(found, best_ids, -1)
-        negative_scores[r0:r1, :width] = np.where(found, best_scores, np.nan)
+        kept = best_scores.shape[1]
+        negatives[r0:r1, :kept] = np.where(found, best_ids, -1)
+        negative_scores[r0:r1, :kept] = np.where(found, best_scores, np.nan)
         if progress is not None:
             progress.update(r1 - r0)
     return negatives, negative_scores, positive_scores

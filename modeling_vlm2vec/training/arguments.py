@@ -25,6 +25,14 @@ class ContrastiveTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "GradCache chunk size (rows) for positives and hard negatives; None = no GradCache."},
     )
+    fsdp_defer_reduction: bool | None = field(
+        default=None,
+        metadata={
+            "help": "FSDP2 + GradCache: reduce-scatter gradients once per step (True; holds the unsharded "
+            "trainable gradients until the last chunk) or after every chunk (False; gradients stay sharded). "
+            "None = True when at most 10% of the parameters train (LoRA), else False."
+        },
+    )
     loss_symmetric: bool = field(
         default=False, metadata={"help": "Add the positive -> query InfoNCE direction (loss = mean of both)."}
     )

@@ -150,4 +150,15 @@ def concat_groups(
     return out
 
 
-__all__ = ["PIXEL_KEYS", "concat_groups", "group_rows", "model_inputs", "split_group"]
+def with_vision_filler(
+    group: dict[str, torch.Tensor], filler: dict[str, torch.Tensor], padding_side: str = "right", pad_token_id: int = 0
+) -> dict[str, torch.Tensor]:
+    """``group`` (or chunk) without images, with the one-row ``filler`` group (holding one image) appended as its last
+    row, so a forward of the result runs the vision tower. Callers keep the filler row's embedding out of the loss
+    (it only has to reach the graph, with a zero gradient)."""
+    if "pixel_values" in group:
+        raise ValueError("with_vision_filler: the group already holds images")
+    return concat_groups([group, filler], padding_side, pad_token_id=pad_token_id)
+
+
+__all__ = ["PIXEL_KEYS", "concat_groups", "group_rows", "model_inputs", "split_group", "with_vision_filler"]

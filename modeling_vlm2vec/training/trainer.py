@@ -14,9 +14,15 @@ Two paths, same loss and gradient:
 * **uncached** (``compute_loss``; also the eval loss): the groups embedded, then the loss. One forward per group (no
   row is padded to another group's length), except under a distributed wrapper while training: DDP allows one
   forward per backward, so there the concatenated query + positive + negative batch runs in one forward
-  (:func:`embed_groups`);
-* **cached** (``training_step``) whenever a GradCache chunk size is smaller than its group: :class:`~.grad_cache.
-  GradCache` with ``gc_q_chunk_size`` for queries and ``gc_p_chunk_size`` for positives and negatives.
+  (:func:`embed_groups`); under an engine that shards parameters (FSDP, DeepSpeed) evaluation does the same;
+* **cached** (``training_step``) whenever a GradCache chunk size is smaller than its group on some rank (decided
+  for all ranks together): :class:`~.grad_cache.GradCache` with ``gc_q_chunk_size`` for queries and
+  ``gc_p_chunk_size`` for positives and negatives, its backward passes synchronised by the engine's
+  :func:`~.gradient_sync.gradient_sync` policy.
+
+Under an engine that shards parameters every rank must run the same forwards through the same modules: a forward
+whose batch has no image gets one filler row holding a small image (zero weight in the loss) so the vision tower
+runs on every rank (:func:`~.batching.with_vision_filler`).
 
 Both log ``loss`` and the in-batch retrieval ``accuracy`` (mean over the logging window and the ranks).
 """
@@ -28,17 +34,23 @@ from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
+from PIL import Image
 from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import nested_gather
 
+from ..common.distributed import all_true
+from ..common.errors import DataError
+from ..configuration_vlm2vec import check_false_negative_margin
+from ..data.collator import collate_group
 from ..data.sampler import build_train_dataloader
 from ..data.sources import TrainingCorpus
 from ..hub.push import HubPushMixin
 from .arguments import ContrastiveTrainingArguments
-from .batching import concat_groups, group_rows, model_inputs
+from .batching import concat_groups, group_rows, model_inputs, with_vision_filler
 from .grad_cache import GradCache, needs_grad_cache
+from .gradient_sync import gradient_sync, needs_lockstep
 from .losses import ContrastiveLossOutput, contrastive_loss
 
 GROUPS = ("query", "positive", "negative")
@@ -51,17 +63,27 @@ def embed_groups(
     one_forward: bool,
     padding_side: str = "right",
     pad_token_id: int = 0,
+    vision_filler: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{name: (rows, d) embeddings}`` of processed groups, in the caller's grad mode.
 
     ``one_forward=False``: one forward per group. ``one_forward=True``: one forward of the groups concatenated
     (:func:`~.batching.concat_groups`, every row padded to the longest group), split back by rows; the same
     embeddings at the cost of the padding, for wrappers that allow one forward per backward (DDP).
+    ``vision_filler`` (a one-row group with one image): appended to every forward without images; its embedding
+    joins the graph with weight zero, so the vision tower runs forward and backward.
     """
-    if not one_forward:
-        return {name: model(**model_inputs(group)).embeddings for name, group in groups.items()}
-    batch = concat_groups(list(groups.values()), padding_side, pad_token_id=pad_token_id)
-    embeddings = model(**model_inputs(batch)).embeddings  # (sum of group rows, d)
+    batches = list(groups.values())
+    if one_forward:
+        batches = [concat_groups(batches, padding_side, pad_token_id=pad_token_id)]
+    embeddings = []
+    for batch in batches:
+        rows = group_rows(batch)
+        if vision_filler is not None and "pixel_values" not in batch:
+            batch = with_vision_filler(batch, vision_filler, padding_side, pad_token_id)
+        out = model(**model_inputs(batch)).embeddings  # (rows [+ 1 filler], d)
+        embeddings.append(out[:rows] + 0.0 * out[rows:].sum() if len(out) > rows else out)
+    embeddings = torch.cat(embeddings)  # (sum of group rows, d)
     return dict(zip(groups, embeddings.split([group_rows(g) for g in groups.values()])))
 
 
@@ -84,6 +106,11 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
             raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments, got {type(args).__name__}")
         super().__init__(model=model, args=args, **kwargs)
         self._accuracy = {"train": [], "eval": []}  # detached per-batch accuracies since the last log
+        try:  # a margin that masks every candidate would train on a loss of 0 from the first step
+            check_false_negative_margin(self._config.false_negative_margin, self._config.normalize)
+        except ValueError as exc:
+            raise DataError(f"cannot train this model: {exc}") from None
+        self._filler = None  # the processed vision filler row, built on first use
 
     # ---- loss -------------------------------------------------------------------------------------------------
 
@@ -106,16 +133,32 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
             normalize=config.normalize,
         )
 
+    @property
+    def _pad_token_id(self) -> int:
+        return self._config.get_text_config().pad_token_id or 0
+
+    def _vision_filler(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Under an engine that shards parameters, one processed row holding one small image, on the model's device
+        (see the module docstring); else None."""
+        if not needs_lockstep(model):
+            return None
+        if self._filler is None:
+            processor = getattr(self.data_collator, "processor", None) or self.model.processor
+            # the processor's image policy stretches the 1x1 image to the backbone's smallest accepted size
+            self._filler = collate_group(processor, [None], [Image.new("RGB", (1, 1))])
+        return self._prepare_inputs(self._filler)
+
     def _embed_groups(
         self, model: nn.Module, groups: dict[str, dict[str, torch.Tensor]], *, one_forward: bool
     ) -> dict[str, torch.Tensor]:
-        """:func:`embed_groups` with the model's padding side and pad token."""
+        """:func:`embed_groups` with the model's padding side and pad token (and vision filler when needed)."""
         return embed_groups(
             model,
             groups,
             one_forward=one_forward,
             padding_side=self._config.padding_side,
-            pad_token_id=self._config.get_text_config().pad_token_id or 0,
+            pad_token_id=self._pad_token_id,
+            vision_filler=self._vision_filler(model),
         )
 
     def compute_loss(
@@ -127,7 +170,10 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
     ):
         """Uncached loss of the batch's groups (see the module docstring for how they are embedded)."""
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
-        one_forward = torch.is_grad_enabled() and self.accelerator.distributed_type != DistributedType.NO
+        # sharded engines: every rank runs one forward, also in evaluation (ranks may hold different groups)
+        one_forward = self.accelerator.distributed_type != DistributedType.NO and (
+            torch.is_grad_enabled() or needs_lockstep(model)
+        )
         output = self._loss(self._embed_groups(model, groups, one_forward=one_forward))
         self._record_accuracy(output.accuracy)
         return (output.loss, output) if return_outputs else output.loss
@@ -135,10 +181,9 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        """GradCache step when a chunk size is smaller than its group, else the stock step (``compute_loss``).
-
-        Ranks may choose differently (their hard-negative counts differ): both paths run the same collectives in the
-        same order — the loss's gathers, their backward, then one DDP gradient all-reduce.
+        """GradCache step when a chunk size is smaller than its group on some rank, else the stock step
+        (``compute_loss``). The choice is made for all ranks together (their hard-negative counts differ), as
+        sharded engines need every rank to run the same forwards and backwards.
         """
         chunk_sizes = {
             "query": self.args.gc_q_chunk_size,
@@ -146,26 +191,28 @@ class ContrastiveTrainer(HubPushMixin, Trainer):
             "negative": self.args.gc_p_chunk_size,
         }
         groups = {name: inputs[name] for name in GROUPS if name in inputs}
-        if not needs_grad_cache(groups, chunk_sizes):
+        if all_true(not needs_grad_cache(groups, chunk_sizes)):
             return super().training_step(model, inputs, num_items_in_batch)
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            # DeepSpeed's engine steps the optimizer inside backward, which GradCache calls once per chunk
-            raise ValueError(
-                "GradCache (gc_q_chunk_size / gc_p_chunk_size) does not work with DeepSpeed; use DDP or "
-                "FSDP, or unset the chunk sizes"
-            )
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         groups = self._prepare_inputs(groups)
         # a None chunk size puts the whole group in one chunk
         sizes = {name: chunk_sizes[name] or group_rows(group) for name, group in groups.items()}
+        sync = gradient_sync(
+            model,
+            self.accelerator.backward,
+            sync_gradients=self.accelerator.sync_gradients,
+            defer_fsdp_reduction=self.args.fsdp_defer_reduction,
+        )
         cache = GradCache(
             model,
             self._loss,
             chunk_sizes=sizes,
             padding_side=self._config.padding_side,
-            backward=self.accelerator.backward,
+            sync=sync,
+            vision_filler=self._vision_filler(model),
+            pad_token_id=self._pad_token_id,
         )
         scale = 1.0 / self.current_gradient_accumulation_steps
         with self.compute_loss_context_manager():

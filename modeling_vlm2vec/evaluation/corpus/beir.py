@@ -11,28 +11,41 @@ header; keep only the split to evaluate):
 
 An ``image`` is a path relative to ``image_dir`` (confined to it), the image's bytes (a binary column), a
 ``{"bytes": ..., "path": ...}`` struct as Hugging Face ``datasets`` stores images, or null. Every item needs a text
-or an image. Everything is checked before any work (duplicate ids, qrels naming unknown ids, missing or escaping
-image files, undecodable embedded images, bad grades), each problem raising
-:class:`~modeling_vlm2vec.common.errors.DataError` naming the file and the row.
+or an image. Everything is checked before any work (files that are not UTF-8, duplicate ids, ids that ``run.trec``
+cannot hold, qrels naming unknown ids, texts no prompt can be built from, missing or escaping image files,
+undecodable images, grades that are not integers in 0..2**31-1), each problem raising
+:class:`~modeling_vlm2vec.common.errors.DataError` naming the file and the row; :func:`check_collection_prompts`
+adds the model's checks (literal backbone tokens, context length, ``max_length``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+from PIL import Image
+
 from ...common.errors import DataError
+from ...common.files import text_lines
 from ...common.locations import is_hub_id
-from ...data.images import check_image_bytes, check_image_file, resolve_image_path
+from ...data.images import check_image_bytes, check_image_file, load_image, resolve_image_path
+from ...data.prompt_checks import check_item_prompts
+from ...prompting_vlm2vec import check_item_text
+
+#: The largest grade: trec_eval and pytrec_eval read relevance grades as 32-bit integers.
+MAX_GRADE = 2**31 - 1
 
 
 @dataclass
 class Collection:
     """A validated collection. Items are (text, image); an image is an absolute path, image bytes, or None.
 
-    ``qrels[i]`` maps corpus positions to grades for query ``i``; ``fingerprint`` is a SHA-256 of all content.
+    ``qrels[i]`` maps corpus positions to grades for query ``i``; ``fingerprint`` is a SHA-256 of all content;
+    ``corpus_rows[i]`` / ``query_rows[i]`` is the (file, row) item ``i`` came from.
     """
 
     corpus_ids: list[str]
@@ -42,6 +55,8 @@ class Collection:
     qrels: list[dict[int, int]]
     fingerprint: str
     files: dict[str, str] = field(default_factory=dict)
+    corpus_rows: list[tuple[str, int]] = field(default_factory=list)
+    query_rows: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _find_table(folder: Path, name: str) -> list[Path]:
@@ -78,29 +93,38 @@ def _rows(files: list[Path]):
                 raise DataError(f"cannot read parquet ({type(exc).__name__}: {exc})", file=str(file)) from exc
             yield from ((str(file), i, row) for i, row in enumerate(table))
         elif file.suffix == ".tsv":
-            with open(file, encoding="utf-8") as f:
-                header = f.readline().rstrip("\n").split("\t")
-                for i, line in enumerate(f):
-                    if line.strip():
-                        yield str(file), i, dict(zip(header, line.rstrip("\n").split("\t")))
+            lines = text_lines(file)
+            header = next(lines, (0, ""))[1].rstrip("\n").split("\t")
+            for i, line in lines:
+                if line.strip():
+                    yield str(file), i - 1, dict(zip(header, line.rstrip("\n").split("\t")))
         else:
-            with open(file, encoding="utf-8") as f:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as exc:
-                        raise DataError(f"invalid JSON ({exc})", row=i, file=str(file)) from exc
-                    if not isinstance(row, dict):
-                        raise DataError("a row must be a JSON object", row=i, file=str(file))
-                    yield str(file), i, row
+            for i, line in text_lines(file):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"invalid JSON ({exc})", row=i, file=str(file)) from exc
+                if not isinstance(row, dict):
+                    raise DataError("a row must be a JSON object", row=i, file=str(file))
+                yield str(file), i, row
 
 
 def _identifier(value: object, column: str, file: str, row: int) -> str:
+    """An id as a string; it must be writable as one field of ``run.trec`` (UTF-8, no whitespace)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise DataError(f"{column} must be a non-empty string or integer, got {value!r}", row=row, file=file)
-    return str(value)
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{column} {value!r} is not valid UTF-8 (a lone surrogate)", row=row, file=file) from None
+    if any(c.isspace() for c in value):
+        raise DataError(
+            f"{column} {value!r} holds whitespace; run.trec separates its fields by whitespace", row=row, file=file
+        )
+    return value
 
 
 def _grade(value: object, file: str, row: int) -> int:
@@ -111,6 +135,8 @@ def _grade(value: object, file: str, row: int) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DataError(f"score must be a non-negative integer grade, got {value!r}", row=row, file=file)
+    if value > MAX_GRADE:
+        raise DataError(f"score {value} is above the largest grade {MAX_GRADE}", row=row, file=file)
     return value
 
 
@@ -144,9 +170,10 @@ class _ImageResolver:
         return str(path)
 
 
-def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str], list[tuple[str, str | bytes | None]]]:
-    """Ids and (text, image) items of a corpus or queries table given as (file, row, record) triples."""
-    ids, items, seen = [], [], {}
+def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str], list, list[tuple[str, int]]]:
+    """Ids, (text, image) items and (file, row) origins of a corpus or queries table given as (file, row, record)
+    triples."""
+    ids, items, origins, seen = [], [], [], {}
     for file, row, record in rows:
         item_id = _identifier(record.get("_id"), "_id", file, row)
         if item_id in seen:
@@ -156,6 +183,10 @@ def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str]
         if any(p is not None and not isinstance(p, str) for p in parts):
             raise DataError("title and text must be strings or null", row=row, file=file)
         text = " ".join(p.strip() for p in parts if p and p.strip())
+        try:
+            check_item_text(text)
+        except ValueError as exc:
+            raise DataError(str(exc), row=row, file=file) from None
         image = resolve(record.get("image"), file, row)
         if not text and image is None:
             raise DataError(f"item {item_id!r} has neither text nor image", row=row, file=file)
@@ -168,9 +199,10 @@ def _items(rows, label: str, resolve: _ImageResolver, digest) -> tuple[list[str]
             digest.update(b"None")
         ids.append(item_id)
         items.append((text, image))
+        origins.append((file, row))
     if not ids:
         raise DataError("table has no rows", file=label)
-    return ids, items
+    return ids, items, origins
 
 
 def _hub_rows(repo: str, name: str):
@@ -205,8 +237,8 @@ def load_collection(folder: str, image_dir: str | None) -> Collection:
         labels = {name: str(files[0]) for name, files in paths.items()}
         tables = {name: _rows(files) for name, files in paths.items()}
     resolve, digest = _ImageResolver(image_dir), hashlib.sha256()
-    corpus_ids, corpus = _items(tables["corpus"], labels["corpus"], resolve, digest)
-    query_ids, queries = _items(tables["queries"], labels["queries"], resolve, digest)
+    corpus_ids, corpus, corpus_rows = _items(tables["corpus"], labels["corpus"], resolve, digest)
+    query_ids, queries, query_rows = _items(tables["queries"], labels["queries"], resolve, digest)
     corpus_pos = {item_id: i for i, item_id in enumerate(corpus_ids)}
     query_pos = {item_id: i for i, item_id in enumerate(query_ids)}
     qrels: list[dict[int, int]] = [{} for _ in query_ids]
@@ -225,7 +257,46 @@ def load_collection(folder: str, image_dir: str | None) -> Collection:
         digest.update(json.dumps([qid, cid, grade_value]).encode())
     if not any(grade > 0 for judged in qrels for grade in judged.values()):
         raise DataError("no relevant judgement (score > 0) in the qrels", file=labels["qrels"])
-    return Collection(corpus_ids, corpus, query_ids, queries, qrels, digest.hexdigest(), labels)
+    return Collection(
+        corpus_ids, corpus, query_ids, queries, qrels, digest.hexdigest(), labels, corpus_rows, query_rows
+    )
 
 
-__all__ = ["Collection", "load_collection"]
+def check_collection_prompts(
+    collection: Collection, processor, *, query_instruction: str | None, corpus_instruction: str | None
+) -> None:
+    """Check the instructions and every item text against the model's prompt rules
+    (:func:`~modeling_vlm2vec.data.prompt_checks.check_item_prompts`), the first query and the first corpus item with
+    an image processed with their instruction; `DataError` names the file and row (or the instruction)."""
+    for name, instruction in (("query_instruction", query_instruction), ("corpus_instruction", corpus_instruction)):
+        if instruction:
+            check_item_prompts([(instruction, None, {}, f"--{name}: ")], processor)
+    sides = (
+        (collection.queries, collection.query_rows, query_instruction),
+        (collection.corpus, collection.corpus_rows, corpus_instruction),
+    )
+    for items, origins, instruction in sides:
+        check_item_prompts(
+            (
+                (
+                    text,
+                    None if image is None else partial(_open_for_check, image, file, row),
+                    {"row": row, "file": file},
+                    "",
+                )
+                for (text, image), (file, row) in zip(items, origins)
+            ),
+            processor,
+            instruction=instruction,
+        )
+
+
+def _open_for_check(image: str | bytes, file: str, row: int) -> Image.Image:
+    if isinstance(image, bytes):  # already decoded once by the loader
+        with Image.open(io.BytesIO(image)) as img:
+            img.load()
+            return img.copy()
+    return load_image(image, dataset=Path(file).name, row=row)
+
+
+__all__ = ["MAX_GRADE", "Collection", "check_collection_prompts", "load_collection"]

@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from ...common.errors import DataError
 from ...common.locations import is_hub_id
 from ...data.images import check_image_file, load_image, resolve_image_path
+from ...data.prompt_checks import check_item_prompts
 from ...prompting_vlm2vec import check_item_text
 
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
@@ -191,17 +193,24 @@ def load_eval_set(dataset_name: str, name: str, image_dir: str | None) -> EvalSe
 
 
 def check_eval_prompts(eval_sets: list[EvalSet], processor) -> None:
-    """Check every unique item text against the model's `Vlm2VecProcessor` (``check_text``) and, per dataset, that
-    the first item with an image fits ``max_length`` — before the first forward. `DataError` names dataset, row and
-    file (the item's first row)."""
+    """Check every unique item text against the model's prompt rules
+    (:func:`~modeling_vlm2vec.data.prompt_checks.check_item_prompts`: ``check_text``, and per dataset the first item
+    with an image against ``max_length``) before the first forward. `DataError` names dataset, row and file (the
+    item's first row)."""
     for eval_set in eval_sets:
-        sampled = processor.max_length is None
-        for items, rows in ((eval_set.queries, eval_set.query_rows), (eval_set.candidates, eval_set.candidate_rows)):
-            for (text, image), (row, file) in zip(items, rows):
-                try:
-                    processor.check_text(text)
-                    if not sampled and image is not None:
-                        sampled = True
-                        processor([text], [load_image(image, dataset=eval_set.name, row=row)])
-                except ValueError as exc:
-                    raise DataError(str(exc), dataset=eval_set.name, row=row, file=file) from None
+        check_item_prompts(
+            (
+                (
+                    text,
+                    None if image is None else partial(load_image, image, dataset=eval_set.name, row=row),
+                    {"dataset": eval_set.name, "row": row, "file": file},
+                    "",
+                )
+                for items, rows in (
+                    (eval_set.queries, eval_set.query_rows),
+                    (eval_set.candidates, eval_set.candidate_rows),
+                )
+                for (text, image), (row, file) in zip(items, rows)
+            ),
+            processor,
+        )

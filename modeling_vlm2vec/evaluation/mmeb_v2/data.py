@@ -263,7 +263,9 @@ def video_frames(media_root: str | None, task: V2Task, rel_dir: str, row: int, n
     """Frames of one pre-extracted video folder, natural-sorted, then ``num_frames`` of them evenly spaced.
 
     The official ``process_video_frames``: indices ``linspace(0, n - 1, num_frames)`` truncated to int when the
-    folder has at least ``num_frames`` frames, every frame otherwise; ``num_frames=None`` keeps every frame.
+    folder has at least ``num_frames`` frames, every frame otherwise; ``num_frames=None`` keeps every frame. Each
+    chosen frame file is confined to the media root like a single image (a frame that is a symlink out of it raises
+    ``DataError``), and returned as its real path.
     """
     folder = media_folder(media_root, task, rel_dir, row)
     names = sorted((n for n in os.listdir(folder) if n.lower().endswith(_FRAME_EXTENSIONS)), key=_natural_key)
@@ -273,7 +275,11 @@ def video_frames(media_root: str | None, task: V2Task, rel_dir: str, row: int, n
         )
     if num_frames is not None and num_frames <= len(names):
         names = [names[i] for i in np.linspace(0, len(names) - 1, num_frames, dtype=int)]
-    return tuple(str(folder / n) for n in names)
+    root = Path(media_root) / task.media
+    return tuple(
+        str(resolve_image_path(root, str(folder.relative_to(root.resolve()) / n), dataset=task.name, row=row))
+        for n in names
+    )
 
 
 def text_value(value: object, what: str, task: V2Task, row: int) -> str:

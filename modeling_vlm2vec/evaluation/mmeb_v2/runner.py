@@ -29,6 +29,7 @@ from ...common.distributed import barrier, gather_rows, rank_and_world, shard_bo
 from ...common.errors import DataError
 from ...common.files import check_writable_folder
 from ...common.fingerprint import model_fingerprint
+from ...data.prompt_checks import check_item_prompts
 from ..base.encoding import cache_path, dataset_fingerprint
 from ..base.report import write_report
 from ..base.resume import score_resumably
@@ -163,6 +164,21 @@ def check_video_input(model: torch.nn.Module, v2sets: list[V2Set]) -> None:
         )
 
 
+def check_v2_prompts(v2sets: list[V2Set], processor) -> None:
+    """Check every unique item text of ``v2sets`` against the model's prompt rules
+    (:func:`~modeling_vlm2vec.data.prompt_checks.check_item_prompts`; texts only, no ``max_length`` trial) before
+    any forward; `DataError` names the task and the query or candidate."""
+    for v2set in v2sets:
+        for kind, items in (("query", v2set.queries), ("candidate", v2set.candidates)):
+            first = {}
+            for index, (text, _, _) in enumerate(items):
+                first.setdefault(text, index)
+            check_item_prompts(
+                ((text, None, {"dataset": v2set.name}, f"{kind} {index}: ") for text, index in first.items()),
+                processor,
+            )
+
+
 def run_v2_evaluation(
     model: torch.nn.Module,
     v2sets: list[V2Set],
@@ -178,9 +194,12 @@ def run_v2_evaluation(
     cache into ``<output_dir>/cache``); returns the summary (every process).
 
     Raises:
-        DataError: video tasks requested for a model without video input -- before anything is encoded.
+        DataError: video tasks requested for a model without video input, or a text the model's prompt rules refuse
+            (see :func:`check_v2_prompts`) -- before anything is encoded.
     """
     check_video_input(model, v2sets)
+    if hasattr(getattr(model, "processor", None), "check_text"):  # a Vlm2VecModel: its prompts, before any forward
+        check_v2_prompts(v2sets, model.processor)
     output_dir = Path(output_dir)
     check_writable_folder(output_dir / V2_RESULTS_FOLDER)
     model_fp = model_fingerprint(model)

@@ -35,7 +35,7 @@ from modeling_vlm2vec.evaluation import (
     load_eval_sets,
     run_evaluation,
 )
-from modeling_vlm2vec.evaluation.v2_runner import check_v2_prompts, load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import check_v2_prompts, load_v2_sets, run_v2_evaluation
 from modeling_vlm2vec.loading import load_input_processor, load_vlm2vec
 
 

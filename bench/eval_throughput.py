@@ -40,7 +40,7 @@ from PIL import Image  # noqa: E402
 
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb  # noqa: E402
 from modeling_vlm2vec.evaluation import evaluate_mmeb, load_eval_sets  # noqa: E402
-from modeling_vlm2vec.evaluation.encoding import encode_eval_set  # noqa: E402
+from modeling_vlm2vec.evaluation.mmeb_v1.encoding import encode_eval_set  # noqa: E402
 
 
 class ForwardCounter:

@@ -40,8 +40,8 @@ from .data.sampler import check_corpus_trainable
 from .data.sources import check_prompts, load_corpus
 from .demo.hook import SYNTHETIC, DemoArguments, prepare_demo, synthetic_locations
 from .evaluation import load_eval_sets, run_evaluation
-from .evaluation.report import format_percent
-from .evaluation.v2_runner import check_video_input, load_v2_sets, run_v2_evaluation
+from .evaluation.base.report import format_percent
+from .evaluation.mmeb_v2.runner import check_video_input, load_v2_sets, run_v2_evaluation
 from .hub.card import write_model_card
 from .hub.export import export_checkpoint
 from .loading import check_safetensors, load_vlm2vec

@@ -75,7 +75,8 @@ def _corpus_collection(root: Path) -> Path:
 
 
 def _corpus_worker(rank: int, world_size: int, root: str, out: str) -> None:
-    from modeling_vlm2vec.evaluation import corpus_runner, evaluate_corpus, load_collection
+    from modeling_vlm2vec.evaluation import evaluate_corpus, load_collection
+    from modeling_vlm2vec.evaluation.corpus import runner as corpus_runner
 
     corpus_runner.CACHE_BLOCK = 3
     dist.init_process_group("gloo", init_method=f"file://{root}/init-corpus", rank=rank, world_size=world_size)
@@ -91,7 +92,8 @@ def _corpus_worker(rank: int, world_size: int, root: str, out: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_corpus_retrieval_two_processes_match_one(tmp_path, monkeypatch):
-    from modeling_vlm2vec.evaluation import corpus_runner, evaluate_corpus, load_collection
+    from modeling_vlm2vec.evaluation import evaluate_corpus, load_collection
+    from modeling_vlm2vec.evaluation.corpus import runner as corpus_runner
 
     monkeypatch.setattr(corpus_runner, "CACHE_BLOCK", 3)
     data = _corpus_collection(tmp_path)

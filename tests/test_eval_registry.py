@@ -7,7 +7,7 @@ import pytest
 
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.evaluation import PAPER_AGGREGATES, REGISTRY, resolve_subsets
-from modeling_vlm2vec.evaluation.registry import aggregate_groups
+from modeling_vlm2vec.evaluation.mmeb_v1.registry import aggregate_groups
 
 MMEB = [info for info in REGISTRY.values() if info.suite == "mmeb"]
 

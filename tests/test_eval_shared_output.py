@@ -13,7 +13,7 @@ from test_eval_runner import NAMES, _known_suite  # noqa: E402
 from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder  # noqa: E402
 from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite  # noqa: E402
 from modeling_vlm2vec.evaluation import evaluate_mmeb  # noqa: E402
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation  # noqa: E402
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets, run_v2_evaluation  # noqa: E402
 
 V2_TASKS = ["ImageNet-1K", "OK-VQA", "ViDoRe_arxivqa"]
 V1_FILES = [f"{name}_score.json" for name in NAMES] + ["summary.json", "results.md", "results.png"]

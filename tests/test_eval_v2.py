@@ -14,8 +14,13 @@ import evaluate_mmeb
 from modeling_vlm2vec.common.errors import DataError
 from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder
 from modeling_vlm2vec.demo.v2_fixtures import write_table, write_v2_suite
-from modeling_vlm2vec.evaluation.v2_registry import V2_PUBLISHED_AGGREGATES, V2_REGISTRY, resolve_v2_tasks, v2_groups
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.evaluation.mmeb_v2.registry import (
+    V2_PUBLISHED_AGGREGATES,
+    V2_REGISTRY,
+    resolve_v2_tasks,
+    v2_groups,
+)
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets, run_v2_evaluation
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder
 from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets, run_v2_evaluation
 
 # One local image task, one global visdoc task with embedded pages, one global and one local video task.
 TASKS = ["VisDial", "ViDoRe_arxivqa", "MSR-VTT", "QVHighlight"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from modeling_vlm2vec.evaluation.v2_scoring import (
+from modeling_vlm2vec.evaluation.mmeb_v2.scoring import (
     mean_metrics,
     query_metrics,
     relevant_ranks_global,

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 import evaluate_mmeb
 from modeling_vlm2vec import Vlm2VecConfig, Vlm2VecModel
 from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets
 from modeling_vlm2vec.hub.card import render_model_card
 from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor

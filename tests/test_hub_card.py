@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.demo.eval_fixtures import KeyedEncoder
 from modeling_vlm2vec.demo.v2_fixtures import write_v2_suite
-from modeling_vlm2vec.evaluation.v2_runner import load_v2_sets, run_v2_evaluation
+from modeling_vlm2vec.evaluation.mmeb_v2.runner import load_v2_sets, run_v2_evaluation
 from modeling_vlm2vec.hub.card import render_model_card
 from modeling_vlm2vec.hub.export import export_checkpoint
 

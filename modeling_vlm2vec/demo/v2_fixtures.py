@@ -172,7 +172,7 @@ def _video_tasks(data: Path, media: Path) -> dict[str, float]:
     write_frames(media, f"{frames}video_qa/ActivityNetQA/v_an1")
     rows = [{"video_name": "an1", "question": "is it day", "answer": "yes", "question_id": "a1"}]
     write_table(data, "VLM2Vec/ActivityNetQA", None, "test", rows)
-    from ..evaluation.v2_video_qa import MVBENCH_SUBSETS
+    from ..evaluation.mmeb_v2.video_qa import MVBENCH_SUBSETS
 
     for i, subset in enumerate(MVBENCH_SUBSETS):
         write_frames(media, f"{frames}video_qa/MVBench/{subset}/v{i}.mp4", count=2)

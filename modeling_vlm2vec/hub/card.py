@@ -29,9 +29,10 @@ from ..common.errors import DataError
 from ..common.files import read_json, write_text_atomic
 from ..common.locations import MMEB_EVAL_DATASET, is_hub_id
 from ..configuration_vlm2vec import Vlm2VecConfig
-from ..evaluation.report import GROUP_TITLES, build_summary, format_percent
-from ..evaluation.v2_report import build_v2_summary
-from ..evaluation.v2_runner import V2_RESULTS_FOLDER
+from ..evaluation.base.report import format_percent
+from ..evaluation.mmeb_v1.report import GROUP_TITLES, build_summary
+from ..evaluation.mmeb_v2.report import build_v2_summary
+from ..evaluation.mmeb_v2.runner import V2_RESULTS_FOLDER
 from ..image_policy_vlm2vec import pixel_bounds_are_native
 from .engines import engine_resolution_note, native_architecture
 

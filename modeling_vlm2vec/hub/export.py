@@ -33,7 +33,7 @@ import torch
 from ..common.cli import run_cli
 from ..common.errors import DataError
 from ..common.files import check_writable_folder, read_json
-from ..evaluation.v2_runner import V2_RESULTS_FOLDER
+from ..evaluation.mmeb_v2.runner import V2_RESULTS_FOLDER
 from ..loading import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_FILES, is_vlm2vec_base
 from .card import load_eval_summaries, write_model_card
 from .checkpoint import (

@@ -9,7 +9,7 @@ Load it from disk, no Hub access:
 
 ``predictions``: one list of candidate scores per query (lists may differ in length); ``references``: the index
 of the one relevant candidate in that list. Ties count against the relevant candidate. The maths lives in
-``modeling_vlm2vec.evaluation.metrics``; this file only adapts it to the ``evaluate`` interface
+``modeling_vlm2vec.evaluation.base.metrics``; this file only adapts it to the ``evaluate`` interface
 (evaluate's import scanner reads one import per line, so keep them that way).
 """
 
@@ -17,7 +17,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from modeling_vlm2vec.evaluation.metrics import KS, ranking_metrics
+from modeling_vlm2vec.evaluation.base.metrics import KS, ranking_metrics
 
 
 class MmebRanking(evaluate.Metric):

@@ -29,12 +29,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..common.errors import DataError
-from ..common.files import text_lines
-from ..common.locations import is_hub_id
-from ..data.images import check_image_bytes, check_image_file, load_image, resolve_image_path
-from ..data.prompt_checks import check_item_prompts
-from ..prompting_vlm2vec import check_item_text
+from ...common.errors import DataError
+from ...common.files import text_lines
+from ...common.locations import is_hub_id
+from ...data.images import check_image_bytes, check_image_file, load_image, resolve_image_path
+from ...data.prompt_checks import check_item_prompts
+from ...prompting_vlm2vec import check_item_text
 
 #: The largest grade: trec_eval and pytrec_eval read relevance grades as 32-bit integers.
 MAX_GRADE = 2**31 - 1

@@ -20,18 +20,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common.distributed import barrier, rank_and_world
-from ..common.errors import DataError
-from ..common.files import check_writable_folder
-from ..common.fingerprint import model_fingerprint
-from ..common.locations import MMEB_EVAL_DATASET
-from ..modeling_vlm2vec import truncate_embeddings
-from .encoding import cache_path, dataset_fingerprint, encode_eval_set
+from ...common.distributed import barrier, rank_and_world
+from ...common.errors import DataError
+from ...common.files import check_writable_folder
+from ...common.fingerprint import model_fingerprint
+from ...common.locations import MMEB_EVAL_DATASET
+from ...modeling_vlm2vec import truncate_embeddings
+from ..base.encoding import cache_path, dataset_fingerprint
+from ..base.metrics import ranking_metrics
+from ..base.report import write_report
+from ..base.resume import score_resumably
+from .encoding import encode_eval_set
 from .loading import EvalSet, check_eval_prompts, load_eval_set
-from .metrics import ranking_metrics
 from .registry import REGISTRY, resolve_subsets
-from .report import build_summary, write_report
-from .resume import score_resumably
+from .report import build_summary, render_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +190,7 @@ def run_evaluation(
     label = model_name or str(getattr(model, "name_or_path", "") or type(model).__name__)
     summary = build_summary(records, model=label, model_fingerprint=model_fp, dataset_name=str(dataset_name))
     if rank_and_world()[0] == 0:
-        markdown = write_report(output_dir, summary)
+        markdown = write_report(output_dir, summary, render_markdown)
         if verbose:
             print(markdown)
     barrier()

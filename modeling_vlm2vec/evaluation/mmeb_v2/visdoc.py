@@ -10,8 +10,8 @@ document image."``; every query ranks the whole corpus; the headline metric is N
 
 from __future__ import annotations
 
-from ..common.errors import DataError
-from .v2_data import SetBuilder, TableSource, V2Set, V2Task, input_text
+from ...common.errors import DataError
+from .data import SetBuilder, TableSource, V2Set, V2Task, input_text
 
 QUERY_INSTRUCTION = "Find a document image that matches the given query:"
 PAGE_INSTRUCTION = "Understand the content of the provided document image."

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
-from ..common.embedding_blocks import read_block, write_block
-from ..common.files import read_json_if_complete, write_bytes_atomic, write_json_atomic, write_text_atomic
-from ..common.fingerprint import CACHE_VERSION, model_fingerprint
+from ...common.distributed import all_true, barrier, gather_rows, rank_and_world, shard_bounds
+from ...common.embedding_blocks import read_block, write_block
+from ...common.files import read_json_if_complete, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ...common.fingerprint import CACHE_VERSION, model_fingerprint
+from ..base.chart import render_chart
+from ..base.corpus import score_corpus
 from .beir import Collection
-from .chart import render_chart
-from .corpus import score_corpus
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.errors import DataError
-from ..common.locations import is_hub_id
-from ..data.images import check_image_file, resolve_image_path
-from ..prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from ...common.errors import DataError
+from ...common.locations import is_hub_id
+from ...data.images import check_image_file, resolve_image_path
+from ...prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 #: Frames per video (``num_frames: 8`` in the official ``video.yaml``).
 NUM_FRAMES = 8

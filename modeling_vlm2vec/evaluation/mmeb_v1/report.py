@@ -1,4 +1,4 @@
-"""Summary (JSON) and report (Markdown table + PNG chart) of an MMEB run.
+"""Summary (JSON) and Markdown report of an MMEB-V1 run (written with its chart by ``base.report.write_report``).
 
 Scores in JSON are fractions in [0, 1]; the Markdown table shows percentages like the paper. The paper column is
 VLM2Vec (LLaVA-1.6, LoRA, high-res): Table 6 per dataset; for an aggregate, Table 2 when the group is complete,
@@ -7,14 +7,9 @@ otherwise the mean of Table 6 over the same evaluated datasets (marked n/N).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 
-from ..common.files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from .chart import render_chart
+from ..base.report import aggregate_table, format_percent
 from .registry import PAPER_AGGREGATES, REGISTRY, aggregate_groups
 
 METRIC = "hit@1"
@@ -76,26 +71,6 @@ def build_summary(records: list[dict], *, model: str, model_fingerprint: str, da
     }
 
 
-def format_percent(value: float | None) -> str:
-    """A fraction as a percentage with one decimal (``0.1234`` -> ``"12.3"``); ``"–"`` for None."""
-    return "–" if value is None else f"{100.0 * float(value):.1f}"
-
-
-def aggregate_table(
-    aggregates: dict, *, header: str, score: str, paper: str, title: Callable[[str], str] = str
-) -> list[str]:
-    """Markdown lines (a blank line first) of the aggregates table: ``title(group)`` (marked partial when fewer
-    than all of its datasets were evaluated), ``n/N``, ``agg[score]`` and ``agg[paper]`` in percent."""
-    lines = ["", header, "|---|---:|---:|---:|"]
-    for group, agg in aggregates.items():
-        partial = "" if agg["n"] == agg["N"] else " (partial)"
-        lines.append(
-            f"| {title(group)}{partial} | {agg['n']}/{agg['N']} | {format_percent(agg[score])} | "
-            f"{format_percent(agg[paper])} |"
-        )
-    return lines
-
-
 def render_markdown(summary: dict) -> str:
     """Markdown: per-dataset table (ours beside the paper's) then the aggregates table, in percent."""
     lines = [
@@ -126,14 +101,3 @@ def render_markdown(summary: dict) -> str:
         "over all evaluated datasets. A partial group's paper value is the paper's mean over the same datasets.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_report(output_dir: str | os.PathLike, summary: dict, render: Callable[[dict], str] | None = None) -> str:
-    """Write ``summary.json``, ``results.md`` (``render(summary)``, default :func:`render_markdown`) and
-    ``results.png`` atomically; return the Markdown."""
-    output_dir = Path(output_dir)
-    write_json_atomic(output_dir / "summary.json", summary)
-    markdown = (render or render_markdown)(summary)
-    write_text_atomic(output_dir / "results.md", markdown)
-    write_bytes_atomic(output_dir / "results.png", render_chart(summary))
-    return markdown

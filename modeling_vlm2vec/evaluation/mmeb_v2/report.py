@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .report import aggregate_table, format_percent
-from .v2_registry import V2_PUBLISHED_AGGREGATES, V2_REGISTRY, v2_groups
+from ..base.report import aggregate_table, format_percent
+from .registry import V2_PUBLISHED_AGGREGATES, V2_REGISTRY, v2_groups
 
 SCORE = "score"
 _RECORD_ONLY_KEYS = ("dataset", "fingerprint")
@@ -23,7 +23,7 @@ def _published(name: str) -> float:
 
 def build_v2_summary(records: list[dict], *, model: str, model_fingerprint: str) -> dict:
     """Per-task rows (the score record plus ``paper_score``) and group aggregates (``score``, ``n``, ``N``,
-    ``datasets``, ``paper_score``), groups as :func:`~.v2_registry.v2_groups`."""
+    ``datasets``, ``paper_score``), groups as :func:`~.registry.v2_groups`."""
     by_name = {record["dataset"]: record for record in records}
     datasets = {
         name: {

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.distributed import all_true, rank_and_world
-from ..common.files import read_json_if_complete, write_json_atomic
+from ...common.distributed import all_true, rank_and_world
+from ...common.files import read_json_if_complete, write_json_atomic
 from .encoding import load_cached, save_cached
 
 logger = logging.getLogger(__name__)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.errors import DataError
-from ..common.locations import is_hub_id
-from ..data.images import check_image_file, load_image, resolve_image_path
-from ..data.prompt_checks import check_item_prompts
-from ..prompting_vlm2vec import check_item_text
+from ...common.errors import DataError
+from ...common.locations import is_hub_id
+from ...data.images import check_image_file, load_image, resolve_image_path
+from ...data.prompt_checks import check_item_prompts
+from ...prompting_vlm2vec import check_item_text
 
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 

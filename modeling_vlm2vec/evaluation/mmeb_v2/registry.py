@@ -10,11 +10,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from ..common.errors import DataError
-from .v2_data import V2Task
-from .v2_image import IMAGE_TASKS
-from .v2_video import VIDEO_TASKS
-from .v2_visdoc import VISDOC_TASKS
+from ...common.errors import DataError
+from .data import V2Task
+from .image import IMAGE_TASKS
+from .video import VIDEO_TASKS
+from .visdoc import VISDOC_TASKS
 
 MODALITIES = ("image", "video", "visdoc")
 #: name -> task, in the official report order (image, video, visdoc).

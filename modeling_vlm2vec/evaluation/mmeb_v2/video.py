@@ -17,9 +17,9 @@ import os
 from functools import cache
 from pathlib import Path
 
-from .v2_data import SetBuilder, TableSource, V2Set, V2Task, input_text, list_value, video_frames
-from .v2_data import text_value as _str
-from .v2_video_qa import (
+from .data import SetBuilder, TableSource, V2Set, V2Task, input_text, list_value, video_frames
+from .data import text_value as _str
+from .video_qa import (
     parse_activitynetqa,
     parse_egoschema,
     parse_moment_retrieval,

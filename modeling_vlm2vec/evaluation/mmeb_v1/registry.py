@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..common.errors import DataError
+from ...common.errors import DataError
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 SPLITS = ("IND", "OOD")
@@ -118,7 +118,7 @@ def resolve_subsets(names: Iterable[str]) -> list[str]:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise DataError(
                 f"unknown subset name {tok!r}{hint}; known: suites {', '.join(_SUITES)} and the "
-                f"dataset names listed in modeling_vlm2vec.evaluation.registry"
+                f"dataset names listed in modeling_vlm2vec.evaluation.mmeb_v1.registry"
             )
     return [name for name in REGISTRY if name in wanted]
 

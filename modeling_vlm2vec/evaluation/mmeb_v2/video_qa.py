@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..common.errors import DataError
-from .v2_data import VIDEO_PLACEHOLDER as _VIDEO
-from .v2_data import (
+from ...common.errors import DataError
+from .data import VIDEO_PLACEHOLDER as _VIDEO
+from .data import (
     SetBuilder,
     TableSource,
     V2Set,
@@ -22,7 +22,7 @@ from .v2_data import (
     media_folder,
     video_frames,
 )
-from .v2_data import text_value as _str
+from .data import text_value as _str
 
 QA_PROMPT = (
     "Given a video and a question, select the most accurate answer from the provided candidates. "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..common.locations import MMEB_EVAL_DATASET
+from ...common.locations import MMEB_EVAL_DATASET
 
 
 @dataclass

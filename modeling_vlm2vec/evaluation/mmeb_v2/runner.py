@@ -25,18 +25,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..common.distributed import barrier, gather_rows, rank_and_world, shard_bounds
-from ..common.errors import DataError
-from ..common.files import check_writable_folder
-from ..common.fingerprint import model_fingerprint
-from ..data.prompt_checks import check_item_prompts
-from .encoding import cache_path, dataset_fingerprint
-from .report import write_report
-from .resume import score_resumably
-from .v2_data import Item, TableSource, V2Set, V2Task
-from .v2_registry import V2_REGISTRY, resolve_v2_tasks
-from .v2_report import build_v2_summary, render_v2_markdown
-from .v2_scoring import mean_metrics, relevant_ranks_global, relevant_ranks_local
+from ...common.distributed import barrier, gather_rows, rank_and_world, shard_bounds
+from ...common.errors import DataError
+from ...common.files import check_writable_folder
+from ...common.fingerprint import model_fingerprint
+from ...data.prompt_checks import check_item_prompts
+from ..base.encoding import cache_path, dataset_fingerprint
+from ..base.report import write_report
+from ..base.resume import score_resumably
+from .data import Item, TableSource, V2Set, V2Task
+from .registry import V2_REGISTRY, resolve_v2_tasks
+from .report import build_v2_summary, render_v2_markdown
+from .scoring import mean_metrics, relevant_ranks_global, relevant_ranks_local
 
 logger = logging.getLogger(__name__)
 

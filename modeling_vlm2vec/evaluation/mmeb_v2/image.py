@@ -8,9 +8,9 @@ locally (each query against its own candidates). The five parsers reproduce the 
 
 from __future__ import annotations
 
-from ..common.errors import DataError
-from .v2_data import IMAGE_PLACEHOLDER, SetBuilder, TableSource, V2Set, V2Task, input_text, list_value, media_file
-from .v2_data import text_value as _str
+from ...common.errors import DataError
+from .data import IMAGE_PLACEHOLDER, SetBuilder, TableSource, V2Set, V2Task, input_text, list_value, media_file
+from .data import text_value as _str
 
 IMAGE_REPO = "ziyjiang/MMEB_Test_Instruct"
 _COLUMNS = ["qry_inst", "qry_text", "qry_img_path", "tgt_inst", "tgt_text", "tgt_img_path"]

@@ -34,6 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .common.distributed import barrier
 from .common.errors import DataError
+from .common.file_digests import SIDECAR_NAME, FileDigests
 from .common.files import check_writable_folder, read_json
 from .common.locations import MMEB_EVAL_DATASET, MMEB_TRAIN_DATASET
 from .data.collator import Vlm2VecCollator
@@ -93,7 +94,10 @@ def run(
         homogeneous_sub_batch=training_args.homogeneous_sub_batch,
     )
     benchmark = data_args.eval_benchmark
-    eval_sets = _load_eval_sets(benchmark, eval_kwargs) if training_args.do_eval else []
+    # Evaluation images checked by an earlier run into this output_dir and unchanged since are not decoded again.
+    digests = FileDigests(output_dir / "eval" / "cache" / SIDECAR_NAME)
+    with digests.active():
+        eval_sets = _load_eval_sets(benchmark, eval_kwargs) if training_args.do_eval else []
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
     if resume is not None:
         check_resume_state(Path(resume), training_args, allow_missing=training_args.resume_with_missing_state)
@@ -102,8 +106,10 @@ def run(
     check_prompts(corpus, model.processor)
     if benchmark == "mmeb-v2":
         check_video_input(model, eval_sets)
-    if training_args.process_index == 0 and resume is None:
-        set_aside_previous_results(output_dir)
+    if training_args.process_index == 0:
+        if resume is None:
+            set_aside_previous_results(output_dir)
+        digests.save()
     barrier()
     results = {"baseline": None, "final": None}
     if training_args.do_eval:

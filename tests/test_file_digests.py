@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from train_recipes import write_recipe
 
 import evaluate_mmeb
+import train
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.common import file_digests
 from modeling_vlm2vec.common.file_digests import SIDECAR_NAME, FileDigests
 from modeling_vlm2vec.data import images
 from modeling_vlm2vec.demo.synthetic import write_synthetic_mmeb
+from modeling_vlm2vec.evaluation import load_eval_set
 from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 
 
@@ -187,3 +190,30 @@ def test_a_resumed_evaluation_decodes_no_unchanged_image_and_a_changed_one_again
             expected = pytest.approx(value, abs=1e-9) if isinstance(value, float) else value
             assert resumed[name][key] == expected, (name, key)
     assert any(resumed[n]["fingerprint"] != first[n]["fingerprint"] for n in first)  # the new image counted
+
+
+def test_train_py_does_not_decode_its_unchanged_evaluation_images_again(
+    tmp_path, tiny_backbone_dir, settled_now, counted_decodes
+):
+    data = write_synthetic_mmeb(tmp_path / "syn", n_train_per_task=24, n_eval_per_task=4)
+    subsets = ["SynCLS", "SynT2I"]
+    sets = [load_eval_set(str(data["eval_root"]), name, str(data["root"])) for name in subsets]
+    eval_images = {image for s in sets for _, image in s.queries + s.candidates if image is not None}
+    recipe = write_recipe(
+        tmp_path,
+        tiny_backbone_dir("qwen2_vl"),
+        data["data_config"],
+        max_steps=1,
+        do_eval=True,
+        eval_dataset_name=str(data["eval_root"]),
+        eval_image_dir=str(data["root"]),
+        eval_subset_name=subsets,
+    )
+    counted_decodes.clear()
+    assert train.main([str(recipe)]) == 0
+    assert eval_images <= set(counted_decodes)
+    sidecar = json.loads((tmp_path / "out" / "eval" / "cache" / SIDECAR_NAME).read_text())
+    assert set(sidecar["files"]["image"]) == eval_images
+    counted_decodes.clear()
+    assert train.main([str(recipe)]) == 0  # a fresh run into the same output_dir: eval/ is set aside, not the checks
+    assert not set(counted_decodes) & eval_images

@@ -80,6 +80,24 @@ def test_a_missing_state_file_is_refused_before_any_work(straight, missing):
     assert after == before  # nothing written, nothing moved, the checkpoint untouched
 
 
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_truncated_state_file_is_refused_even_with_the_option(straight, allow):
+    checkpoint = _checkpoint_without(straight, f"truncated-{allow}")
+    optimizer = checkpoint / "optimizer.pt"
+    os.truncate(optimizer, optimizer.stat().st_size // 2)  # an interrupted copy
+    recipe = write_recipe(
+        checkpoint.parent,
+        straight["backbone"],
+        straight["data_config"],
+        resume_from_checkpoint=str(checkpoint),
+        resume_with_missing_state=allow,
+    )
+    proc = _run(recipe)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert f"error: file '{optimizer}': corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (checkpoint.parent / "out").exists()
+
+
 def test_missing_files_are_all_named_in_the_error(straight):
     checkpoint = _checkpoint_without(straight, "no-two", "optimizer.pt", "rng_state.pth")
     recipe = write_recipe(

@@ -11,6 +11,7 @@ is named in a warning and the run continues with that state fresh.
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 from transformers import TrainingArguments
@@ -47,13 +48,24 @@ def _present(folder: Path, name: str) -> bool:
     return (folder / name).is_file()
 
 
+def _check_complete(folder: Path, names: list[str]) -> None:
+    # torch.save writes a zip archive whose directory sits at its end: a truncated copy has none. Reading only that
+    # directory costs nothing next to loading a multi-GB optimizer state after the model, where it would fail.
+    for name in [*names, *_OPTIMIZER_FILES]:
+        path = folder / name
+        if path.is_file() and not zipfile.is_zipfile(path):
+            raise DataError("corrupt or truncated (not a complete torch.save file)", file=str(path))
+
+
 def check_resume_state(folder: Path, args: TrainingArguments, *, allow_missing: bool) -> list[str]:
     """The state files of :func:`expected_state_files` missing from checkpoint ``folder``.
 
-    Raises `DataError` naming the first missing file (and how many more) unless ``allow_missing``; with it, logs a
-    warning naming every missing file and returns them.
+    Raises `DataError` naming a present state file that is truncated (always), or the first missing file (and the
+    others) unless ``allow_missing``; with it, logs a warning naming every missing file and returns them.
     """
-    missing = [name for name in expected_state_files(args) if not _present(folder, name)]
+    expected = expected_state_files(args)
+    _check_complete(folder, expected)
+    missing = [name for name in expected if not _present(folder, name)]
     if not missing:
         return []
     what = ", ".join(missing)

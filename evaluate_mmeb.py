@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from modeling_vlm2vec.common.cli import parse_dataclasses, run_cli
-from modeling_vlm2vec.common.distributed import process_device
+from modeling_vlm2vec.common.distributed import process_device, rank_and_world
 from modeling_vlm2vec.common.errors import DataError
+from modeling_vlm2vec.common.file_digests import SIDECAR_NAME, FileDigests
 from modeling_vlm2vec.common.files import check_writable_folder
 from modeling_vlm2vec.common.locations import MMEB_EVAL_DATASET
 from modeling_vlm2vec.evaluation import (
@@ -53,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"--top_k must be a positive integer, got {args.top_k}")
         if (args.benchmark == "mmeb-v2" or args.corpus_dir) and (args.truncate_dim, args.cache_dir) != (None, None):
             raise DataError("--truncate_dim and --cache_dir apply to --benchmark mmeb-v1 only")
-        if args.corpus_dir is not None:
-            collection = load_collection(args.corpus_dir, args.image_dir)
-        elif args.benchmark == "mmeb-v2":
-            eval_sets = load_v2_sets(args.subsets, args.dataset_name, args.image_dir)
-        else:
-            eval_sets = load_eval_sets(args.dataset_name or MMEB_EVAL_DATASET, args.subsets, args.image_dir)
+        # Images checked by an earlier run and unchanged since are not decoded again (see common/file_digests.py).
+        digests = FileDigests(Path(args.cache_dir or Path(args.output_dir) / "cache") / SIDECAR_NAME)
+        with digests.active():
+            if args.corpus_dir is not None:
+                collection = load_collection(args.corpus_dir, args.image_dir)
+            elif args.benchmark == "mmeb-v2":
+                eval_sets = load_v2_sets(args.subsets, args.dataset_name, args.image_dir)
+            else:
+                eval_sets = load_eval_sets(args.dataset_name or MMEB_EVAL_DATASET, args.subsets, args.image_dir)
         check_writable_folder(args.output_dir)
         prompts = {"query_instruction": args.query_instruction, "corpus_instruction": args.corpus_instruction}
         processor = None
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             trust_remote_code=args.trust_remote_code,
         )
+        if rank_and_world()[0] == 0:
+            digests.save()  # the data and the model are valid: keep what was checked, even if the run is killed
         common = dict(output_dir=args.output_dir, batch_size=args.batch_size, overwrite=args.overwrite)
         if args.corpus_dir is not None:
             if processor is None:  # an adapter folder: its prompts are known once its base is loaded

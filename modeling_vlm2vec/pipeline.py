@@ -6,8 +6,9 @@
    ``dataset_config: synthetic`` (process 0 writes, the others wait);
 2. validates every input before the model's first forward: the output folder (writable), the training data and
    its size against the global batch (:func:`~.data.sampler.check_corpus_trainable`), the evaluation data, the
-   checkpoint to resume, then — once the model and its processor are loaded — every prompt
-   (:func:`~.data.sources.check_prompts`); a fresh run moves an earlier run's ``eval/`` to ``eval.previous-<n>/``;
+   checkpoint to resume (weights and every training state file), then — once the model and its processor are
+   loaded — every prompt (:func:`~.data.sources.check_prompts`); a fresh run moves an earlier run's ``eval/`` to
+   ``eval.previous-<n>/``;
 3. wraps the backbone (a raw VLM, or continues from a Vlm2Vec checkpoint) and adds LoRA / DoRA when asked;
 4. evaluates the untrained model on the held-out MMEB sets (``do_eval``; ``eval_benchmark`` MMEB-V1 or MMEB-V2,
    whose results go one folder down, into ``mmeb-v2/``) into ``<output_dir>/eval/baseline``;
@@ -33,6 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .common.distributed import barrier
 from .common.errors import DataError
+from .common.file_digests import SIDECAR_NAME, FileDigests
 from .common.files import check_writable_folder, read_json
 from .common.locations import MMEB_EVAL_DATASET, MMEB_TRAIN_DATASET
 from .data.collator import Vlm2VecCollator
@@ -49,6 +51,7 @@ from .modeling_vlm2vec import Vlm2VecModel
 from .pipeline_arguments import DataArguments, ModelArguments
 from .training.arguments import ContrastiveTrainingArguments, LoraArguments
 from .training.lora import check_lora_targets, prepare_trainable_model
+from .training.resume_state import check_resume_state
 from .training.trainer import ContrastiveTrainer
 
 logger = logging.getLogger(__name__)
@@ -91,15 +94,22 @@ def run(
         homogeneous_sub_batch=training_args.homogeneous_sub_batch,
     )
     benchmark = data_args.eval_benchmark
-    eval_sets = _load_eval_sets(benchmark, eval_kwargs) if training_args.do_eval else []
+    # Evaluation images checked by an earlier run into this output_dir and unchanged since are not decoded again.
+    digests = FileDigests(output_dir / "eval" / "cache" / SIDECAR_NAME)
+    with digests.active():
+        eval_sets = _load_eval_sets(benchmark, eval_kwargs) if training_args.do_eval else []
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    if resume is not None:
+        check_resume_state(Path(resume), training_args, allow_missing=training_args.resume_with_missing_state)
     model = build_model(model_args)
     check_lora_targets(model, lora_args)
     check_prompts(corpus, model.processor)
     if benchmark == "mmeb-v2":
         check_video_input(model, eval_sets)
-    if training_args.process_index == 0 and resume is None:
-        set_aside_previous_results(output_dir)
+    if training_args.process_index == 0:
+        if resume is None:
+            set_aside_previous_results(output_dir)
+        digests.save()
     barrier()
     results = {"baseline": None, "final": None}
     if training_args.do_eval:
@@ -168,7 +178,8 @@ def resolve_resume_checkpoint(resume: str | bool | None, output_dir: Path) -> st
     """The checkpoint folder training resumes from, checked before any work; None for a fresh run.
 
     ``resume`` is a checkpoint folder, or true (``"true"`` from a YAML file or a flag) for the last ``checkpoint-*``
-    of ``output_dir``. `DataError` when it is missing, lacks ``trainer_state.json`` or weights, or a file is corrupt.
+    of ``output_dir``. `DataError` when it is missing, lacks ``trainer_state.json`` or weights, or a file is corrupt
+    (the optimizer, scheduler and RNG state are checked by :func:`~.training.resume_state.check_resume_state`).
     """
     if resume in (None, False, "", "false", "False"):
         return None

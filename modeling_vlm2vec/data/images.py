@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..common.errors import DataError
+from ..common.file_digests import remembered_digest
 from ..image_policy_vlm2vec import to_rgb
 
 
@@ -48,15 +49,23 @@ def check_image_file(path: str | os.PathLike, *, dataset: str, row: int | None) 
     """Decode the image at ``path`` as :func:`load_image` would and return the SHA-256 hex digest of its bytes.
 
     Raises ``DataError`` (dataset, row, file) for a missing, unreadable, empty, corrupt or oversized image, so a run
-    can check every image before its first forward; the digest identifies the content for caches.
+    can check every image before its first forward; the digest identifies the content for caches. Inside
+    :meth:`FileDigests.active <modeling_vlm2vec.common.file_digests.FileDigests.active>` a file checked before and
+    unchanged since (size, mtime, ctime, inode) is not read again: its recorded digest is returned.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read image ({exc.strerror or exc})", dataset=dataset, row=row, file=str(path)) from exc
-    if not data:
-        raise DataError("image file is empty (0 bytes)", dataset=dataset, row=row, file=str(path))
-    return check_image_bytes(data, dataset=dataset, row=row, file=str(path))
+
+    def check(file: Path) -> str:
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise DataError(
+                f"cannot read image ({exc.strerror or exc})", dataset=dataset, row=row, file=str(path)
+            ) from exc
+        if not data:
+            raise DataError("image file is empty (0 bytes)", dataset=dataset, row=row, file=str(path))
+        return check_image_bytes(data, dataset=dataset, row=row, file=str(path))
+
+    return remembered_digest(path, check, kind="image")
 
 
 def check_image_bytes(

@@ -47,6 +47,13 @@ class ContrastiveTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Rows per single-source sub-batch in homogeneous mode (default: the whole global batch)."},
     )
+    resume_with_missing_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that lacks optimizer, scheduler, RNG or scaler state: each missing "
+            "file is named in a warning and that state starts fresh. Default: refuse with an error."
+        },
+    )
 
     def __post_init__(self):
         self.remove_unused_columns = False

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import transformers
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..image_policy_vlm2vec import unexpressed_policy
@@ -100,6 +101,14 @@ def native_architecture(config: Vlm2VecConfig) -> str | None:
     """The native class other engines build from the export's ``config.json`` (e.g.
     ``LlavaNextForConditionalGeneration``)."""
     return (config.to_native_dict().get("architectures") or [None])[0]
+
+
+def engines_need_hub_code(config: Vlm2VecConfig) -> bool:
+    """True when transformers has no class for the export's native ``model_type`` (Phi-3-V's ``phi3_v``):
+    sentence-transformers (and mteb through it) then build the model and processor from the Hub files shipped in
+    the folder, which takes ``trust_remote_code=True``. Read from transformers' own table, not ``CONFIG_MAPPING``,
+    where this package registers ``phi3_v`` for itself."""
+    return config.to_native_dict().get("model_type") not in CONFIG_MAPPING_NAMES
 
 
 def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
@@ -185,6 +194,7 @@ __all__ = [
     "MMEB_PROMPTS",
     "MODULES",
     "engine_resolution_note",
+    "engines_need_hub_code",
     "native_architecture",
     "render_chat_template",
     "tokenizer_adds_bos",

@@ -193,3 +193,13 @@ def test_processor_chat_template_gives_the_ids_of_the_prompt_a_batch_at_a_time(e
     assert processor.apply_chat_template(batch[0]) == processor.tokenizer.bos_token + f"{INSTRUCTION} a yellow circle"
     with pytest.raises(ValueError, match="num_crops"):
         processor.apply_chat_template(batch[1], tokenize=True, processor_kwargs={"images_kwargs": {"num_crops": 16}})
+
+
+def test_card_shows_the_trust_flag_and_no_vllm_command_for_phi3v(export):
+    """transformers has no Phi-3-V class: the card's sentence-transformers and mteb lines trust the folder's code
+    (the mteb test runs that snippet), and it offers no `vllm serve` line that would not work."""
+    _, folder = export
+    card = (folder / "README.md").read_text()
+    engines = card[card.index("## Other engines") :]
+    assert engines.count("trust_remote_code=True)") == 2 and "no `trust_remote_code` needed" not in engines
+    assert "vllm serve" not in engines and "not for this folder yet" in engines

@@ -24,13 +24,15 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 from transformers.image_processing_base import ImageProcessingMixin
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image
 
 #: Where an image goes in a Phi-3-V prompt: ``<|image_1|>``, ``<|image_2|>``... (image N of the call).
 IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
 #: The token image positions carry (``Phi3VConfig.image_token_id`` in the Phi-3.5 vocabulary).
 IMAGE_TOKEN = "<|image|>"
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+#: Processing settings that apply to a whole call (engines pass them in every modality's settings).
+_SHARED_SETTINGS = ("padding", "padding_side", "truncation", "max_length", "return_tensors")
 
 
 def hd_size(width: int, height: int, num_crops: int, crop: int = 336) -> tuple[int, int, int, int]:
@@ -242,11 +244,78 @@ class Phi3VProcessor:
             attention_mask[b, span] = 1
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask, **data})
 
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        chat_template: str | None = None,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        processor_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Render chat messages with the chat template and, with ``tokenize``, process them as :meth:`__call__`.
+
+        ``conversation`` is one list of messages or a batch of them; a message's ``content`` is a string or a list
+        of parts ``{"type": "text", "text": ...}`` / ``{"type": "image", "image": PIL image, path or URL}`` (``url``
+        or ``path`` also name an image). The template (this processor's unless ``chat_template`` is given) turns each
+        image part into an ``<|image_N|>`` tag; the images go to :meth:`__call__` in order. A leading BOS the
+        template renders is dropped before tokenizing, as :meth:`__call__` gives every piece its own BOS -- so the
+        ids equal ``processor([prompt], images)``'s. Processing settings arrive flat, nested per modality
+        (``text_kwargs``, ``common_kwargs``...) or inside ``processor_kwargs`` (transformers' and
+        sentence-transformers' forms); other ``kwargs`` go to the template. Returns the rendered text(s) without
+        ``tokenize``, else a ``BatchFeature`` (``return_dict``) or its ``input_ids``.
+        """
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            raise ValueError("this processor has no chat template (chat_template.jinja) to render messages with")
+        settings = {}
+        for source in (processor_kwargs or {}, kwargs):
+            for name in ("audio_kwargs", "videos_kwargs"):  # no such inputs: the template refuses their parts
+                source.pop(name, None)
+            image_settings = set(source.pop("images_kwargs", None) or {}) - set(_SHARED_SETTINGS)
+            if image_settings:  # e.g. num_crops: a setting of the image processor, not of a call
+                raise ValueError(f"Phi-3-V's image settings are fixed at load; got {sorted(image_settings)}")
+            for name in ("text_kwargs", "common_kwargs"):
+                settings.update(source.pop(name, None) or {})
+            if source is processor_kwargs:
+                settings.update(source)
+        for name in _SHARED_SETTINGS:
+            if name in kwargs:
+                settings[name] = kwargs.pop(name)
+        kwargs.pop("load_audio_from_video", None)  # transformers' flag for video inputs, which Phi-3-V refuses
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        rendered = self.tokenizer.apply_chat_template(conversations, chat_template=template, tokenize=False, **kwargs)
+        if not tokenize:
+            return rendered if batched else rendered[0]
+        bos = self.tokenizer.bos_token
+        texts = [text[len(bos) :] if bos and text.startswith(bos) else text for text in rendered]
+        images = [load_image(image) for messages in conversations for image in _image_parts(messages)]
+        return_tensors = settings.pop("return_tensors", None) or return_tensors
+        features = self(texts, images, return_tensors=return_tensors, **settings)
+        return features if return_dict else features["input_ids"]
+
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def _image_parts(messages: list[dict]) -> list:
+    """The images of one conversation's content parts, in order (an ``image`` part's ``image``, ``url`` or
+    ``path``)."""
+    images = []
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "image":
+                image = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
+                if image is None:
+                    raise ValueError(f"an image part without its image (image, url or path): {sorted(part)}")
+                images.append(image)
+    return images
 
 
 __all__ = ["IMAGE_TAG", "IMAGE_TOKEN", "Phi3VImageProcessor", "Phi3VProcessor", "hd_size"]

@@ -5,6 +5,7 @@ import math
 import re
 
 import numpy as np
+import pytest
 from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image, ImageDraw
 
@@ -33,9 +34,10 @@ def _mteb_lines(card: str, repo_id: str, folder: str) -> str:
     return "\n".join(lines[: end + 1]).replace(repr(repo_id).replace("'", '"'), repr(folder))
 
 
-def test_mteb_scores_equal_scores_from_encode(tiny_backbone_dir, tmp_path):
+@pytest.mark.parametrize("model_type", ["llava_next", "phi3_v"])  # Phi-3-V: the card's snippet trusts the Hub code
+def test_mteb_scores_equal_scores_from_encode(model_type, tiny_backbone_dir, tmp_path):
     paths = _images(tmp_path)
-    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("llava_next"))
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir(model_type))
     folder = export_checkpoint(model, tmp_path / "export", card_context={"repo_id": "someone/tiny"})
     snippet = _mteb_lines((folder / "README.md").read_text(), "someone/tiny", str(folder))
     child = f"""

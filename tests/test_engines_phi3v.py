@@ -126,3 +126,80 @@ def test_hub_files_alone_embed_like_encode(export, tmp_path):
     assert result["class"].startswith("transformers_modules.")
     ours = model.encode([{"text": t, "image": p} if p else t for t, p in items], instruction=INSTRUCTION)
     np.testing.assert_allclose(np.asarray(result["emb"]), ours.numpy(), rtol=0, atol=1e-5)
+
+
+ST_CHILD = """
+import json
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+st = SentenceTransformer(FOLDER, trust_remote_code=True)  # Phi-3-V is no transformers model type: Hub code builds it
+out = {"ids": [], "emb": []}
+for text, path, instruction, name in CASES:
+    item = {"text": text, "image": Image.open(path).convert("RGB")} if path else text
+    if path and text is None:
+        item = item["image"]
+    prompt = st.prompts[name] if name else instruction
+    out["ids"].append(st[0].preprocess([item], prompt=prompt)["input_ids"][0].tolist())
+    kwargs = {"prompt_name": name} if name else {"prompt": instruction}
+    out["emb"].append(st.encode([item], **kwargs)[0].tolist())
+"""
+
+
+def test_sentence_transformers_reads_the_export_and_embeds_like_encode(export, tmp_path):
+    """Stock sentence-transformers, in a process without this package, gives `encode()`'s token ids and embeddings
+    (1e-5) for text, images of three shapes, image+text, a placed image tag and a text cut at ``max_length``."""
+    model, folder = export
+    wide, tall = _picture(tmp_path / "wide.png", (120, 40)), _picture(tmp_path / "tall.png", (30, 100))
+    square = _picture(tmp_path / "square.png", (50, 50))
+    long_text = " ".join(["a yellow circle on a navy background"] * 60)
+    cases = [  # (text, image path, instruction, named prompt)
+        ("a yellow circle", None, INSTRUCTION, None),
+        ("a yellow circle", None, None, "MSCOCO_t2i"),
+        (None, wide, None, None),
+        (None, tall, None, "image_target"),
+        ("What is yellow?", square, INSTRUCTION, None),
+        ("Is <|image_1|> round?", tall, None, None),
+        (long_text, None, INSTRUCTION, None),
+        (long_text, wide, None, None),
+    ]
+    code = f"FOLDER, CASES = {str(folder)!r}, {cases!r}\n"
+    theirs = last_json_line(run_isolated(code + ST_CHILD + emit_json_code("out")))
+    prompts = json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]
+    for (text, path, instruction, name), ids, emb in zip(cases, theirs["ids"], theirs["emb"]):
+        instruction = prompts[name] if name else instruction
+        image = Image.open(path).convert("RGB") if path else None
+        assert ids == model.processor([text], [image], instruction=instruction)["input_ids"][0].tolist(), text
+        item = {k: v for k, v in (("text", text), ("image", image)) if v is not None}
+        ours = model.encode([item], instruction=instruction)[0].numpy()
+        np.testing.assert_allclose(np.asarray(emb), ours, rtol=0, atol=1e-5, err_msg=str((text, path)))
+    assert len(theirs["ids"][-2]) == 256 and len(theirs["ids"][-1]) > 256  # text rows cut, image rows whole
+
+
+def test_processor_chat_template_gives_the_ids_of_the_prompt_a_batch_at_a_time(export, tmp_path):
+    """`Phi3VProcessor.apply_chat_template` on a batch equals the processor on the official prompts (the rendered
+    BOS is not doubled); an image setting passed per call is refused rather than ignored."""
+    _, folder = export
+    processor = load_backbone_processor(folder)
+    image = Image.open(_picture(tmp_path / "p.png", (90, 30))).convert("RGB")
+    batch = [
+        [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "a yellow circle"}],
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Why?"}]}],
+    ]
+    got = processor.apply_chat_template(batch, tokenize=True, return_dict=True, padding=True)
+    want = processor([f"{INSTRUCTION} a yellow circle", "<|image_1|> Why?"], [image])
+    assert got.keys() == want.keys()
+    for key in want:
+        assert np.array_equal(np.asarray(got[key]), np.asarray(want[key])), key
+    assert processor.apply_chat_template(batch[0]) == processor.tokenizer.bos_token + f"{INSTRUCTION} a yellow circle"
+    with pytest.raises(ValueError, match="num_crops"):
+        processor.apply_chat_template(batch[1], tokenize=True, processor_kwargs={"images_kwargs": {"num_crops": 16}})
+
+
+def test_card_shows_the_trust_flag_and_no_vllm_command_for_phi3v(export):
+    """transformers has no Phi-3-V class: the card's sentence-transformers and mteb lines trust the folder's code
+    (the mteb test runs that snippet), and it offers no `vllm serve` line that would not work."""
+    _, folder = export
+    card = (folder / "README.md").read_text()
+    engines = card[card.index("## Other engines") :]
+    assert engines.count("trust_remote_code=True)") == 2 and "no `trust_remote_code` needed" not in engines
+    assert "vllm serve" not in engines and "not for this folder yet" in engines

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import transformers
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..image_policy_vlm2vec import unexpressed_policy
@@ -116,6 +117,14 @@ def native_architecture(config: Vlm2VecConfig) -> str | None:
     return (config.to_native_dict().get("architectures") or [None])[0]
 
 
+def engines_need_hub_code(config: Vlm2VecConfig) -> bool:
+    """True when transformers has no class for the export's native ``model_type`` (Phi-3-V's ``phi3_v``):
+    sentence-transformers (and mteb through it) then build the model and processor from the Hub files shipped in
+    the folder, which takes ``trust_remote_code=True``. Read from transformers' own table, not ``CONFIG_MAPPING``,
+    where this package registers ``phi3_v`` for itself."""
+    return config.to_native_dict().get("model_type") not in CONFIG_MAPPING_NAMES
+
+
 def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
     """What other engines see differently, in plain words, or None when nothing differs: the part of the resolution
     policy the backbone processor cannot express (:func:`unexpressed_policy`; e.g. Qwen-VL's pixel bounds are in its
@@ -199,6 +208,7 @@ __all__ = [
     "MMEB_PROMPTS",
     "MODULES",
     "engine_resolution_note",
+    "engines_need_hub_code",
     "native_architecture",
     "render_chat_template",
     "tokenizer_adds_bos",

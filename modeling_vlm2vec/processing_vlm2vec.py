@@ -12,8 +12,8 @@ Hub files.
   backbone processor (what other engines use).
 * The prompt builder (:func:`~.prompting_vlm2vec.build_prompt`) and the resolution and position policies
   (:mod:`.image_policy_vlm2vec`) live in sibling Hub files; this processor is the one place that applies them.
-* :func:`load_backbone_processor` loads the backbone processor saved beside a checkpoint (Qwen-VL without
-  torchvision too, videos included).
+* The backbone processor it wraps is loaded by :func:`~.backbone_processor_vlm2vec.load_backbone_processor` (Qwen-VL
+  without torchvision too, videos included).
 """
 
 from __future__ import annotations
@@ -24,23 +24,18 @@ import shutil
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, ProcessorMixin
+from transformers import ProcessorMixin
 from transformers.dynamic_module_utils import get_relative_import_files
-from transformers.models.auto.processing_auto import processor_class_from_name
-from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl import Qwen2VLProcessor
-from transformers.models.qwen3_vl import Qwen3VLProcessor
-from transformers.utils import cached_file
 
+from .backbone_processor_vlm2vec import HUB_KWARGS, VIDEO_FROM_FRAMES, load_backbone_processor
 from .configuration_vlm2vec import INPUT_CONTRACT_FIELDS, Vlm2VecConfig
 from .image_policy_vlm2vec import apply_position_policy, apply_resolution_policy, backbone_image_settings
 from .phi3v_processing_vlm2vec import IMAGE_TAG, Phi3VProcessor
 from .prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, check_item_text, shorten_text
-from .video_vlm2vec import frames_at_one_size, process_videos
+from .video_vlm2vec import frames_at_one_size
 
 _VISION_START = "<|vision_start|>"
 
-_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 # Backbones whose processor takes one list of images per text (others take a flat list in text order).
 _NESTED_IMAGE_BACKBONES = ("idefics3", "smolvlm", "gemma3")
 #: Backbones whose processor and model take several images in one text (tested), so a video can be fed as its frames.
@@ -118,7 +113,7 @@ class Vlm2VecProcessor(ProcessorMixin):
         processor is Hub code).
         """
         kwargs.pop("_from_auto", None)
-        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = Vlm2VecConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         return cls.from_config(load_backbone_processor(pretrained_model_name_or_path, **kwargs), config)
 
@@ -323,7 +318,7 @@ class Vlm2VecProcessor(ProcessorMixin):
             )
         if not image or not all(isinstance(frame, Image.Image) for frame in image):
             raise ValueError("a video must be a non-empty list of PIL images (its frames)")
-        if self.video_input == "video" and not isinstance(self.backbone_processor, _VIDEO_FROM_FRAMES):
+        if self.video_input == "video" and not isinstance(self.backbone_processor, VIDEO_FROM_FRAMES):
             raise ValueError(
                 f"video_input 'video' builds the video input from the frames itself: wrap the processor "
                 f"load_backbone_processor() gives, not a {type(self.backbone_processor).__name__}"
@@ -342,93 +337,10 @@ def _regroup_frames(images: list, counts: list[int]) -> list:
     return [[next(flat) for _ in range(n)] if n else next(flat) for n in counts]
 
 
-def _image_only(stock: type, video_processor: str, videos: bool) -> type:
-    """A subclass of the stock Qwen-VL processor class ``stock`` without the video processor (which needs
-    torchvision). With ``videos``, its videos (lists of frames) are built by :func:`~.video_vlm2vec.process_videos`
-    from the image processor's output (the Qwen2-VL / Qwen2.5-VL rule); else it takes images and text only.
-
-    It saves as the stock class would, so other tools load the folder with the stock processor class: under the
-    stock class name, with a ``video_processor`` section of class ``video_processor`` (the stock class's video
-    processor) holding the image processor's settings — what transformers itself builds the video processor from
-    for a folder without a video processor config — since the stock loader refuses a folder without one."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.video_processor = None
-        stock.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-    def to_dict(self) -> dict:
-        saved = {**stock.to_dict(self), "processor_class": stock.__name__}
-        image = saved.get("image_processor")
-        if isinstance(image, dict):
-            video = {name: value for name, value in image.items() if name != "image_processor_type"}
-            saved["video_processor"] = {**video, "video_processor_type": video_processor}
-        return saved
-
-    members = {"__init__": __init__, "to_dict": to_dict, "__doc__": _image_only.__doc__}
-    if videos:
-        members["_process_videos"] = process_videos
-    return type(f"ImageOnly{stock.__name__}", (stock,), members)
-
-
-# The stock video processor of each class: transformers' video processor mapping for qwen2_vl, qwen2_5_vl, qwen3_vl.
-ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor, "Qwen2VLVideoProcessor", videos=True)
-ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor, "Qwen2VLVideoProcessor", videos=True)
-ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor, "Qwen3VLVideoProcessor", videos=False)
-#: Processors whose videos :func:`~.video_vlm2vec.process_videos` builds (``video_input: video``).
-_VIDEO_FROM_FRAMES = (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor)
-_IMAGE_ONLY_PROCESSORS = {
-    name: cls
-    for cls in (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor)
-    for name in (cls.__name__, cls.__mro__[1].__name__)
-}
-
-
-def load_backbone_processor(path_or_id: str | os.PathLike, **kwargs):
-    """Load the backbone's own processor saved in a folder or Hub repo (never a :class:`Vlm2VecProcessor`).
-
-    Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors are loaded without their video processor, so they work whether or not
-    torchvision is installed; a folder naming ``Phi3VProcessor`` (Phi-3.5-V and its releases) gets the native
-    :class:`~.phi3v_processing_vlm2vec.Phi3VProcessor` (never the release's Hub code); other saved classes are loaded
-    by name; a folder naming none (or a class that is Hub
-    code) goes through ``AutoProcessor``, which runs Hub code only with ``trust_remote_code=True`` in ``kwargs``.
-    ``trust_remote_code`` is always passed on as an explicit ``True`` / ``False`` (default), so no loader ever stops
-    at transformers' interactive "run custom code?" question (e.g. a tokenizer reading the folder's ``config.json``,
-    whose ``auto_map`` names the Vlm2Vec files).
-    """
-    kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
-    processor_class = _saved_processor_class(str(path_or_id), kwargs)
-    if processor_class == Phi3VProcessor.__name__:  # the native one: the release's Hub code never runs
-        return Phi3VProcessor.from_pretrained(path_or_id, **kwargs)
-    if processor_class in _IMAGE_ONLY_PROCESSORS:
-        return _IMAGE_ONLY_PROCESSORS[processor_class].from_pretrained(path_or_id, **kwargs)
-    stock_class = processor_class_from_name(processor_class) if processor_class else None
-    if stock_class is not None:
-        return stock_class.from_pretrained(path_or_id, **kwargs)
-    return AutoProcessor.from_pretrained(path_or_id, **kwargs)
-
-
-def _saved_processor_class(path_or_id: str, kwargs: dict) -> str | None:
-    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        try:
-            resolved = cached_file(path_or_id, name, **hub_kwargs)
-        except OSError:  # no such file in the folder or repo
-            continue
-        if resolved is not None:
-            with open(resolved, encoding="utf-8") as f:
-                found = json.load(f).get("processor_class")
-            if found:
-                return found
-    return None
-
-
 Vlm2VecProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "FRAMES_BACKBONES",
-    "ImageOnlyQwen2VLProcessor",
-    "ImageOnlyQwen2_5_VLProcessor",
-    "ImageOnlyQwen3VLProcessor",
     "Vlm2VecProcessor",
     "load_backbone_processor",
 ]

@@ -38,7 +38,11 @@ from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3I
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ..processing_vlm2vec import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor, ImageOnlyQwen3VLProcessor
+from ..backbone_processor_vlm2vec import (
+    ImageOnlyQwen2_5_VLProcessor,
+    ImageOnlyQwen2VLProcessor,
+    ImageOnlyQwen3VLProcessor,
+)
 
 TINY_MODEL_TYPES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "phi3_v")
 

@@ -37,6 +37,7 @@ REMOTE_CODE_FILES = (
     "configuration_vlm2vec.py",
     "modeling_vlm2vec.py",
     "processing_vlm2vec.py",
+    "backbone_processor_vlm2vec.py",
     "prompting_vlm2vec.py",
     "image_policy_vlm2vec.py",
     "encode_items_vlm2vec.py",

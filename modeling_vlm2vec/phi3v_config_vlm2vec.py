@@ -8,7 +8,7 @@ transformers' ``longrope``), the vision tower a ``CLIPVisionModel``. Importing t
 
 from __future__ import annotations
 
-from transformers import AutoConfig, CLIPVisionConfig, Phi3Config
+from transformers import CONFIG_MAPPING, AutoConfig, CLIPVisionConfig, Phi3Config
 
 #: The vision tower Phi-3-V's ``img_processor.model_name`` (``openai/clip-vit-large-patch14-336``) implies: ViT-L/14
 #: at 336 px. A ``vision_config`` entry in ``config.json`` replaces it (tiny test backbones use one).
@@ -101,6 +101,9 @@ class Phi3VConfig(Phi3Config):
         return self.vision_config.image_size // self.vision_config.patch_size // 2
 
 
-AutoConfig.register(Phi3VConfig.model_type, Phi3VConfig, exist_ok=True)
+# The first copy of this file to be imported keeps the registration: a checkpoint's Hub copy, imported later by a
+# trusted load, must not replace it, or AutoConfig would hand out a config class AutoModel has no model for.
+if Phi3VConfig.model_type not in CONFIG_MAPPING:
+    AutoConfig.register(Phi3VConfig.model_type, Phi3VConfig)
 
 __all__ = ["CLIP_VIT_L14_336", "IMAGE_TOKEN_ID", "Phi3VConfig"]

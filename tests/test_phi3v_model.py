@@ -172,3 +172,5 @@ def test_saved_wrapper_reloads_identically(tiny_backbone_dir, tmp_path):
     assert set(got) == set(expected)
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
+    # the trusted load imported the checkpoint's copy of the Phi-3-V config file: the package's classes still build
+    assert isinstance(Vlm2VecModel.from_backbone(tiny_backbone_dir("phi3_v")).backbone, Phi3VModel)

@@ -104,6 +104,13 @@ def _check_stopped_at_torchvision(model_type: str, theirs: dict) -> None:
     )
 
 
+def _check_needs_trust(theirs: dict) -> None:
+    """A backbone transformers has no processor class for (Phi-3-V): the stock loader refuses the export's own Hub
+    file unless trusted (the trusted load is tests/test_engines_phi3v.py's)."""
+    assert theirs.get("error") == "ValueError", theirs
+    assert "trust_remote_code=True" in theirs["message"]
+
+
 def test_every_export_loads_with_the_stock_processor_of_its_backbone(exports):
     folders = {
         model_type: (str(folder), model.processor.build_prompt(TEXT, True), model_type in NESTED_IMAGES)
@@ -111,7 +118,9 @@ def test_every_export_loads_with_the_stock_processor_of_its_backbone(exports):
     }
     results = _stock_load(folders)
     for model_type, (model, _) in exports.items():
-        if model_type in STOCK_VIDEO_PROCESSORS and not TORCHVISION:
+        if model_type not in PROCESSOR_MAPPING_NAMES:
+            _check_needs_trust(results[model_type])
+        elif model_type in STOCK_VIDEO_PROCESSORS and not TORCHVISION:
             _check_stopped_at_torchvision(model_type, results[model_type])
         else:
             _check_loaded(model_type, model, results[model_type])

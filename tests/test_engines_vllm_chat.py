@@ -119,7 +119,7 @@ def test_vllm_detects_every_exported_template_as_openai_and_renders_our_prompt(e
     folder, served, processor = exports[model_type]
     template = (folder / "chat_template.jinja").read_text()
     assert detect_content_format(template) == "openai"
-    bos = served.tokenizer.bos_token if template.startswith("{{ bos_token }}") else ""
+    bos = served.tokenizer.bos_token if "{{ bos_token }}" in template else ""  # the template starts with it
     placeholder = VLLM_IMAGE_PLACEHOLDERS[model_type]
     for name, messages, (text, has_image, instruction) in REQUESTS:
         conversation = vllm_conversation(messages, "openai", placeholder)
@@ -138,7 +138,7 @@ def test_the_string_format_renders_another_prompt_for_images(exports, model_type
         templates.append(PRE_FIX_TEMPLATE)
         assert detect_content_format(PRE_FIX_TEMPLATE) == "string"
     for template in templates:
-        bos = served.tokenizer.bos_token if template.startswith("{{ bos_token }}") else ""
+        bos = served.tokenizer.bos_token if "{{ bos_token }}" in template else ""  # the template starts with it
         for name, messages, (text, has_image, instruction) in REQUESTS:
             conversation = vllm_conversation(messages, "string", placeholder)
             rendered = served.tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False)

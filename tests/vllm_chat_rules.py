@@ -30,6 +30,7 @@ VLLM_IMAGE_PLACEHOLDERS = {
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "phi3_v": "<|image_1|>",  # models/phi3v.py get_placeholder_str: f"<|image_{i}|>"
 }
 
 

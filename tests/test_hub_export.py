@@ -34,6 +34,7 @@ EXPECTED_FILES = {
     "phi3v_config_vlm2vec.py",
     "phi3v_model_vlm2vec.py",
     "phi3v_processing_vlm2vec.py",
+    "backbone_processor_vlm2vec.py",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",

@@ -59,7 +59,7 @@ def _collection(root: Path) -> None:
 
 
 def _official_release(raw_dir: Path, folder: Path) -> None:
-    """A stand-in for an official release: a random DoRA adapter saved by peft on the raw backbone."""
+    """A tiny random release in the official layout: a random DoRA adapter saved by peft on the raw backbone."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText

@@ -40,7 +40,7 @@ IMAGES = [Image.new("RGB", (40, 30), "red"), None]
 
 
 def _official_release(raw_dir, folder, model_type, *, layout="v4"):
-    """Train-free stand-in for a release: a random DoRA adapter on the raw model, saved, keys renamed to `layout`."""
+    """A tiny random release, untrained: a random DoRA adapter on the raw model, saved, keys renamed to `layout`."""
     raw = AutoModelForImageTextToText.from_pretrained(raw_dir)
     torch.manual_seed(3)
     config = LoraConfig(r=4, lora_alpha=16, target_modules=TARGETS, use_dora=True, init_lora_weights=False)

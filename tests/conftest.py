@@ -25,3 +25,24 @@ def tiny_backbone_dir(tmp_path_factory):
         return built[model_type]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def bos_export(tiny_backbone_dir, tmp_path_factory):
+    """A LLaVA-Next export whose tokenizer adds BOS, as real Llama tokenizers do: (model, processor, folder)."""
+    from tokenizers import processors
+
+    from modeling_vlm2vec import Vlm2VecModel
+    from modeling_vlm2vec.hub.export import export_checkpoint
+    from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
+
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("llava_next"))
+    backbone_processor = load_backbone_processor(tiny_backbone_dir("llava_next"))
+    tokenizer = backbone_processor.tokenizer
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+    processor = Vlm2VecProcessor.from_config(backbone_processor, model.config)
+    folder = export_checkpoint(model, tmp_path_factory.mktemp("bos-export") / "out", processor=processor)
+    return model, processor, folder

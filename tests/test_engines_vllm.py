@@ -7,11 +7,10 @@ import json
 import pytest
 from PIL import Image
 from safetensors import safe_open
-from tokenizers import processors
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.hub.export import export_checkpoint
-from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
+from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 
 # vLLM 0.33: architectures registered as multimodal embedding models, and generative VLMs it runs with
 # `--runner pooling` (converted: last-token pooling, normalised).
@@ -28,21 +27,6 @@ def _vllm_pooling(folder) -> tuple[str, bool]:
     modes = [k.removeprefix("pooling_mode_") for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
     normalize = any(m["type"] == "sentence_transformers.models.Normalize" for m in modules)
     return {"lasttoken": "LAST", "cls_token": "CLS", "mean_tokens": "MEAN"}[modes[0]], normalize
-
-
-@pytest.fixture(scope="module")
-def bos_export(tiny_backbone_dir, tmp_path_factory):
-    """A LLaVA-Next export whose tokenizer adds BOS, as real Llama tokenizers do."""
-    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("llava_next"))
-    backbone_processor = load_backbone_processor(tiny_backbone_dir("llava_next"))
-    tokenizer = backbone_processor.tokenizer
-    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)]
-    )
-    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
-    processor = Vlm2VecProcessor.from_config(backbone_processor, model.config)
-    folder = export_checkpoint(model, tmp_path_factory.mktemp("vllm") / "out", processor=processor)
-    return model, processor, folder
 
 
 @pytest.mark.parametrize("model_type", ["llava_next", "idefics3", "qwen2_vl", "qwen2_5_vl"])

@@ -5,12 +5,8 @@ without), so served embeddings equal ``encode()``'s. Runs the renderer and the m
 import pytest
 import torch
 from serve_helpers import INSTRUCTION, image_messages, picture
-from tokenizers import processors
 
-from modeling_vlm2vec import Vlm2VecModel
-from modeling_vlm2vec.hub.export import export_checkpoint
 from modeling_vlm2vec.loading import load_vlm2vec
-from modeling_vlm2vec.processing_vlm2vec import Vlm2VecProcessor, load_backbone_processor
 from modeling_vlm2vec.serve import ServeSettings
 from modeling_vlm2vec.serve.errors import ApiError
 from modeling_vlm2vec.serve.forward import embed_inputs
@@ -19,16 +15,9 @@ from modeling_vlm2vec.serve.rendering import Renderer
 
 
 @pytest.fixture(scope="module")
-def bos_export(tiny_backbone_dir, tmp_path_factory):
-    """A LLaVA-Next export whose tokenizer adds BOS, as real Llama tokenizers do."""
-    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("llava_next"))
-    backbone_processor = load_backbone_processor(tiny_backbone_dir("llava_next"))
-    tokenizer = backbone_processor.tokenizer
-    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)]
-    )
-    processor = Vlm2VecProcessor.from_config(backbone_processor, model.config)
-    folder = export_checkpoint(model, tmp_path_factory.mktemp("serve-bos") / "out", processor=processor)
+def served(bos_export):
+    """The BOS-tokenizer export (conftest's ``bos_export``) as the server loads it: (folder, model)."""
+    folder = bos_export[2]
     return folder, load_vlm2vec(folder)
 
 
@@ -38,14 +27,14 @@ def _serve(model, body):
     return prepared, embed_inputs(model, prepared, batch_size=4)
 
 
-def test_the_served_template_is_the_exported_file(bos_export):
-    folder, model = bos_export
+def test_the_served_template_is_the_exported_file(served):
+    folder, model = served
     renderer = Renderer(model, ServeSettings(served_model_names=("m",)))
     assert renderer.template == (folder / "chat_template.jinja").read_text(encoding="utf-8")
 
 
-def test_a_bos_tokenizer_gets_one_bos_on_both_paths_and_embeddings_equal_encode(bos_export):
-    _, model = bos_export
+def test_a_bos_tokenizer_gets_one_bos_on_both_paths_and_embeddings_equal_encode(served):
+    _, model = served
     bos = model.processor.tokenizer.bos_token_id
     images = [picture("red", (60, 40)), picture("green", (30, 50))]
     conversations = [image_messages(images[0], "first question"), image_messages(images[1], "second", "Find it.")]
@@ -71,7 +60,7 @@ def test_a_bos_tokenizer_gets_one_bos_on_both_paths_and_embeddings_equal_encode(
     assert not torch.allclose(bare[0], vectors[0], atol=1e-3)
 
 
-def test_text_parts_with_a_literal_image_token_are_refused(bos_export):
-    _, model = bos_export
+def test_text_parts_with_a_literal_image_token_are_refused(served):
+    _, model = served
     with pytest.raises(ApiError, match="image token"):
         _serve(model, {"messages": [{"role": "user", "content": [{"type": "text", "text": "see <image> here"}]}]})

@@ -1,8 +1,9 @@
 """The micro-batcher alone (no model): merging up to max_batch_size, a full queue, a failing request isolated,
-close() answering every queued job."""
+close() answering every queued job, waiting for requests being prepared."""
 
 import queue
 import threading
+import time
 
 import pytest
 
@@ -72,3 +73,34 @@ def test_close_answers_every_queued_job_first():
     closing.join(30)
     assert not closing.is_alive()
     assert [f.result(0) for f in futures] == [f"done j{i}" for i in range(5)]
+
+
+def test_a_batch_waits_past_max_wait_for_a_request_being_prepared():
+    run = Recorder()
+    run.gate.set()
+    batcher = _batcher(run, max_wait_ms=50)  # 50 ms for new requests, up to 500 ms for requests being prepared
+    with batcher.preparing():  # "b" is being prepared when "a" arrives, and takes 300 ms
+        first = batcher.submit(["a"])
+        threading.Event().wait(0.3)
+        second = batcher.submit(["b"])
+    assert (first.result(30), second.result(30)) == ("done a", "done b")
+    # without a request in preparation, the same gap splits the batch (50 ms of waiting, then "a" runs alone)
+    third = batcher.submit(["c"])
+    threading.Event().wait(0.3)
+    fourth = batcher.submit(["d"])
+    assert (third.result(30), fourth.result(30)) == ("done c", "done d")
+    batcher.close()
+    assert run.calls == [[["a"], ["b"]], [["c"]], [["d"]]]
+
+
+def test_a_request_stuck_in_preparation_holds_a_batch_ten_times_max_wait_at_most():
+    run = Recorder()
+    run.gate.set()
+    batcher = _batcher(run, max_wait_ms=20)
+    with batcher.preparing():  # never submits
+        start = time.monotonic()
+        future = batcher.submit(["a"])
+        assert future.result(5) == "done a"  # ran while the other request was still being prepared
+        assert time.monotonic() - start >= 0.2 * 0.95  # after ten times max_wait, not after max_wait
+    batcher.close()
+    assert run.calls == [[["a"]]]

@@ -133,16 +133,17 @@ def create_app(
                 raise ApiError(404, f"The model `{parsed.model}` does not exist.")
             request_id = request.headers.get("x-request-id") or parsed.request_id or request_id
             current = served()
-            prepared = await run_in_threadpool(current.renderer.prepare, parsed)
-            items = len(prepared)
-            try:
-                future = current.batcher.submit(prepared)
-            except queue.Full:
-                raise ApiError(
-                    503,
-                    f"the server is busy ({settings.max_queue_size} requests queued); retry later",
-                    headers={"Retry-After": "1"},
-                ) from None
+            with current.batcher.preparing():  # the batch being gathered waits for this request
+                prepared = await run_in_threadpool(current.renderer.prepare, parsed)
+                items = len(prepared)
+                try:
+                    future = current.batcher.submit(prepared)
+                except queue.Full:
+                    raise ApiError(
+                        503,
+                        f"the server is busy ({settings.max_queue_size} requests queued); retry later",
+                        headers={"Retry-After": "1"},
+                    ) from None
             try:
                 vectors, counts = await asyncio.wrap_future(future)
             except ValueError as exc:  # an input the processor refuses (e.g. its image alone exceeds max_length)

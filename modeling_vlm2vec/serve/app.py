@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import queue
-import secrets
 import threading
 import time
 import uuid
@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..modeling_vlm2vec import Vlm2VecModel, truncate_embeddings
+from .auth import ApiKeyMiddleware
 from .batcher import MicroBatcher
 from .errors import ApiError, bad_request
 from .forward import embed_inputs
@@ -106,14 +107,8 @@ def create_app(
 
     app = FastAPI(title="vlm2vec embeddings", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if settings.api_keys and request.url.path.startswith("/v1"):
-            header = request.headers.get("authorization", "")
-            key = header[7:] if header.lower().startswith("bearer ") else ""
-            if not any(secrets.compare_digest(key.encode(), k.encode()) for k in settings.api_keys):
-                return JSONResponse({"error": "Unauthorized"}, status_code=401)
-        return await call_next(request)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys)
 
     def served() -> ServedModel:
         if state["served"] is None:
@@ -252,6 +247,7 @@ def _encode(vector, encoding_format: str, endianness: str):
     return base64.b64encode(vector.astype(f"{_BYTE_ORDER[endianness]}f4").tobytes()).decode("ascii")
 
 
+@functools.cache
 def _version() -> str:
     try:
         return version("vlm2vec")

@@ -124,32 +124,26 @@ class Phi3VImageProcessor(ImageProcessingMixin):
         if transposed:
             canvas = canvas.transpose(Image.Transpose.TRANSPOSE)
             padded_w, padded_h = padded_h, padded_w
-        pixels = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8)
-        pixels = pixels.view(padded_h, padded_w, 3).permute(2, 0, 1).float() / 255  # (3, H, W)
-        mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_std).view(3, 1, 1)
-        return (pixels - mean) / std
+        pixels = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(padded_h, padded_w, 3).float()
+        # normalised in place in the (H, W, 3) layout PIL gives (a channel-first broadcast over it is ~10x slower)
+        pixels.div_(255).sub_(torch.tensor(self.image_mean)).div_(torch.tensor(self.image_std))
+        return pixels.permute(2, 0, 1)  # (3, H, W), a view
 
     def __call__(self, images: list[Image.Image], return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         if isinstance(images, Image.Image):
             images = [images]
         size = self.crop_size
-        pixel_values, image_sizes = [], []
-        for image in images:
+        pixel_values = torch.zeros(len(images), self.num_crops + 1, 3, size, size)  # written in place below
+        image_sizes = []
+        for row, image in zip(pixel_values, images):
             hd = self._hd_image(image)  # (3, H, W)
             _, height, width = hd.shape
-            global_view = F.interpolate(hd[None], size=(size, size), mode="bicubic", align_corners=False)
-            crops = (
-                hd.view(3, height // size, size, width // size, size).permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size)
-            )
-            stacked = torch.cat([global_view, crops])  # (1 + crops, 3, S, S)
-            padding = torch.zeros(self.num_crops + 1 - stacked.shape[0], 3, size, size)
-            pixel_values.append(torch.cat([stacked, padding]))
+            row[0] = F.interpolate(hd[None], size=(size, size), mode="bicubic", align_corners=False)[0]
+            crops = hd.view(3, height // size, size, width // size, size).permute(1, 3, 0, 2, 4)  # (h, w, 3, S, S)
+            row[1 : 1 + crops.shape[0] * crops.shape[1]].view(crops.shape[:2] + (3, size, size)).copy_(crops)
             image_sizes.append([height, width])
         data = {
-            "pixel_values": torch.stack(pixel_values)
-            if pixel_values
-            else torch.zeros(0, self.num_crops + 1, 3, size, size),
+            "pixel_values": pixel_values,
             "image_sizes": torch.tensor(image_sizes, dtype=torch.long).view(-1, 2),
             "num_img_tokens": [self.num_tokens(h, w) for h, w in image_sizes],
         }

@@ -14,6 +14,10 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 from vllm_phi3v_rules import VLLM_IMAGE_TOKEN_ID, apply_prompt_updates, hf_mm_text, prompt_ids
 
+from modeling_vlm2vec import Vlm2VecModel
+from modeling_vlm2vec.hub.export import export_checkpoint
+from modeling_vlm2vec.hub.push import push_checkpoint
+from modeling_vlm2vec.loading import load_vlm2vec
 from modeling_vlm2vec.phi3v_processing_vlm2vec import Phi3VProcessor
 
 INSTRUCTION = "Represent the given image with the following question:"
@@ -213,3 +217,24 @@ def test_num_crops_in_a_call_must_match_the_loaded_one(phi3v_export):
     assert processor(text="<|image_1|>", images=[image], num_crops=4)["pixel_values"].shape[1] == 5
     with pytest.raises(ValueError, match="num_crops is set when loading"):
         processor(text="<|image_1|>", images=[image], num_crops=16)
+
+
+def test_the_package_loads_re_exports_and_pushes_the_export(phi3v_export, tmp_path):
+    """This package's loaders read the export as before (embeddings equal the exported model's), a second export of
+    it has the same engine entries, and a push uploads the files those entries name."""
+    model, folder = phi3v_export
+    items = ["a yellow circle", {"text": "What is yellow?", "image": Image.new("RGB", (90, 30), (200, 200, 0))}]
+    expected = model.encode(items, instruction=INSTRUCTION)
+    for loaded in (load_vlm2vec(folder, dtype=None), Vlm2VecModel.from_pretrained(folder)):
+        assert type(loaded) is Vlm2VecModel
+        torch.testing.assert_close(loaded.encode(items, instruction=INSTRUCTION), expected, atol=1e-6, rtol=0)
+    again = export_checkpoint(folder, tmp_path / "again")
+    for name in ("config.json", "processor_config.json"):
+        assert json.loads((again / name).read_text())["auto_map"] == json.loads((folder / name).read_text())["auto_map"]
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    processor_map = json.loads((folder / "processor_config.json").read_text())["auto_map"]
+    named = {f"{ref.split('.')[0]}.py" for ref in (*auto_map.values(), *processor_map.values())}
+    assert named == {"phi3v_config_vlm2vec.py", "modeling_vlm2vec.py", "phi3v_processing_vlm2vec.py"}
+    pushed = push_checkpoint(folder, "me/phi3v", dry_run=True)
+    assert named <= set(pushed)
+    assert {"config.json", "processor_config.json", "chat_template.jinja", "model.safetensors"} <= set(pushed)

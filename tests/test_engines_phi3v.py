@@ -1,6 +1,8 @@
-"""A Phi-3-V export read by other engines: its Hub files alone (a process without this package), and what vLLM's
-``Phi3VForCausalLM`` reads, checked statically (vLLM's wheel needs CUDA). Facts about vLLM 0.33 are from its
-``model_executor/models/phi3v.py`` (weight mapper, processor rule) and its pooling-config reader."""
+"""A Phi-3-V export read by other engines: its Hub files alone (a process without this package), sentence-transformers,
+the weights and files vLLM's ``Phi3VForCausalLM`` reads, checked statically (vLLM's wheel needs CUDA), and the model
+card. Facts about vLLM 0.33 are from its ``model_executor/models/phi3v.py`` (weight mapper, weight loading), its
+pooling adapter and its pooling-config reader; its config, processor and prompt path are
+``tests/test_engines_phi3v_vllm.py``'s."""
 
 import json
 import re

@@ -30,6 +30,22 @@ OFFICIAL_COUNTS_4 = {(336, 336): 757, (640, 480): 757, (200, 150): 757, (1000, 1
 OFFICIAL_COUNTS_4[(900, 300)] = 601
 
 
+#: (text, index of its image in SIZES or None, the user message's parts), as vLLM's Phi-3-V example sends them
+CASES = [
+    ("What is yellow?", 1, [{"type": "image"}, {"type": "text", "text": "What is yellow?"}]),
+    (None, 4, [{"type": "image"}]),
+    ("Is <|image_1|> round?", 0, [{"type": "text", "text": "Is <|image_1|> round?"}, {"type": "image"}]),
+    ("a yellow circle", None, [{"type": "text", "text": "a yellow circle"}]),
+]
+
+
+def _official_prompt(text: str | None, has_image: bool) -> str:
+    """The official code's prompt: instruction, then text, joined by a space; ``<|image_1|> `` first for an image
+    unless placed."""
+    joined = " ".join(p for p in (INSTRUCTION, text) if p)
+    return f"<|image_1|> {joined}" if has_image and "<|image_1|>" not in joined else joined
+
+
 def _picture(path, size):
     image = Image.new("RGB", size, "navy")
     ImageDraw.Draw(image).ellipse([2, 2, size[0] // 2, size[1] // 2], fill="yellow")
@@ -68,6 +84,9 @@ for i, path in enumerate(PATHS):  # one image per request, as vLLM calls it
         out = proc(text=proc.img_tokens[0], images=[image], truncation=False, return_tensors="pt", num_crops=crops)
         tensors[f"{name}.pixel_values.{i}"] = out["pixel_values"]
         tensors[f"{name}.image_sizes.{i}"] = out["image_sizes"]
+for i, (prompt, index) in enumerate(PROMPTS):  # the processor called on a whole prompt, as transformers users do
+    images = [Image.open(PATHS[index]).convert("RGB")] if index is not None else None
+    tensors[f"ids.{i}"] = processor(text=prompt, images=images, return_tensors="pt")["input_ids"]
 save_file(tensors, OUT)
 model = AutoModel.from_pretrained(FOLDER, trust_remote_code=True)
 built = AutoModel.from_config(config, trust_remote_code=True)
@@ -100,7 +119,9 @@ def vllm_view(phi3v_export, tmp_path_factory):
     _, folder = phi3v_export
     tmp = tmp_path_factory.mktemp("phi3v-vllm")
     paths = [_picture(tmp / f"{w}x{h}.png", (w, h)) for w, h in SIZES]
+    prompts = [(_official_prompt(text, index is not None), index) for text, index, _ in CASES]
     setup = f"FOLDER, PATHS, SIZES, READ = {str(folder)!r}, {paths!r}, {SIZES!r}, {READ!r}\nOUT = {str(tmp / 'o')!r}\n"
+    setup += f"PROMPTS = {prompts!r}\n"
     result = last_json_line(run_isolated(setup + CHILD + emit_json_code("out")))
     return result, load_file(tmp / "o"), paths
 
@@ -174,30 +195,27 @@ def test_vllm_input_path_gives_this_packages_ids_and_pixels(phi3v_export, vllm_v
     """vLLM's path (``vllm_phi3v_rules``) on the exported template and the ``AutoProcessor`` output equals
     ``model.processor`` for the official prompt, as a plain prompt and as chat messages, image first or placed, and
     for text: the same ids (vLLM writes 32044 at image positions, where the model puts the image features whatever
-    the id) and the same ``pixel_values`` / ``image_sizes``."""
+    the id) and the same ``pixel_values`` / ``image_sizes``; the ``AutoProcessor`` called on the prompt itself gives
+    the same ids too."""
     model, folder = phi3v_export
     result, tensors, paths = vllm_view
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)  # what vLLM tokenizes with
     template = result["template"]
     assert template == (folder / "chat_template.jinja").read_text()
     image_id = model.config.backbone_config.image_token_id
-    cases = [  # (text, image index, the user message's parts), as vLLM's Phi-3-V example sends them
-        ("What is yellow?", 1, [{"type": "image"}, {"type": "text", "text": "What is yellow?"}]),
-        (None, 4, [{"type": "image"}]),
-        ("Is <|image_1|> round?", 0, [{"type": "text", "text": "Is <|image_1|> round?"}, {"type": "image"}]),
-        ("a yellow circle", None, [{"type": "text", "text": "a yellow circle"}]),
-    ]
-    for text, index, content in cases:
+    for case, (text, index, content) in enumerate(CASES):
         image = Image.open(paths[index]).convert("RGB") if index is not None else None
         ours = model.processor([text], [image], instruction=INSTRUCTION)
-        expected = ours["input_ids"][0].tolist()
-        expected = [VLLM_IMAGE_TOKEN_ID if i == image_id else i for i in expected]
+        # the AutoProcessor on the whole prompt, as a transformers user calls it: the same ids, image positions as
+        # `<|image|>` already (vLLM 0.33 rewrites no processor ids; older releases replaced the negative ids of
+        # Microsoft's processor by 32044 because they called it on the prompt)
+        assert tensors[f"ids.{case}"].tolist() == ours["input_ids"].tolist(), text
+        expected = [VLLM_IMAGE_TOKEN_ID if i == image_id else i for i in ours["input_ids"][0].tolist()]
         counts = [result["counts"][0][index]] if index is not None else []
         assert sum(i == VLLM_IMAGE_TOKEN_ID for i in expected) == sum(counts)
         messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": content}]
         rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
-        joined = " ".join(p for p in (INSTRUCTION, text) if p)
-        official = f"<|image_1|> {joined}" if image is not None and "<|image_1|>" not in joined else joined
+        official = _official_prompt(text, image is not None)
         assert rendered == tokenizer.bos_token + official, text  # the official prompt, after the template's BOS
         for prompt, chat in ((official, False), (rendered, True)):
             ids = prompt_ids(tokenizer, prompt, chat)

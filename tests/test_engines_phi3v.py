@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from modeling_vlm2vec import Vlm2VecConfig
 from modeling_vlm2vec.hub.card import render_model_card
+from modeling_vlm2vec.hub.engines import vllm_unsupported
 from modeling_vlm2vec.phi3v_config_vlm2vec import Phi3VConfig
 from modeling_vlm2vec.processing_vlm2vec import load_backbone_processor
 
@@ -194,3 +195,7 @@ def test_card_trusts_the_folder_and_offers_vllm_only_for_phi35vs_vision_tower(ph
     [command] = [line for line in card.splitlines() if line.startswith("vllm serve ")]
     assert command == "vllm serve me/phi35v --runner pooling --trust-remote-code --chat-template-content-format openai"
     assert "not for this folder" not in card
+    # vLLM sizes the image separators and projection from img_processor's image_dim_out, not from the tower
+    backbone["img_processor"] = {"image_dim_out": 32}
+    reason = vllm_unsupported(Vlm2VecConfig(backbone_config=Phi3VConfig(**backbone)))
+    assert reason is not None and "image_dim_out 32 (the tower's hidden_size: 1024)" in reason

@@ -140,6 +140,9 @@ def vllm_unsupported(config: Vlm2VecConfig) -> str | None:
     vision = config.backbone_config.vision_config
     differ = [f"{name} {getattr(vision, name)} (vLLM: {value})" for name, value in VLLM_PHI3V_VISION.items()
               if getattr(vision, name) != value]  # fmt: skip
+    dim_out = config.backbone_config.img_processor.get("image_dim_out")
+    if dim_out != vision.hidden_size:  # vLLM sizes the separators and the projection from it (phi3v.py:183-206)
+        differ.append(f"img_processor image_dim_out {dim_out} (the tower's hidden_size: {vision.hidden_size})")
     if not differ:
         return None
     return (

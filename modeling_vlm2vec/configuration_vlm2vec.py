@@ -61,6 +61,16 @@ AUTO_MAP = {
     "AutoConfig": "configuration_vlm2vec.Vlm2VecConfig",
     "AutoModel": "modeling_vlm2vec.Vlm2VecModel",
 }
+#: ``auto_map`` of the export layout where :data:`AUTO_MAP` does not serve: transformers has no Phi-3-V class, so vLLM
+#: reads a Phi-3-V export's config as Hub code through ``AutoConfig`` and needs the backbone's own config class there;
+#: ``AutoModel`` then needs a class whose ``config_class`` has that name (transformers checks it), which yields the
+#: `Vlm2VecModel` (``Phi3VVlm2VecModel``).
+NATIVE_AUTO_MAPS = {
+    "phi3_v": {
+        "AutoConfig": "phi3v_config_vlm2vec.Phi3VConfig",
+        "AutoModel": "modeling_vlm2vec.Phi3VVlm2VecModel",
+    },
+}
 #: The class other engines build for backbones transformers has no image-text-to-text class for: the original Hub
 #: model's (vLLM serves Phi-3-V exports as `Phi3VForCausalLM`, as it serves `TIGER-Lab/VLM2Vec-Full`).
 HUB_ARCHITECTURES = {"phi3_v": "Phi3VForCausalLM"}
@@ -194,11 +204,24 @@ class Vlm2VecConfig(PreTrainedConfig):
             config_dict = wrapper_dict_from_native(config_dict)
         return config_dict, kwargs
 
+    @classmethod
+    def from_native_config(cls, config: PreTrainedConfig) -> Vlm2VecConfig:
+        """The config of an export whose ``config.json`` was read as the backbone's own config (what ``AutoConfig``
+        gives through a :data:`NATIVE_AUTO_MAPS` entry, e.g. a `Phi3VConfig`): the backbone is ``config``, the settings
+        its ``"vlm2vec"`` section. `ValueError` when ``config`` has no such section (not a Vlm2Vec export)."""
+        native = config.to_dict()
+        if NATIVE_SETTINGS_KEY not in native:
+            raise ValueError(
+                f"this {type(config).__name__} has no {NATIVE_SETTINGS_KEY!r} section: not a Vlm2Vec export's config"
+            )
+        return cls.from_dict(native)
+
     def to_native_dict(self) -> dict:
         """The export layout's ``config.json``: the backbone's native config (``architectures`` its
         ``...ForConditionalGeneration``, what other engines build), this config's settings under ``"vlm2vec"`` and the
-        ``auto_map`` that makes ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` a `Vlm2VecModel`, and
-        ``matryoshka_dimensions`` at the top level when the model has them."""
+        ``auto_map`` that makes ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` a `Vlm2VecModel`
+        (:data:`AUTO_MAP`, or the backbone's :data:`NATIVE_AUTO_MAPS` entry), and ``matryoshka_dimensions`` at the top
+        level when the model has them."""
         native = self.backbone_config.to_dict()
         architecture = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(self.backbone_type) or HUB_ARCHITECTURES.get(
             self.backbone_type
@@ -207,7 +230,8 @@ class Vlm2VecConfig(PreTrainedConfig):
             native["architectures"] = [architecture]
         if self.dtype is not None:
             native["dtype"] = str(self.dtype).removeprefix("torch.")
-        native["auto_map"] = dict(AUTO_MAP)  # the folder ships our files only (not a release's own Hub code)
+        # the folder ships our files only (not a release's own Hub code)
+        native["auto_map"] = dict(NATIVE_AUTO_MAPS.get(self.backbone_type, AUTO_MAP))
         native[NATIVE_SETTINGS_KEY] = {name: getattr(self, name) for name in WRAPPER_FIELDS}
         if self.matryoshka_dimensions:  # top level, where engines read it (vLLM's `dimensions` request parameter)
             native["matryoshka_dimensions"] = list(self.matryoshka_dimensions)
@@ -387,7 +411,9 @@ def wrapper_dict_from_native(native: dict) -> dict:
     :meth:`Vlm2VecConfig.to_native_dict`)."""
     backbone = {k: v for k, v in native.items() if k not in (NATIVE_SETTINGS_KEY, "auto_map", "matryoshka_dimensions")}
     wrapper = {"model_type": Vlm2VecConfig.model_type, "backbone_config": backbone, **native[NATIVE_SETTINGS_KEY]}
-    for key in ("auto_map", "dtype", "transformers_version"):
+    if "auto_map" in native:  # the wrapper's own entries, whatever the export layout named for its backbone
+        wrapper["auto_map"] = dict(AUTO_MAP)
+    for key in ("dtype", "transformers_version"):
         if key in native:
             wrapper[key] = native[key]
     return wrapper
@@ -399,6 +425,7 @@ __all__ = [
     "AUTO_MAP",
     "DEFAULT_IMAGE_TOKENS",
     "INPUT_CONTRACT_FIELDS",
+    "NATIVE_AUTO_MAPS",
     "NATIVE_SETTINGS_KEY",
     "POSITION_POLICIES",
     "SETTING_DEFAULTS",

@@ -14,6 +14,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_vlm2vec import Vlm2VecConfig
 from .encode_items_vlm2vec import as_item, length_batches, open_item_image, prepared_batches
+from .phi3v_config_vlm2vec import Phi3VConfig
 from .phi3v_model_vlm2vec import Phi3VModel  # registers the native phi3_v backbone with AutoModel
 from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
@@ -306,6 +307,35 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
         return a @ b.T
 
 
+class Phi3VVlm2VecModel(Vlm2VecModel):
+    """The ``AutoModel`` entry of a Phi-3-V export (its ``auto_map``, see ``NATIVE_AUTO_MAPS``); never built itself.
+
+    vLLM reads such a folder's ``config.json`` through ``AutoConfig`` as the backbone's `Phi3VConfig`, so
+    ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` hands that config to its entry, and transformers
+    accepts only an entry whose ``config_class`` has the config's class name. Loading and building return a plain
+    `Vlm2VecModel`: the backbone is the given config, the settings its ``"vlm2vec"`` section
+    (`Vlm2VecConfig.from_native_config`).
+    """
+
+    config_class = Phi3VConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, config=None, **kwargs):
+        """`Vlm2VecModel.from_pretrained` of the folder; a ``config`` read as the backbone's (`Phi3VConfig`) becomes
+        its `Vlm2VecConfig`."""
+        if config is not None and not isinstance(config, Vlm2VecConfig):
+            config = Vlm2VecConfig.from_native_config(config)
+        return Vlm2VecModel.from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs) -> Vlm2VecModel:
+        """A randomly initialised `Vlm2VecModel` (what ``AutoModel.from_config`` builds) of a backbone config with a
+        ``"vlm2vec"`` section."""
+        if not isinstance(config, Vlm2VecConfig):
+            config = Vlm2VecConfig.from_native_config(config)
+        return Vlm2VecModel._from_config(config, **kwargs)
+
+
 def _native_key_mapping(path, kwargs: dict) -> dict[str, str]:
     """The renaming from the export layout of the checkpoint at ``path`` (by its ``config.json`` model type)."""
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
@@ -330,4 +360,11 @@ def _backbone_from_config(backbone_config) -> PreTrainedModel:
 
 Vlm2VecModel.register_for_auto_class("AutoModel")
 
-__all__ = ["Vlm2VecModel", "Vlm2VecPreTrainedModel", "Vlm2VecOutput", "pool", "truncate_embeddings"]
+__all__ = [
+    "Phi3VVlm2VecModel",
+    "Vlm2VecModel",
+    "Vlm2VecPreTrainedModel",
+    "Vlm2VecOutput",
+    "pool",
+    "truncate_embeddings",
+]

@@ -87,8 +87,11 @@ class Phi3VConfig(Phi3Config):
             )
         super().__post_init__(**kwargs)
         # the release's `auto_map` names its own Python files; this native config replaces them, and keeping the
-        # entries would send a trusted load of a saved checkpoint looking for files that are not there
-        self.__dict__.pop("auto_map", None)
+        # entries would send a trusted load of a saved checkpoint looking for files that are not there. A Vlm2Vec
+        # export names this very class (its folder ships this file): kept, `AutoModel` finds its entry there.
+        auto_map = self.__dict__.get("auto_map") or {}
+        if auto_map.get("AutoConfig") != f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}":
+            self.__dict__.pop("auto_map", None)
 
     @property
     def crop_size(self) -> int:

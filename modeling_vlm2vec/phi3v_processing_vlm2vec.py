@@ -6,7 +6,9 @@ PIL and numpy's transformers dependency through torch).
   crops; ``image_sizes`` is the padded ``[height, width]``.
 * :class:`Phi3VProcessor`: the official prompt rule -- the text is split at ``<|image_N|>`` and each piece tokenized
   on its own (so each gets its own BOS): ``[BOS, image positions..., BOS, text...]``; padding on either side;
-  ``truncation`` cuts rows without an image only.
+  ``truncation`` cuts rows without an image only. It also offers what vLLM's ``Phi3VForCausalLM`` asks of the
+  release's processor (``img_tokens``, ``calc_num_image_tokens_from_image_size``, loading with a given
+  ``tokenizer=`` and ``num_crops=``), so a Phi-3-V export names it as its ``AutoProcessor``.
 
 Both read and write the files of a Phi-3.5-V folder (``preprocessor_config.json`` with ``num_crops`` /
 ``num_img_tokens``, ``processor_config.json`` naming ``Phi3VProcessor``, the tokenizer files).
@@ -18,11 +20,13 @@ import json
 import math
 import os
 import re
+import sys
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image
 
@@ -31,6 +35,8 @@ IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
 #: The token image positions carry (``Phi3VConfig.image_token_id`` in the Phi-3.5 vocabulary).
 IMAGE_TOKEN = "<|image|>"
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+#: What ``AutoProcessor`` adds to a ``from_pretrained`` call besides the Hub options; nothing to this processor.
+_AUTO_KWARGS = ("trust_remote_code", "_from_auto", "code_revision")
 #: Processing settings that apply to a whole call (engines pass them in every modality's settings).
 _SHARED_SETTINGS = ("padding", "padding_side", "truncation", "max_length", "return_tensors")
 
@@ -57,6 +63,19 @@ def hd_size(width: int, height: int, num_crops: int, crop: int = 336) -> tuple[i
     if transposed:
         return new_h, new_w, padded_h, new_w
     return new_w, new_h, new_w, padded_h
+
+
+class ImageTags(Sequence):
+    """The image tags of a prompt in order: index ``i`` holds ``<|image_{i+1}|>``, for as many images as a prompt can
+    hold (the release's processor lists them in ``img_tokens``; vLLM indexes and slices that list)."""
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [f"<|image_{i + 1}|>" for i in range(len(self))[index]]
+        return f"<|image_{range(len(self))[index] + 1}|>"
 
 
 class Phi3VImageProcessor(ImageProcessingMixin):
@@ -150,7 +169,7 @@ class Phi3VImageProcessor(ImageProcessingMixin):
         return BatchFeature(data)
 
 
-class Phi3VProcessor:
+class Phi3VProcessor(ProcessorMixin):
     """Phi-3-V's processor: :class:`Phi3VImageProcessor` plus the tokenizer, with the official prompt rule.
 
     ``processor(text=[...], images=[...], padding=True, padding_side="right", return_tensors="pt",
@@ -160,28 +179,43 @@ class Phi3VProcessor:
     ``[BOS, <|image|> x N, BOS, ▁Represent, ...]``. Tags take the images in order over the whole batch. With
     ``truncation`` and ``max_length``, rows without an image keep their first ``max_length`` tokens; rows with an
     image are never cut (the official processor ignores truncation on its image path).
+
+    What vLLM's ``Phi3VForCausalLM`` reads of it (vLLM 0.33 ``model_executor/models/phi3v.py``): :attr:`img_tokens`
+    (the tags it looks for in a prompt), :meth:`calc_num_image_tokens_from_image_size` (the positions it writes for an
+    image) and the ``pixel_values`` / ``image_sizes`` of a call; it loads the processor with its own ``tokenizer=`` and
+    the ``num_crops=`` of its ``mm_processor_kwargs``, and passes that ``num_crops`` to each call again.
     """
 
     attributes = ["image_processor", "tokenizer"]
+    #: the tags of a prompt's images, ``<|image_1|>``, ``<|image_2|>``... (the release processor's attribute)
+    img_tokens = ImageTags()
 
     def __init__(self, image_processor: Phi3VImageProcessor, tokenizer, chat_template: str | None = None):
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token = IMAGE_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token, which Phi-3-V's image positions carry")
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs) -> Phi3VProcessor:
+    def from_pretrained(cls, path_or_id: str | os.PathLike, tokenizer=None, **kwargs) -> Phi3VProcessor:
         """Load from a Phi-3.5-V folder or Hub repo; ``num_crops`` (and other image-processor settings) override the
-        saved ones. No Python file of the folder runs (``trust_remote_code`` is not needed and ignored)."""
-        kwargs.pop("trust_remote_code", None)
+        saved ones; a given ``tokenizer`` (vLLM passes its own) replaces the saved one. No Python file of the folder
+        runs (``trust_remote_code`` is not needed and ignored)."""
+        for name in _AUTO_KWARGS:
+            kwargs.pop(name, None)
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False, **hub_kwargs)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False, **hub_kwargs)
         image_processor = Phi3VImageProcessor.from_pretrained(path_or_id, **hub_kwargs, **kwargs)
         return cls(image_processor, tokenizer, chat_template=getattr(tokenizer, "chat_template", None))
+
+    def calc_num_image_tokens_from_image_size(self, width: int, height: int) -> int:
+        """Image positions of a ``width x height`` image (before any processing): its HD transform's crops
+        (:func:`hd_size` with this processor's ``num_crops``), counted by ``Phi3VImageProcessor.num_tokens``."""
+        image = self.image_processor
+        *_, padded_w, padded_h = hd_size(width, height, image.num_crops, image.crop_size)
+        return image.num_tokens(padded_h, padded_w)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """Write the tokenizer, ``preprocessor_config.json`` and a ``processor_config.json`` naming this class."""
@@ -217,8 +251,19 @@ class Phi3VProcessor:
         return_tensors: str | None = "pt",
         truncation: bool = False,
         max_length: int | None = None,
+        num_crops: int | None = None,
         **kwargs,
     ) -> BatchFeature:
+        """Process ``text`` (one string or a batch) and the images its ``<|image_N|>`` tags take, in order.
+        ``num_crops`` is the image processor's setting, fixed at load (vLLM repeats it on each call): another value
+        raises ``ValueError`` rather than giving pixels that disagree with the positions. Returns ``input_ids`` and
+        ``attention_mask`` (batch, seq), and with images ``pixel_values`` (images, num_crops + 1, 3, S, S) and
+        ``image_sizes`` (images, 2)."""
+        if num_crops is not None and num_crops != self.image_processor.num_crops:
+            raise ValueError(
+                f"num_crops is set when loading the processor ({self.image_processor.num_crops}), got {num_crops} "
+                f"in a call; load it with num_crops={num_crops}"
+            )
         texts = [text] if isinstance(text, str) else list(text)
         tags = [len(IMAGE_TAG.findall(t)) for t in texts]
         images = list(images or [])
@@ -312,4 +357,4 @@ def _image_parts(messages: list[dict]) -> list:
     return images
 
 
-__all__ = ["IMAGE_TAG", "IMAGE_TOKEN", "Phi3VImageProcessor", "Phi3VProcessor", "hd_size"]
+__all__ = ["IMAGE_TAG", "IMAGE_TOKEN", "ImageTags", "Phi3VImageProcessor", "Phi3VProcessor", "hd_size"]

@@ -9,7 +9,8 @@ Hub files.
   ``video``, Qwen2-VL / Qwen2.5-VL's own video input, see :mod:`.video_vlm2vec`). Training
   (the collator), evaluation and ``Vlm2VecModel.encode`` all call it; ``AutoProcessor.from_pretrained(checkpoint,
   trust_remote_code=True)`` returns it, while ``AutoProcessor.from_pretrained(checkpoint)`` still gives the bare
-  backbone processor (what other engines use).
+  backbone processor (what other engines use); in a Phi-3-V export (the layout other engines read) the trusted
+  ``AutoProcessor`` is the backbone's own Hub-file processor, which vLLM and sentence-transformers need.
 * The prompt builder (:func:`~.prompting_vlm2vec.build_prompt`) and the resolution and position policies
   (:mod:`.image_policy_vlm2vec`) live in sibling Hub files; this processor is the one place that applies them.
 * The backbone processor it wraps is loaded by :func:`~.backbone_processor_vlm2vec.load_backbone_processor` (Qwen-VL
@@ -117,11 +118,18 @@ class Vlm2VecProcessor(ProcessorMixin):
         config = Vlm2VecConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         return cls.from_config(load_backbone_processor(pretrained_model_name_or_path, **kwargs), config)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
+    def save_pretrained(self, save_directory: str | os.PathLike, engine_layout: bool = False, **kwargs) -> list[str]:
         """Save the backbone processor, register this class for ``AutoProcessor`` in its config file and copy this
         module and the sibling Hub files it imports beside it. The settings are not written here: they live in the
-        model's ``config.json`` (the backbone processor's own files carry what it can express of them)."""
+        model's ``config.json`` (the backbone processor's own files carry what it can express of them).
+
+        ``engine_layout`` (the export layout other engines read): when the backbone processor is itself one of these
+        Hub files (Phi-3-V's, which transformers has no class for), ``AutoProcessor`` names it instead, since vLLM and
+        sentence-transformers load the processor only through ``AutoProcessor`` with ``trust_remote_code=True``.
+        """
         self._configure_backbone()
+        engine_entry = engine_layout and isinstance(self.backbone_processor, Phi3VProcessor)
+        entry = self.backbone_processor if engine_entry else self
         files = self.backbone_processor.save_pretrained(save_directory, **kwargs)
         for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
             path = os.path.join(save_directory, name)
@@ -131,7 +139,7 @@ class Vlm2VecProcessor(ProcessorMixin):
                 auto_map = saved.setdefault("auto_map", {})
                 if "AutoProcessor" in auto_map:  # a backbone whose own processor is Hub code keeps its entry
                     break
-                auto_map["AutoProcessor"] = f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+                auto_map["AutoProcessor"] = f"{type(entry).__module__.rsplit('.', 1)[-1]}.{type(entry).__name__}"
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
                 for source in (__file__, *get_relative_import_files(__file__)):

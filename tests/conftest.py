@@ -46,3 +46,15 @@ def bos_export(tiny_backbone_dir, tmp_path_factory):
     processor = Vlm2VecProcessor.from_config(backbone_processor, model.config)
     folder = export_checkpoint(model, tmp_path_factory.mktemp("bos-export") / "out", processor=processor)
     return model, processor, folder
+
+
+@pytest.fixture(scope="session")
+def phi3v_export(tiny_backbone_dir, tmp_path_factory):
+    """A tiny random Phi-3-V exported (the official settings: prompt kept unstripped, max_length 256): (model,
+    folder)."""
+    from modeling_vlm2vec import Vlm2VecModel
+    from modeling_vlm2vec.hub.export import export_checkpoint
+
+    model = Vlm2VecModel.from_backbone(tiny_backbone_dir("phi3_v"), strip_prompt=False, max_length=256)
+    folder = export_checkpoint(model, tmp_path_factory.mktemp("phi3v-export") / "out")
+    return model, folder

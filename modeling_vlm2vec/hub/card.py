@@ -34,7 +34,7 @@ from ..evaluation.mmeb_v1.report import GROUP_TITLES, build_summary
 from ..evaluation.mmeb_v2.report import build_v2_summary
 from ..evaluation.mmeb_v2.runner import V2_RESULTS_FOLDER
 from ..image_policy_vlm2vec import pixel_bounds_are_native
-from .engines import engine_resolution_note, engines_need_hub_code, native_architecture
+from .engines import engine_resolution_note, engines_need_hub_code, native_architecture, vllm_unsupported
 
 _TEMPLATE_NAME = "vlm2vec_card.md"
 # The template lives in the repository's model_cards/; a non-editable install puts it under <prefix>/share/vlm2vec.
@@ -282,6 +282,7 @@ def render_model_card(
         architecture=native_architecture(config),
         engine_note=engine_resolution_note(config),
         engine_hub_code=engines_need_hub_code(config),
+        vllm_unsupported=vllm_unsupported(config),
     )
 
 

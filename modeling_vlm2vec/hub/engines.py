@@ -23,6 +23,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from ..configuration_vlm2vec import Vlm2VecConfig
 from ..image_policy_vlm2vec import unexpressed_policy
+from ..phi3v_config_vlm2vec import CLIP_VIT_L14_336
 from ..prompting_vlm2vec import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 #: MMEB's query instructions (the "original" variant baked into MMEB-train), named by dataset; the image placeholder
@@ -125,6 +126,31 @@ def engines_need_hub_code(config: Vlm2VecConfig) -> bool:
     return config.to_native_dict().get("model_type") not in CONFIG_MAPPING_NAMES
 
 
+#: The vision tower vLLM 0.33's ``Phi3VForCausalLM`` builds whatever the config says (``phi3v.py``:
+#: ``CLIP_VIT_LARGE_PATCH14_336_CONFIG``, lines 83-94; ``reshape_hd_patches_2x2merge`` asserts 576 patches of 1024
+#: channels): Phi-3.5-V's CLIP ViT-L/14 at 336 px (the projection size plays no part in the tower).
+VLLM_PHI3V_VISION = {k: v for k, v in CLIP_VIT_L14_336.items() if k != "projection_dim"}
+
+
+def vllm_unsupported(config: Vlm2VecConfig) -> str | None:
+    """Why vLLM cannot serve the export, in plain words, or None when it can. A Phi-3-V backbone whose vision tower is
+    not the one vLLM hard-codes (:data:`VLLM_PHI3V_VISION`, e.g. a tiny test model) would not load there."""
+    if config.backbone_type != "phi3_v":
+        return None
+    vision = config.backbone_config.vision_config
+    differ = [f"{name} {getattr(vision, name)} (vLLM: {value})" for name, value in VLLM_PHI3V_VISION.items()
+              if getattr(vision, name) != value]  # fmt: skip
+    dim_out = config.backbone_config.img_processor.get("image_dim_out")
+    if dim_out != vision.hidden_size:  # vLLM sizes the separators and the projection from it (phi3v.py:183-206)
+        differ.append(f"img_processor image_dim_out {dim_out} (the tower's hidden_size: {vision.hidden_size})")
+    if not differ:
+        return None
+    return (
+        f"vLLM's `Phi3VForCausalLM` always builds Phi-3.5-V's CLIP ViT-L/14-336 vision tower, whatever the config "
+        f"says; this model's tower differs: {', '.join(differ)}."
+    )
+
+
 def engine_resolution_note(config: Vlm2VecConfig) -> str | None:
     """What other engines see differently, in plain words, or None when nothing differs: the part of the resolution
     policy the backbone processor cannot express (:func:`unexpressed_policy`; e.g. Qwen-VL's pixel bounds are in its
@@ -207,10 +233,12 @@ def _write_json(path: Path, data) -> None:
 __all__ = [
     "MMEB_PROMPTS",
     "MODULES",
+    "VLLM_PHI3V_VISION",
     "engine_resolution_note",
     "engines_need_hub_code",
     "native_architecture",
     "render_chat_template",
     "tokenizer_adds_bos",
+    "vllm_unsupported",
     "write_engine_files",
 ]

@@ -93,7 +93,7 @@ def save_native(model: Vlm2VecModel, folder: str | os.PathLike, processor, promp
     config = model.config.to_native_dict()
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_torch_state_dict(native_state_dict(model), folder, metadata={"format": "pt"})
-    processor.save_pretrained(folder)
+    processor.save_pretrained(folder, engine_layout=True)
     write_engine_files(folder, model.config, processor, prompts)
 
 

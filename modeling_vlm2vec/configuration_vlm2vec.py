@@ -76,6 +76,11 @@ NATIVE_AUTO_MAPS = {
 HUB_ARCHITECTURES = {"phi3_v": "Phi3VForCausalLM"}
 
 
+def is_native_export_config(config: PreTrainedConfig) -> bool:
+    """True for a backbone config read from a Vlm2Vec export's ``config.json`` (it has the ``"vlm2vec"`` section)."""
+    return getattr(config, NATIVE_SETTINGS_KEY, None) is not None
+
+
 class Vlm2VecConfig(PreTrainedConfig):
     r"""
     Configuration of [`Vlm2VecModel`]: a vision-language backbone read as an embedding model.
@@ -209,12 +214,11 @@ class Vlm2VecConfig(PreTrainedConfig):
         """The config of an export whose ``config.json`` was read as the backbone's own config (what ``AutoConfig``
         gives through a :data:`NATIVE_AUTO_MAPS` entry, e.g. a `Phi3VConfig`): the backbone is ``config``, the settings
         its ``"vlm2vec"`` section. `ValueError` when ``config`` has no such section (not a Vlm2Vec export)."""
-        native = config.to_dict()
-        if NATIVE_SETTINGS_KEY not in native:
+        if not is_native_export_config(config):
             raise ValueError(
                 f"this {type(config).__name__} has no {NATIVE_SETTINGS_KEY!r} section: not a Vlm2Vec export's config"
             )
-        return cls.from_dict(native)
+        return cls.from_dict(config.to_dict())
 
     def to_native_dict(self) -> dict:
         """The export layout's ``config.json``: the backbone's native config (``architectures`` its
@@ -434,5 +438,6 @@ __all__ = [
     "Vlm2VecConfig",
     "WRAPPER_FIELDS",
     "check_false_negative_margin",
+    "is_native_export_config",
     "wrapper_dict_from_native",
 ]

@@ -12,10 +12,10 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file
 from transformers.utils.logging import tqdm
 
-from .configuration_vlm2vec import Vlm2VecConfig
+from .configuration_vlm2vec import Vlm2VecConfig, is_native_export_config
 from .encode_items_vlm2vec import as_item, length_batches, open_item_image, prepared_batches
 from .phi3v_config_vlm2vec import Phi3VConfig
-from .phi3v_model_vlm2vec import Phi3VModel  # registers the native phi3_v backbone with AutoModel
+from .phi3v_model_vlm2vec import Phi3VModel
 from .processing_vlm2vec import FRAMES_BACKBONES, Vlm2VecProcessor, load_backbone_processor
 
 #: Weight names of the export layout -> this class: the backbone's weights are saved as its native
@@ -308,29 +308,34 @@ class Vlm2VecModel(Vlm2VecPreTrainedModel):
 
 
 class Phi3VVlm2VecModel(Vlm2VecModel):
-    """The ``AutoModel`` entry of a Phi-3-V export (its ``auto_map``, see ``NATIVE_AUTO_MAPS``); never built itself.
+    """``AutoModel``'s class for the ``phi3_v`` model type: registered on import, and the ``auto_map`` entry of a
+    Phi-3-V export (see ``NATIVE_AUTO_MAPS``); never built itself.
 
-    vLLM reads such a folder's ``config.json`` through ``AutoConfig`` as the backbone's `Phi3VConfig`, so
-    ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` hands that config to its entry, and transformers
-    accepts only an entry whose ``config_class`` has the config's class name. Loading and building return a plain
-    `Vlm2VecModel`: the backbone is the given config, the settings its ``"vlm2vec"`` section
-    (`Vlm2VecConfig.from_native_config`).
+    vLLM reads a Phi-3-V export's ``config.json`` through ``AutoConfig`` as the backbone's `Phi3VConfig`, so
+    ``AutoModel`` hands that config to this entry (transformers accepts only an entry whose ``config_class`` has the
+    config's class name). A config with a ``"vlm2vec"`` section (a Vlm2Vec export) gives a `Vlm2VecModel` whose
+    backbone is that config (`Vlm2VecConfig.from_native_config`); any other (a Phi-3.5-V release) gives the bare
+    `Phi3VModel` backbone. One entry for both, because transformers prefers a class registered in the process over a
+    folder's ``auto_map``: with this package imported, both kinds of folder reach this class.
     """
 
     config_class = Phi3VConfig
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, config=None, **kwargs):
-        """`Vlm2VecModel.from_pretrained` of the folder; a ``config`` read as the backbone's (`Phi3VConfig`) becomes
-        its `Vlm2VecConfig`."""
+        """`Vlm2VecModel.from_pretrained` of a Vlm2Vec checkpoint, `Phi3VModel.from_pretrained` of a release."""
+        if isinstance(config, Phi3VConfig) and not is_native_export_config(config):
+            return Phi3VModel.from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
         if config is not None and not isinstance(config, Vlm2VecConfig):
             config = Vlm2VecConfig.from_native_config(config)
         return Vlm2VecModel.from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
 
     @classmethod
-    def _from_config(cls, config, **kwargs) -> Vlm2VecModel:
-        """A randomly initialised `Vlm2VecModel` (what ``AutoModel.from_config`` builds) of a backbone config with a
-        ``"vlm2vec"`` section."""
+    def _from_config(cls, config, **kwargs) -> PreTrainedModel:
+        """What ``AutoModel.from_config`` builds, randomly initialised: a `Vlm2VecModel` for a config with a
+        ``"vlm2vec"`` section, else a `Phi3VModel`."""
+        if isinstance(config, Phi3VConfig) and not is_native_export_config(config):
+            return Phi3VModel._from_config(config, **kwargs)
         if not isinstance(config, Vlm2VecConfig):
             config = Vlm2VecConfig.from_native_config(config)
         return Vlm2VecModel._from_config(config, **kwargs)
@@ -359,6 +364,7 @@ def _backbone_from_config(backbone_config) -> PreTrainedModel:
 
 
 Vlm2VecModel.register_for_auto_class("AutoModel")
+AutoModel.register(Phi3VConfig, Phi3VVlm2VecModel, exist_ok=True)
 
 __all__ = [
     "Phi3VVlm2VecModel",

@@ -6,15 +6,15 @@ image embedding (:class:`Phi3VImageEmbedding`): each crop's patch features merge
 grid, learned separators, an MLP projection, placed at the image positions of ``input_ids``. Weight names are those
 of ``microsoft/Phi-3.5-vision-instruct`` (``model.embed_tokens``, ``model.layers.*``,
 ``model.vision_embed_tokens.img_processor.vision_model.*``, ``model.vision_embed_tokens.{glb_GN,sub_GN,
-img_projection.*}``), so its checkpoints and releases in its layout load without their Python files. Importing this
-module registers :class:`Phi3VModel` with ``AutoModel`` for the ``phi3_v`` model type.
+img_projection.*}``), so its checkpoints and releases in its layout load without their Python files. ``AutoModel``
+builds it for a ``phi3_v`` folder without Vlm2Vec settings (``modeling_vlm2vec.Phi3VVlm2VecModel``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModel, CLIPVisionModel, Phi3Model
+from transformers import CLIPVisionModel, Phi3Model
 from transformers import initialization as init
 
 from .phi3v_config_vlm2vec import Phi3VConfig
@@ -149,7 +149,5 @@ class Phi3VModel(Phi3Model):
                 raise ValueError("input_ids hold image positions but no pixel_values were given")
         return super().forward(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
-
-AutoModel.register(Phi3VConfig, Phi3VModel, exist_ok=True)
 
 __all__ = ["Phi3VImageEmbedding", "Phi3VModel", "merge_2x2"]

@@ -11,13 +11,14 @@ import torch
 from hub_isolation import emit_json_code, last_json_line, run_isolated
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 from vllm_phi3v_rules import VLLM_IMAGE_TOKEN_ID, apply_prompt_updates, hf_mm_text, prompt_ids
 
 from modeling_vlm2vec import Vlm2VecModel
 from modeling_vlm2vec.hub.export import export_checkpoint
 from modeling_vlm2vec.hub.push import push_checkpoint
 from modeling_vlm2vec.loading import load_vlm2vec
+from modeling_vlm2vec.phi3v_model_vlm2vec import Phi3VModel
 from modeling_vlm2vec.phi3v_processing_vlm2vec import Phi3VProcessor
 
 INSTRUCTION = "Represent the given image with the following question:"
@@ -167,6 +168,22 @@ def test_automodel_still_gives_the_vlm2vec_model(phi3v_export, vllm_view):
             "pooling": "last",
         }
     assert loaded["backbone_config"]["hidden_size"] == model.config.hidden_size
+
+
+def test_automodel_in_a_process_with_the_package_gives_the_vlm2vec_model_and_a_release_its_backbone(
+    phi3v_export, tiny_backbone_dir
+):
+    """transformers prefers a class registered in the process over a folder's ``auto_map``: with this package imported,
+    ``AutoModel`` of the export still gives `Vlm2VecModel` (equal embeddings), and of a Phi-3.5-V release (no
+    ``"vlm2vec"`` section) the bare `Phi3VModel`, with no Python file of the folder run."""
+    model, folder = phi3v_export
+    loaded = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert isinstance(loaded, Vlm2VecModel) and loaded.config.backbone_type == "phi3_v"
+    items = ["a red circle", {"text": "what is shown?", "image": Image.new("RGB", (500, 300), (200, 30, 30))}]
+    assert torch.allclose(loaded.encode(items), model.encode(items), atol=1e-6)
+    assert isinstance(AutoModel.from_pretrained(tiny_backbone_dir("phi3_v")), Phi3VModel)
+    assert isinstance(AutoModel.from_config(AutoConfig.from_pretrained(folder)), Vlm2VecModel)
+    assert isinstance(AutoModel.from_config(AutoConfig.from_pretrained(tiny_backbone_dir("phi3_v"))), Phi3VModel)
 
 
 def test_autoprocessor_offers_what_vllm_calls(vllm_view):

@@ -9,7 +9,10 @@ over HTTP with ``--items-per-request`` items per request from 1, 4 and 16 client
 each). The rounds repeat ``--repeats`` times, in rotating order; each HTTP round is divided by the ``encode()`` round
 of its repeat (the ratio, > 1 = the server faster), and the median ratio is the headline, with items/s (best round,
 median in brackets) and client-side request latency p50 / p99 over all rounds. Every server embedding is compared
-with ``encode()``'s (max abs difference).
+with ``encode()``'s (max abs difference). With ``c`` clients of ``k`` items each, no micro-batch holds more than
+``c * k`` rows: ``ceiling_ratio`` is in-process ``encode()`` at that batch size (capped at ``--batch-size``) against
+``encode()`` at ``--batch-size`` (``--repeats`` rounds after the others, medians) -- what a server with no cost of its
+own would reach.
 """
 
 from __future__ import annotations
@@ -103,6 +106,13 @@ def http_round(clients: HttpClients, inputs: list, per_request: int) -> tuple[fl
     return seconds, latencies, np.stack([rows[i] for i in range(len(inputs))])
 
 
+def encode_time(model, items: list, instruction: str | None, batch_size: int) -> float:
+    """Seconds of in-process ``encode()`` of ``items`` at ``batch_size``."""
+    start = time.perf_counter()
+    model.encode(items, instruction=instruction, batch_size=batch_size, show_progress_bar=False)
+    return time.perf_counter() - start
+
+
 def start_server(folder: str, max_batch_size: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "modeling_vlm2vec.serve", folder, "--port", "0",
                "--max_batch_size", str(max_batch_size), "--max_wait_ms", str(max_wait_ms)]  # fmt: skip
@@ -155,9 +165,7 @@ def main() -> None:
                 order = order[repeat % len(order) :] + order[: repeat % len(order)]
                 for step in order:
                     if step == "encode":
-                        start = time.perf_counter()
-                        model.encode(items, instruction=instruction, batch_size=args.batch_size)
-                        encode_seconds.append(time.perf_counter() - start)
+                        encode_seconds.append(encode_time(model, items, instruction, args.batch_size))
                     else:
                         seconds, lat, served = http_round(clients[step], inputs, args.items_per_request)
                         http_seconds[step].append(seconds)
@@ -167,10 +175,14 @@ def main() -> None:
             for c in CONCURRENCY:
                 ratios = [e / h for e, h in zip(encode_seconds, http_seconds[c])]
                 lat = np.asarray(latencies[c]) * 1000
+                rows = min(c * args.items_per_request, args.batch_size)  # the most a micro-batch can hold
+                small = [encode_time(model, items, instruction, rows) for _ in range(args.repeats)]
                 row[f"concurrency_{c}"] = {
                     "items_per_second": _rate(args.items, http_seconds[c]),
                     "ratio_to_encode_median": round(median(ratios), 3),
                     "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                    "batch_rows_at_most": rows,
+                    "ceiling_ratio": round(median(encode_seconds) / median(small), 3),
                     "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
                     "latency_ms_p99": round(float(np.percentile(lat, 99)), 1),
                 }

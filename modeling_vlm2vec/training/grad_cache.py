@@ -13,8 +13,8 @@ parameters only through the embeddings, so ``dL/dtheta = sum_chunks (dL/de_chunk
    chunk, then re-embed every other chunk with grad under its recorded RNG state (same dropout masks as in phase 1,
    hence the same embeddings) and back-propagate its surrogate. How the backward passes synchronise gradients
    across ranks (DDP ``no_sync``, FSDP2 deferred or per-chunk reduce-scatter, DeepSpeed's boundary and single
-   ``engine.step()``) is the business of a :class:`~.gradient_sync.GradientSync` policy. On CPU the heap each
-   backward freed goes back to the system before the next chunk (:mod:`.cpu_heap`), so the peak follows one chunk.
+   ``engine.step()``) is the business of a :class:`~.gradient_sync.GradientSync` policy. On CPU the free heap the
+   replays leave resident is bounded (:mod:`.cpu_heap`), so the peak follows one chunk's activations.
 
 Under engines that shard parameters (FSDP, DeepSpeed; the policy's ``lockstep``) every rank must run the same
 sequence of forwards and backwards through the same sharded units, or the per-unit collectives hang. The step then
@@ -37,7 +37,7 @@ from torch.utils.checkpoint import _infer_device_type, get_device_states, set_de
 
 from ..common.distributed import all_max, is_distributed
 from .batching import group_rows, model_inputs, split_group, with_vision_filler
-from .cpu_heap import release_freed_memory
+from .cpu_heap import HeapTrimmer
 from .gradient_sync import GradientSync, gradient_sync
 from .losses import ContrastiveLossOutput
 
@@ -105,7 +105,8 @@ class GradCache:
         self.vision_filler = vision_filler
         # one tensor per device holding parameters: the RNG of every device the forward runs on is snapshot
         self._model_devices = list({p.device: p for p in model.parameters()}.values())
-        self._on_cpu = all(t.device.type == "cpu" for t in self._model_devices)
+        # on CPU the free heap the replays leave resident is bounded (:mod:`.cpu_heap`)
+        self.heap = HeapTrimmer() if all(t.device.type == "cpu" for t in self._model_devices) else None
 
     def step(self, groups: Mapping[str, dict[str, torch.Tensor]], scale: float = 1.0) -> ContrastiveLossOutput:
         """Accumulate ``scale * dL/dtheta`` into ``.grad`` and return the (detached) loss and accuracy.
@@ -121,6 +122,8 @@ class GradCache:
             # every rank runs as many chunks as the rank with the most; dummies go first so the last chunk is real
             parts = [(None, parts[0][1])] * (all_max(len(parts)) - len(parts)) + parts
         chunks = [self._chunk(name, part) for name, part in parts]
+        if self.heap is not None:
+            self.heap.start()
         with self.sync.step():
             self.embed(chunks)
             output = self.cache_gradients(chunks)
@@ -175,19 +178,16 @@ class GradCache:
         with self.sync.chunk(last=not replays):
             self.sync.backward(self._surrogate(kept.live_embeddings, kept.gradient, scale), last=not replays)
         kept.live_embeddings = None
-        self._release_cpu_heap()
+        if self.heap is not None:
+            self.heap.after_chunk()
         for i, chunk in enumerate(replays):
             last = i == len(replays) - 1
             with self.sync.chunk(last):
                 with self.replay_context(chunk):
                     embeddings = self.model(**chunk.inputs).embeddings  # (rows, d)
                 self.sync.backward(self._surrogate(embeddings, chunk.gradient, scale), last)
-            self._release_cpu_heap()
-
-    def _release_cpu_heap(self) -> None:
-        """On CPU, give the heap the chunk's activations freed back to the system (:mod:`.cpu_heap`)."""
-        if self._on_cpu:
-            release_freed_memory()
+            if self.heap is not None:
+                self.heap.after_chunk()
 
     def replay_context(self, chunk: _Chunk) -> contextlib.AbstractContextManager:
         """The RNG state ``chunk``'s replay runs under: the one recorded before its phase-1 forward."""

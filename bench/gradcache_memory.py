@@ -20,7 +20,6 @@ Comparing them across batch sizes separates what the step holds from what the al
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +42,8 @@ from common import (
 )
 from gradcache_step import make_trainer  # noqa: E402
 
+from modeling_vlm2vec.training.cpu_heap import heap_info
+
 
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -55,35 +56,15 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 class HeapTrace:
     """Forward hook: glibc's live heap and heap size (MiB) after every forward, and whether it ran with grad."""
 
     def __init__(self, model):
-        self.libc = ctypes.CDLL("libc.so.6")
-        self.libc.mallinfo2.restype = _Mallinfo2
         self.rows: list[dict] = []
         model.register_forward_hook(self)
 
     def __call__(self, module, args, output) -> None:
-        info = self.libc.mallinfo2()
+        info = heap_info()
         self.rows.append(
             {
                 "grad": torch.is_grad_enabled(),

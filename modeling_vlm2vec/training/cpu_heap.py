@@ -47,10 +47,17 @@ def _glibc():
     return process
 
 
+def heap_info() -> _Mallinfo2 | None:
+    """glibc's ``mallinfo2()`` (bytes: ``arena`` heap size, ``uordblks`` in use, ``fordblks`` free, ``hblkhd``
+    mapped), or None without glibc."""
+    libc = _glibc()
+    return None if libc is None else libc.mallinfo2()
+
+
 def free_heap_bytes() -> int | None:
     """Bytes of free memory glibc's heaps hold (``mallinfo2().fordblks``), or None without glibc."""
-    libc = _glibc()
-    return None if libc is None else libc.mallinfo2().fordblks
+    info = heap_info()
+    return None if info is None else info.fordblks
 
 
 def release_freed_memory() -> bool:
@@ -94,4 +101,4 @@ class HeapTrimmer:
             self.trims += 1
 
 
-__all__ = ["HeapTrimmer", "free_heap_bytes", "release_freed_memory"]
+__all__ = ["HeapTrimmer", "free_heap_bytes", "heap_info", "release_freed_memory"]

@@ -73,6 +73,8 @@ def test_close_answers_every_queued_job_first():
     closing.join(30)
     assert not closing.is_alive()
     assert [f.result(0) for f in futures] == [f"done j{i}" for i in range(5)]
+    with pytest.raises(RuntimeError, match="shutting down"):  # the server answers 503
+        batcher.submit(["late"])
 
 
 def test_a_batch_waits_past_max_wait_for_a_request_being_prepared():

@@ -139,6 +139,8 @@ def create_app(
                         f"the server is busy ({settings.max_queue_size} requests queued); retry later",
                         headers={"Retry-After": "1"},
                     ) from None
+                except RuntimeError:  # the batcher has closed: the server is shutting down
+                    raise ApiError(503, "the server is shutting down", headers={"Retry-After": "5"}) from None
             try:
                 vectors, counts = await asyncio.wrap_future(future)
             except ValueError as exc:  # an input the processor refuses (e.g. its image alone exceeds max_length)

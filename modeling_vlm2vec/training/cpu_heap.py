@@ -81,11 +81,10 @@ class HeapTrimmer:
 
     def __init__(self):
         self.bound: int | None = None
-        self.trims = 0
 
     def start(self) -> None:
         self.bound = None
-        self._trim()
+        release_freed_memory()
 
     def after_chunk(self) -> None:
         free = free_heap_bytes()
@@ -94,11 +93,7 @@ class HeapTrimmer:
         if self.bound is None:
             self.bound = free
         elif free > self.GROWTH * self.bound:
-            self._trim()
-
-    def _trim(self) -> None:
-        if release_freed_memory():
-            self.trims += 1
+            release_freed_memory()
 
 
 __all__ = ["HeapTrimmer", "free_heap_bytes", "heap_info", "release_freed_memory"]

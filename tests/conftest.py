@@ -58,3 +58,13 @@ def phi3v_export(tiny_backbone_dir, tmp_path_factory):
     model = Vlm2VecModel.from_backbone(tiny_backbone_dir("phi3_v"), strip_prompt=False, max_length=256)
     folder = export_checkpoint(model, tmp_path_factory.mktemp("phi3v-export") / "out")
     return model, folder
+
+
+@pytest.fixture(scope="session")
+def served_export(tiny_backbone_dir, tmp_path_factory):
+    """A tiny Qwen2-VL export with Matryoshka sizes 16 and 32, loaded back as users load it: what the server tests
+    serve."""
+    from serve_helpers import export_tiny
+
+    folder = tmp_path_factory.mktemp("served-export") / "export"
+    return export_tiny(tiny_backbone_dir("qwen2_vl"), folder, matryoshka_dimensions=[16, 32])

@@ -7,7 +7,7 @@ import threading
 import httpx
 import openai
 import pytest
-from serve_helpers import NAME, data_url, export_tiny, image_messages, picture, running, serve
+from serve_helpers import NAME, data_url, image_messages, picture, running, serve
 
 from modeling_vlm2vec.serve import ServeSettings, create_app
 
@@ -23,9 +23,8 @@ def _image(url):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_backbone_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve-errors") / "export"
-    return export_tiny(tiny_backbone_dir("qwen2_vl"), folder, matryoshka_dimensions=[16, 32])
+def model(served_export):
+    return served_export
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 from openai import OpenAI
-from serve_helpers import INSTRUCTION, NAME, export_tiny, image_messages, picture, serve
+from serve_helpers import INSTRUCTION, NAME, image_messages, picture, serve
 
 TEXTS = ["a red circle on a white background", "what colour is the square?", "hello"]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_backbone_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve") / "export"
-    return export_tiny(tiny_backbone_dir("qwen2_vl"), folder, matryoshka_dimensions=[16, 32])
+def model(served_export):
+    return served_export
 
 
 @pytest.fixture(scope="module")
